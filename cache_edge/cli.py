@@ -1,0 +1,122 @@
+"""The ``cache-edge`` command: run an origin or a node, make keys, query, run a local world.
+
+Subcommands import what they need lazily so ``cache-edge query`` stays light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import secrets
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML config file (default: $CACHE_EDGE_CONFIG)")
+
+
+def _load(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    from cache_edge.config import ConfigError, load_settings
+
+    try:
+        return load_settings(args.config, overrides)
+    except ConfigError as exc:
+        print(f"cache-edge: invalid configuration: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_keygen(args: argparse.Namespace) -> int:
+    key = "ce_" + secrets.token_urlsafe(32)
+    print(f"api_key        = {key}")
+    print(f"api_key_sha256 = {hashlib.sha256(key.encode()).hexdigest()}")
+    print("# put the sha256 in [[tenants]].api_keys_sha256; give the key to the application")
+    return 0
+
+
+def cmd_origin(args: argparse.Namespace) -> int:
+    settings = _load(args, {"origin.listen": args.listen})
+    from origin.app import run_origin
+
+    run_origin(settings)
+    return 0
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    settings = _load(
+        args,
+        {
+            "node.region": args.region,
+            "node.listen": args.listen,
+            "node.redis_url": args.redis_url,
+            "node.origin_url": args.origin_url,
+        },
+    )
+    from cache_edge.app import run_node
+
+    run_node(settings)
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from cache_edge.query_cli import run_query
+
+    return run_query(args)
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from cache_edge.dev import run_dev
+
+    return run_dev(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cache-edge", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("keygen", help="print a new random API key and its sha256")
+    p.set_defaults(func=cmd_keygen)
+
+    p = sub.add_parser("origin", help="run the origin pooler next to PostgreSQL")
+    _config_args(p)
+    p.add_argument("--listen", help="HOST:PORT (overrides origin.listen)")
+    p.set_defaults(func=cmd_origin)
+
+    p = sub.add_parser("node", help="run a regional cache node")
+    _config_args(p)
+    p.add_argument("--region")
+    p.add_argument("--listen", help="HOST:PORT (overrides node.listen)")
+    p.add_argument("--redis-url")
+    p.add_argument("--origin-url")
+    p.set_defaults(func=cmd_node)
+
+    p = sub.add_parser("query", help="run one query through a node and print the rows")
+    p.add_argument("--url", default="http://127.0.0.1:7410", help="node URL")
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--ttl", type=int, default=0)
+    p.add_argument("--swr", type=int, default=0)
+    p.add_argument("--tag", action="append", default=[], dest="tags")
+    p.add_argument("--json", action="store_true", help="print rows as JSON lines")
+    p.add_argument("sql")
+    p.add_argument("params", nargs="*", help="parameters, passed as text ($1, $2, ...)")
+    p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("dev", help="run origin + regions + a demo table locally")
+    p.add_argument("--regions", type=int, default=2)
+    p.add_argument("--base-port", type=int, default=7400)
+    p.add_argument("--wan-delay", default="0ms", help="emulated one-way delay node->origin")
+    p.add_argument("--workdir", default=".dev", help="where private servers keep their data")
+    p.set_defaults(func=cmd_dev)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,326 @@
+"""Typed, frozen settings built once from a TOML file, flags and the environment.
+
+One file can hold everything: node and origin read the sections they need.
+Precedence: command-line flags > file > defaults. ``--config`` or the
+``CACHE_EDGE_CONFIG`` environment variable names the file. Every invalid value
+fails at start with a message naming the key; database passwords never appear
+in messages (see :func:`redact_dsn`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "CONFIG_ENV",
+    "ConfigError",
+    "HostPort",
+    "Limits",
+    "NodeConfig",
+    "OriginConfig",
+    "Settings",
+    "TenantConfig",
+    "load_settings",
+    "parse_settings",
+    "redact_dsn",
+]
+
+CONFIG_ENV = "CACHE_EDGE_CONFIG"
+_TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_REGION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the offending key."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostPort:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def redact_dsn(url: str) -> str:
+    """Replace the password in a URL with ``***`` so it can be logged."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds on what one request may carry (both node and origin enforce them)."""
+
+    max_body_bytes: int = 1_048_576
+    max_sql_length: int = 100_000
+    max_params: int = 1_000
+    max_depth: int = 32
+    max_string_length: int = 1_000_000
+    max_statements: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TenantConfig:
+    id: str
+    api_keys_sha256: tuple[str, ...]
+    database_url: str = field(repr=False)
+    pool_min_size: int | None = None
+    pool_max_size: int | None = None
+
+    @property
+    def safe_dsn(self) -> str:
+        return redact_dsn(self.database_url)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginConfig:
+    listen: HostPort = HostPort("127.0.0.1", 7400)
+    pool_min_size: int = 1
+    pool_max_size: int = 10
+    pool_timeout: float = 5.0
+    statement_timeout: float = 10.0
+    max_response_bytes: int = 5_000_000
+    # How long a signed node request stays valid; bounds replay of a captured request.
+    signature_window: float = 60.0
+    connect_timeout: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    region: str = "local"
+    listen: HostPort = HostPort("127.0.0.1", 7410)
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    origin_url: str = "http://127.0.0.1:7400"
+    # Must exceed the origin's statement_timeout so the origin, not the node, reports it.
+    origin_timeout: float = 30.0
+    origin_connect_timeout: float = 3.0
+    origin_max_connections: int = 100
+    redis_timeout: float = 0.5
+    redis_max_connections: int = 100
+    # After a Redis failure, skip Redis for this long instead of paying its timeout per request.
+    redis_retry_after: float = 1.0
+    # How long a miss waits for another process of the region to fill the same key.
+    coalesce_wait: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    node_secret: str = field(repr=False)
+    tenants: tuple[TenantConfig, ...] = ()
+    origin: OriginConfig = OriginConfig()
+    node: NodeConfig = NodeConfig()
+    limits: Limits = Limits()
+    log_level: str = "info"
+    log_format: str = "json"
+
+    def tenant(self, tenant_id: str) -> TenantConfig | None:
+        for t in self.tenants:
+            if t.id == tenant_id:
+                return t
+        return None
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _pop(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, ...]) -> Any:
+    value = table.pop(key)
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not ok:
+        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise ConfigError(f"config key '{where}{key}': expected {names}, got {value!r}")
+    return value
+
+
+def _positive(value: float, key: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"config key '{key}': must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def _hostport(value: Any, key: str) -> HostPort:
+    if not isinstance(value, str) or ":" not in value:
+        raise ConfigError(f"config key '{key}': expected 'HOST:PORT', got {value!r}")
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"config key '{key}': expected 'HOST:PORT', got {value!r}")
+    return HostPort(host, int(port))
+
+
+def _url(value: str, key: str, schemes: tuple[str, ...]) -> str:
+    try:
+        parts = urlsplit(value)
+        _ = parts.port
+    except ValueError:
+        raise ConfigError(f"config key '{key}': not a valid URL: {redact_dsn(value)}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise ConfigError(
+            f"config key '{key}': expected a URL starting with {allowed}, got {redact_dsn(value)}"
+        )
+    return value
+
+
+def _reject_unknown(table: Mapping[str, Any], where: str) -> None:
+    if table:
+        key = sorted(table)[0]
+        raise ConfigError(f"unknown config key '{where}{key}'")
+
+
+def _build_dataclass(cls: Any, raw: Any, where: str) -> Any:
+    """Fill a flat dataclass of scalars from a TOML table, checking every type."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{where.rstrip('.')}': expected a table")
+    table = dict(raw)
+    kwargs: dict[str, Any] = {}
+    for name, fdef in cls.__dataclass_fields__.items():
+        if name not in table:
+            continue
+        default = fdef.default
+        if isinstance(default, HostPort):
+            kwargs[name] = _hostport(table.pop(name), where + name)
+        elif isinstance(default, bool):
+            kwargs[name] = _pop(table, name, where, bool)
+        elif isinstance(default, int):
+            kwargs[name] = _pop(table, name, where, int)
+            _positive(kwargs[name], where + name)
+        elif isinstance(default, float):
+            kwargs[name] = _pop(table, name, where, float)
+            _positive(kwargs[name], where + name)
+        else:
+            kwargs[name] = _pop(table, name, where, str)
+    _reject_unknown(table, where)
+    return cls(**kwargs)
+
+
+def _tenant(raw: Any, index: int) -> TenantConfig:
+    where = f"tenants[{index}]."
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key 'tenants[{index}]': expected a table")
+    table = dict(raw)
+    for required in ("id", "database_url"):
+        if required not in table:
+            raise ConfigError(f"config key '{where}{required}' is missing")
+    tenant_id = _pop(table, "id", where, str)
+    if not _TENANT_ID.match(tenant_id):
+        raise ConfigError(f"config key '{where}id': must match [A-Za-z0-9_-]{{1,64}}")
+    dsn = _url(
+        _pop(table, "database_url", where, str),
+        where + "database_url",
+        ("postgresql", "postgres"),
+    )
+    keys_raw = table.pop("api_keys_sha256", [])
+    if not isinstance(keys_raw, list) or not all(isinstance(k, str) for k in keys_raw):
+        raise ConfigError(f"config key '{where}api_keys_sha256': expected a list of hex strings")
+    keys = tuple(k.lower() for k in keys_raw)
+    for k in keys:
+        if not _SHA256_HEX.match(k):
+            raise ConfigError(
+                f"config key '{where}api_keys_sha256': {k[:8]}... is not a 64-digit hex sha256 "
+                "(run `cache-edge keygen` to make a key and its hash)"
+            )
+    sizes: dict[str, int] = {}
+    for name in ("pool_min_size", "pool_max_size"):
+        if name in table:
+            sizes[name] = _pop(table, name, where, int)
+            _positive(sizes[name], where + name, allow_zero=name == "pool_min_size")
+    _reject_unknown(table, where)
+    return TenantConfig(tenant_id, keys, dsn, **sizes)
+
+
+def parse_settings(raw: Mapping[str, Any]) -> Settings:
+    """Validate a decoded TOML document (with overrides applied) into Settings."""
+    table = dict(raw)
+    if "node_secret" not in table:
+        raise ConfigError(
+            "config key 'node_secret' is missing: nodes authenticate to the origin with it "
+            "(generate one with `cache-edge keygen`)"
+        )
+    secret = _pop(table, "node_secret", "", str)
+    if len(secret) < 16:
+        raise ConfigError("config key 'node_secret': must be at least 16 characters")
+    tenants_raw = table.pop("tenants", [])
+    if not isinstance(tenants_raw, list):
+        raise ConfigError("config key 'tenants': expected an array of tables ([[tenants]])")
+    tenants = tuple(_tenant(t, i) for i, t in enumerate(tenants_raw))
+    seen: set[str] = set()
+    for t in tenants:
+        if t.id in seen:
+            raise ConfigError(f"config key 'tenants': duplicate tenant id {t.id!r}")
+        seen.add(t.id)
+    origin = _build_dataclass(OriginConfig, table.pop("origin", {}), "origin.")
+    node = _build_dataclass(NodeConfig, table.pop("node", {}), "node.")
+    limits = _build_dataclass(Limits, table.pop("limits", {}), "limits.")
+    if origin.pool_min_size > origin.pool_max_size:
+        raise ConfigError("config key 'origin.pool_min_size': is greater than origin.pool_max_size")
+    if not _REGION.match(node.region):
+        raise ConfigError("config key 'node.region': must match [A-Za-z0-9_.-]{1,64}")
+    _url(node.redis_url, "node.redis_url", ("redis", "rediss", "unix"))
+    _url(node.origin_url, "node.origin_url", ("http", "https"))
+    log_level = table.pop("log_level", "info")
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise ConfigError("config key 'log_level': one of debug, info, warning, error")
+    log_format = table.pop("log_format", "json")
+    if log_format not in ("json", "console"):
+        raise ConfigError("config key 'log_format': one of json, console")
+    _reject_unknown(table, "")
+    return Settings(secret, tenants, origin, node, limits, log_level, log_format)
+
+
+def _apply_override(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *path, last = dotted.split(".")
+    cursor = doc
+    for part in path:
+        nxt = cursor.setdefault(part, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"config key '{part}': expected a table")
+        cursor = nxt
+    cursor[last] = value
+
+
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Settings:
+    """Read the TOML file (``path`` or ``$CACHE_EDGE_CONFIG``), apply flag overrides, validate.
+
+    ``overrides`` maps dotted keys (``"node.region"``) to values; ``None`` values are skipped
+    so that unset flags do not clobber the file.
+    """
+    environ = os.environ if env is None else env
+    chosen = path if path is not None else environ.get(CONFIG_ENV)
+    doc: dict[str, Any] = {}
+    if chosen:
+        file = Path(chosen)
+        try:
+            doc = tomllib.loads(file.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {file}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {file} is not valid TOML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            _apply_override(doc, key, value)
+    return parse_settings(doc)

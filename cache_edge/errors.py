@@ -1,0 +1,204 @@
+"""The one error tree of cache-edge: every failure a client can see has a stable code.
+
+    CacheEdgeError                      code             HTTP
+    ├── BadRequest                      bad_request       400
+    │   └── NotCacheable                not_cacheable     400
+    ├── Unauthorized                    unauthorized      401
+    ├── NotFound                        not_found         404
+    ├── PayloadTooLarge                 payload_too_large 413
+    ├── ResponseTooLarge                response_too_large 422
+    ├── RateLimited                     rate_limited      429
+    ├── QueryError                      query_error       400  (+ sqlstate)
+    ├── InternalError                   internal          500
+    ├── OriginUnavailable               origin_unavailable 502
+    ├── DatabaseUnavailable             database_unavailable 503
+    ├── PoolTimeout                     pool_timeout      503  (+ Retry-After)
+    └── QueryTimeout                    query_timeout     504
+
+Codes and statuses are part of the public API: never renumber, only add.
+The same classes are raised by the client SDK when a server answers with an error
+body, so application code can ``except QueryError`` whichever side failed.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "BadRequest",
+    "CacheEdgeError",
+    "DatabaseUnavailable",
+    "InternalError",
+    "NotCacheable",
+    "NotFound",
+    "OriginUnavailable",
+    "PayloadTooLarge",
+    "PoolTimeout",
+    "QueryError",
+    "QueryTimeout",
+    "RateLimited",
+    "ResponseTooLarge",
+    "Unauthorized",
+    "error_from_body",
+]
+
+
+class CacheEdgeError(Exception):
+    """Base of every error with a stable code, an HTTP status and a readable message."""
+
+    code: ClassVar[str] = "internal"
+    status: ClassVar[int] = 500
+    retry_after: float | None = None
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        # Extra fields travel in the error body (sqlstate, statementIndex, field...).
+        self.extra: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+
+    def to_body(self, request_id: str | None = None) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        err.update(self.extra)
+        if request_id is not None:
+            err["requestId"] = request_id
+        return {"error": err}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r})"
+
+
+class BadRequest(CacheEdgeError):
+    """The request is malformed: bad body, unknown field, wrong type, invalid strategy."""
+
+    code = "bad_request"
+    status = 400
+
+
+class NotCacheable(BadRequest):
+    """A statement with a cache strategy tried to write."""
+
+    code = "not_cacheable"
+
+
+class Unauthorized(CacheEdgeError):
+    """Missing, malformed or unknown credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class NotFound(CacheEdgeError):
+    """No such resource (route, invalidation id)."""
+
+    code = "not_found"
+    status = 404
+
+
+class PayloadTooLarge(CacheEdgeError):
+    """The request body exceeds the configured limit."""
+
+    code = "payload_too_large"
+    status = 413
+
+
+class ResponseTooLarge(CacheEdgeError):
+    """The encoded result exceeds the configured limit."""
+
+    code = "response_too_large"
+    status = 422
+
+
+class RateLimited(CacheEdgeError):
+    """The API key exceeded its rate limit."""
+
+    code = "rate_limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+class QueryError(CacheEdgeError):
+    """PostgreSQL rejected the statement; carries the SQLSTATE."""
+
+    code = "query_error"
+    status = 400
+
+
+class InternalError(CacheEdgeError):
+    """A bug or an invariant broke; the message never carries internals."""
+
+    code = "internal"
+    status = 500
+
+
+class OriginUnavailable(CacheEdgeError):
+    """The node could not reach the origin, or the origin answered garbage."""
+
+    code = "origin_unavailable"
+    status = 502
+
+
+class DatabaseUnavailable(CacheEdgeError):
+    """The origin could not reach PostgreSQL."""
+
+    code = "database_unavailable"
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+class PoolTimeout(CacheEdgeError):
+    """Timed out waiting to acquire a database connection from the pool."""
+
+    code = "pool_timeout"
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+class QueryTimeout(CacheEdgeError):
+    """The statement ran longer than the statement timeout."""
+
+    code = "query_timeout"
+    status = 504
+
+
+_BY_CODE: dict[str, type[CacheEdgeError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest,
+        NotCacheable,
+        Unauthorized,
+        NotFound,
+        PayloadTooLarge,
+        ResponseTooLarge,
+        RateLimited,
+        QueryError,
+        InternalError,
+        OriginUnavailable,
+        DatabaseUnavailable,
+        PoolTimeout,
+        QueryTimeout,
+    )
+}
+
+
+def error_from_body(body: Any, status: int) -> CacheEdgeError:
+    """Rebuild the typed error from an error body received over HTTP."""
+    err = body.get("error") if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return OriginUnavailable(f"unexpected HTTP {status} without an error body")
+    code = str(err.get("code", "internal"))
+    message = str(err.get("message", ""))
+    extra = {k: v for k, v in err.items() if k not in ("code", "message")}
+    cls = _BY_CODE.get(code, InternalError)
+    exc = cls(message, **extra)
+    if code not in _BY_CODE:
+        exc.extra["originalCode"] = code
+    return exc

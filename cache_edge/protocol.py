@@ -1,0 +1,158 @@
+"""Request shapes of the public and node-to-origin APIs, validated against Limits.
+
+Every check raises BadRequest (or PayloadTooLarge) naming the field, so a
+client learns exactly what to fix; nothing malformed reaches the database.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from cache_edge.config import Limits
+from cache_edge.errors import BadRequest, PayloadTooLarge
+from cache_edge.strategy import NO_CACHE, CacheStrategy
+
+__all__ = [
+    "ISOLATION_LEVELS",
+    "QueryRequest",
+    "Statement",
+    "TransactionRequest",
+    "check_value",
+    "parse_query",
+    "parse_transaction",
+]
+
+ISOLATION_LEVELS = ("read_committed", "repeatable_read", "serializable")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    sql: str
+    params: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    statement: Statement
+    strategy: CacheStrategy = NO_CACHE
+    # Origin side only: the caller (a node) asks for a READ ONLY transaction.
+    read_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRequest:
+    statements: list[Statement]
+    isolation: str = "read_committed"
+
+
+def check_value(value: Any, limits: Limits, where: str, depth: int = 0) -> None:
+    """Bound nesting depth, string length and container size of a decoded parameter."""
+    if depth > limits.max_depth:
+        raise BadRequest(f"{where}: nested deeper than {limits.max_depth} levels", field=where)
+    if isinstance(value, (str, bytes)):
+        if len(value) > limits.max_string_length:
+            raise PayloadTooLarge(
+                f"{where}: {len(value)} characters exceeds the limit of {limits.max_string_length}",
+                field=where,
+            )
+    elif isinstance(value, list):
+        if len(value) > limits.max_params * 10:
+            raise PayloadTooLarge(f"{where}: array of {len(value)} items is too long", field=where)
+        for i, item in enumerate(value):
+            check_value(item, limits, f"{where}[{i}]", depth + 1)
+    elif isinstance(value, dict):
+        for k, item in value.items():
+            check_value(k, limits, where, depth + 1)
+            check_value(item, limits, f"{where}.{k}", depth + 1)
+
+
+def _object(body: Any, what: str) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest(f"{what} must be an object, got {type(body).__name__}")
+    return body
+
+
+def _reject_unknown(body: dict[str, Any], allowed: frozenset[str], where: str = "") -> None:
+    unknown = set(body) - allowed
+    if unknown:
+        name = sorted(map(str, unknown))[0]
+        raise BadRequest(
+            f"unknown field {where}{name}: allowed are {', '.join(sorted(allowed))}",
+            field=f"{where}{name}",
+        )
+
+
+def _statement(body: dict[str, Any], limits: Limits, where: str) -> Statement:
+    sql = body.get("sql")
+    if not isinstance(sql, str):
+        raise BadRequest(f"{where}sql must be a string of SQL", field=f"{where}sql")
+    if not sql.strip():
+        raise BadRequest(f"{where}sql is empty", field=f"{where}sql")
+    if len(sql) > limits.max_sql_length:
+        raise PayloadTooLarge(
+            f"{where}sql is {len(sql)} characters; the limit is {limits.max_sql_length}",
+            field=f"{where}sql",
+        )
+    if "\x00" in sql:
+        raise BadRequest(f"{where}sql contains a NUL character", field=f"{where}sql")
+    params = body.get("params", [])
+    if params is None:
+        params = []
+    if not isinstance(params, list):
+        raise BadRequest(f"{where}params must be an array", field=f"{where}params")
+    if len(params) > limits.max_params:
+        raise PayloadTooLarge(
+            f"{where}params has {len(params)} values; the limit is {limits.max_params}",
+            field=f"{where}params",
+        )
+    for i, p in enumerate(params):
+        check_value(p, limits, f"{where}params[{i}]", 1)
+    return Statement(sql, params)
+
+
+_QUERY_FIELDS = frozenset({"sql", "params", "cacheStrategy"})
+_ORIGIN_QUERY_FIELDS = frozenset({"sql", "params", "readOnly"})
+
+
+def parse_query(body: Any, limits: Limits, *, origin: bool = False) -> QueryRequest:
+    """Parse ``{"sql", "params", "cacheStrategy"}`` (node) or ``{"sql", "params", "readOnly"}``
+    (origin)."""
+    obj = _object(body, "the request body")
+    _reject_unknown(obj, _ORIGIN_QUERY_FIELDS if origin else _QUERY_FIELDS)
+    stmt = _statement(obj, limits, "")
+    if origin:
+        read_only = obj.get("readOnly", False)
+        if not isinstance(read_only, bool):
+            raise BadRequest("readOnly must be true or false", field="readOnly")
+        return QueryRequest(stmt, read_only=read_only)
+    return QueryRequest(stmt, CacheStrategy.from_wire(obj.get("cacheStrategy")))
+
+
+_TX_FIELDS = frozenset({"statements", "isolationLevel"})
+_STMT_FIELDS = frozenset({"sql", "params"})
+
+
+def parse_transaction(body: Any, limits: Limits) -> TransactionRequest:
+    obj = _object(body, "the request body")
+    _reject_unknown(obj, _TX_FIELDS)
+    raw = obj.get("statements")
+    if not isinstance(raw, list) or not raw:
+        raise BadRequest("statements must be a non-empty array", field="statements")
+    if len(raw) > limits.max_statements:
+        raise PayloadTooLarge(
+            f"statements has {len(raw)} entries; the limit is {limits.max_statements}",
+            field="statements",
+        )
+    statements = []
+    for i, item in enumerate(raw):
+        where = f"statements[{i}]."
+        stmt_obj = _object(item, f"statements[{i}]")
+        _reject_unknown(stmt_obj, _STMT_FIELDS, where)
+        statements.append(_statement(stmt_obj, limits, where))
+    isolation = obj.get("isolationLevel", "read_committed")
+    if isolation not in ISOLATION_LEVELS:
+        raise BadRequest(
+            f"isolationLevel must be one of {', '.join(ISOLATION_LEVELS)}", field="isolationLevel"
+        )
+    return TransactionRequest(statements, isolation)

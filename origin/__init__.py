@@ -1,0 +1,1 @@
+"""The origin pooler: runs node-forwarded queries over bounded per-tenant asyncpg pools."""

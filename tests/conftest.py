@@ -1,0 +1,77 @@
+"""Shared fixtures: real PostgreSQL and Redis on this machine, and settings that point at them."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from collections.abc import Iterator
+
+import asyncpg
+import pytest
+
+from cache_edge.config import Settings, parse_settings
+
+PG_ADMIN_DSN = os.environ.get("CACHE_EDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+TEST_DB = "cache_edge_test"
+TEST_DB_B = "cache_edge_test_b"  # a second tenant's database
+REDIS_URL = os.environ.get("CACHE_EDGE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+NODE_SECRET = "test-node-secret-0123456789abcdef"
+
+API_KEY_A = "ce_test_key_tenant_a"
+API_KEY_B = "ce_test_key_tenant_b"
+
+
+def sha(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def dsn_for(db: str) -> str:
+    return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + db
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def pg_databases() -> Iterator[tuple[str, str]]:
+    import asyncio
+
+    async def create() -> None:
+        conn = await asyncpg.connect(PG_ADMIN_DSN)
+        try:
+            for db in (TEST_DB, TEST_DB_B):
+                exists = await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", db)
+                if not exists:
+                    await conn.execute(f'CREATE DATABASE "{db}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    yield dsn_for(TEST_DB), dsn_for(TEST_DB_B)
+
+
+def make_settings_doc(dsn_a: str, dsn_b: str, **sections: dict[str, object]) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "node_secret": NODE_SECRET,
+        "log_level": "warning",
+        "tenants": [
+            {"id": "acme", "api_keys_sha256": [sha(API_KEY_A)], "database_url": dsn_a},
+            {"id": "globex", "api_keys_sha256": [sha(API_KEY_B)], "database_url": dsn_b},
+        ],
+        "origin": {"listen": f"127.0.0.1:{free_port()}"},
+        "node": {"listen": f"127.0.0.1:{free_port()}", "redis_url": REDIS_URL},
+    }
+    for name, values in sections.items():
+        base = doc.setdefault(name, {})
+        assert isinstance(base, dict)
+        base.update(values)
+    return doc
+
+
+@pytest.fixture
+def settings(pg_databases: tuple[str, str]) -> Settings:
+    return parse_settings(make_settings_doc(*pg_databases))
