@@ -64,13 +64,13 @@ def cmd_node(args: argparse.Namespace) -> int:
 def cmd_query(args: argparse.Namespace) -> int:
     from cache_edge.query_cli import run_query
 
-    return run_query(args)
+    return int(run_query(args))
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from cache_edge.dev import run_dev
 
-    return run_dev(args)
+    return int(run_dev(args))
 
 
 def build_parser() -> argparse.ArgumentParser:

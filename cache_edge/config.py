@@ -57,12 +57,11 @@ def redact_dsn(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
+    userinfo, at, hostpart = parts.netloc.rpartition("@")
+    if not at or ":" not in userinfo:
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
+    user = userinfo.partition(":")[0]
+    host = hostpart
     return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 

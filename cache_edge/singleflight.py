@@ -25,6 +25,9 @@ class Group(Generic[T]):
     def in_flight(self) -> int:
         return len(self._calls)
 
+    def running(self, key: Hashable) -> bool:
+        return key in self._calls
+
     async def do(self, key: Hashable, fn: Callable[[], Awaitable[T]]) -> tuple[T, bool]:
         """Run ``fn`` once per key at a time; return (result, shared) where ``shared``
         is True for callers that joined a flight started by someone else."""

@@ -86,8 +86,6 @@ class CacheStrategy:
         return out
 
 
-NO_CACHE = CacheStrategy()
-
 
 def _check_seconds(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
@@ -107,3 +105,6 @@ def parse_tags(tags: list[Any], name: str, limit: int) -> list[str]:
             shown = repr(tag)[:80]
             raise BadRequest(f"{name}: invalid tag {shown}: use 1-64 of A-Z a-z 0-9 _", field=name)
     return tags
+
+
+NO_CACHE = CacheStrategy()

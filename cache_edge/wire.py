@@ -63,7 +63,7 @@ EXT_UUID = 6  # 16 raw bytes
 _INTERVAL = struct.Struct(">qqq")
 
 
-def _default(obj: Any) -> msgpack.ExtType:
+def _default(obj: Any) -> Any:
     # Order matters: datetime is a subclass of date.
     if isinstance(obj, Decimal):
         return msgpack.ExtType(EXT_DECIMAL, str(obj).encode())
@@ -80,7 +80,7 @@ def _default(obj: Any) -> msgpack.ExtType:
     if isinstance(obj, uuid.UUID):
         return msgpack.ExtType(EXT_UUID, obj.bytes)
     if isinstance(obj, (set, frozenset)):
-        return list(obj)  # type: ignore[return-value]
+        return list(obj)
     raise TypeError(f"cannot encode a value of type {type(obj).__name__}")
 
 

@@ -1,0 +1,275 @@
+"""The regional node's HTTP face: thin aiohttp handlers over the QueryCache.
+
+Handlers authenticate, decode, validate and encode; every decision about
+caching lives in :mod:`cache_edge.cache`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cache_edge.auth import ApiKeys
+from cache_edge.cache import Answer, QueryCache
+from cache_edge.config import Settings
+from cache_edge.entry import result_json, result_msgpack
+from cache_edge.errors import BadRequest, CacheEdgeError, InternalError, NotFound, PayloadTooLarge
+from cache_edge.logs import get_logger
+from cache_edge.node_metrics import NodeMetrics
+from cache_edge.origin_client import OriginClient
+from cache_edge.protocol import parse_query, parse_transaction
+from cache_edge.tiers.redis import RedisTier
+from cache_edge.wire import (
+    CONTENT_TYPES,
+    WireFormat,
+    decode_body,
+    encode_body,
+    request_format,
+    response_format,
+    unpackb,
+)
+
+__all__ = ["create_node_app", "run_node"]
+
+log = get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+CACHE = web.AppKey("cache", QueryCache)
+TIER = web.AppKey("tier", RedisTier)
+ORIGIN = web.AppKey("origin", OriginClient)
+KEYS = web.AppKey("keys", ApiKeys)
+METRICS = web.AppKey("metrics", NodeMetrics)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_RID = "request_id"
+_FMT = "wire_format"
+
+
+def _request_id(request: web.Request) -> str:
+    given = request.headers.get("X-Request-Id", "")
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+
+
+def _iso_ms(epoch_ms: int) -> str:
+    stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _error_response(exc: CacheEdgeError, request: web.Request) -> web.Response:
+    rid = request.get(_RID) or uuid.uuid4().hex
+    fmt = response_format(request.headers.get("Accept"), request.get(_FMT, "json"))
+    headers = {"X-Request-Id": rid, "Content-Type": CONTENT_TYPES[fmt]}
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+    return web.Response(status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request[_RID] = _request_id(request)
+    metrics = request.app[METRICS]
+    try:
+        return await handler(request)
+    except CacheEdgeError as exc:
+        metrics.errors.labels(exc.code).inc()
+        return _error_response(exc, request)
+    except web.HTTPRequestEntityTooLarge:
+        metrics.errors.labels("payload_too_large").inc()
+        limit = request.app[SETTINGS].limits.max_body_bytes
+        return _error_response(
+            PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"), request
+        )
+    except web.HTTPNotFound:
+        return _error_response(NotFound(f"no such endpoint: {request.path}"), request)
+    except web.HTTPMethodNotAllowed as exc:
+        err = BadRequest(
+            f"method {request.method} not allowed; use {', '.join(exc.allowed_methods)}"
+        )
+        return _error_response(err, request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        metrics.errors.labels("internal").inc()
+        log.exception("unhandled_error", path=request.path, request_id=request[_RID])
+        return _error_response(InternalError("internal error; see the node's log"), request)
+
+
+async def _read_body(request: web.Request) -> Any:
+    limit = request.app[SETTINGS].limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(
+            f"request body of {request.content_length} bytes exceeds the limit of {limit}"
+        )
+    fmt = request_format(request.headers.get("Content-Type"))
+    request[_FMT] = fmt
+    return decode_body(await request.read(), fmt)
+
+
+def _answer_response(request: web.Request, answer: Answer, started: float) -> web.Response:
+    now = time.time()
+    age = max(0.0, now - answer.produced_at_ms / 1000) if answer.produced_at_ms else 0.0
+    if answer.status == "none":
+        age = 0.0
+    rid = request[_RID]
+    info: dict[str, Any] = {
+        "cacheStatus": answer.status,
+        "region": request.app[SETTINGS].node.region,
+        "lastModified": _iso_ms(answer.produced_at_ms),
+        "age": round(age, 3),
+        "requestId": rid,
+        "signature": answer.signature,
+    }
+    if answer.error:
+        info["error"] = answer.error
+    if answer.cache_error:
+        info["cacheError"] = answer.cache_error
+    fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
+    body = result_msgpack(answer.core, info) if fmt == "msgpack" else result_json(answer.core, info)
+    metrics = request.app[METRICS]
+    metrics.requests.labels(answer.status).inc()
+    metrics.latency.labels(answer.status).observe(time.perf_counter() - started)
+    if answer.cache_error:
+        metrics.redis_errors.inc()
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": CONTENT_TYPES[fmt],
+            "X-Cache-Status": answer.status,
+            "Age": str(int(age)),
+            "X-Request-Id": rid,
+        },
+    )
+
+
+async def handle_query(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    req = parse_query(await _read_body(request), request.app[SETTINGS].limits)
+    answer = await request.app[CACHE].query(tenant, req, request[_RID])
+    return _answer_response(request, answer, started)
+
+
+async def handle_transaction(request: web.Request) -> web.Response:
+    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    tx = parse_transaction(await _read_body(request), request.app[SETTINGS].limits)
+    result = await request.app[ORIGIN].transaction(
+        tenant, tx.statements, tx.isolation, request[_RID]
+    )
+    body = unpackb(result.body)
+    produced = int(body.pop("producedAt", 0))
+    body["info"] = {
+        "cacheStatus": "none",
+        "region": request.app[SETTINGS].node.region,
+        "lastModified": _iso_ms(produced),
+        "age": 0.0,
+        "requestId": request[_RID],
+        "signature": None,
+    }
+    fmt = response_format(request.headers.get("Accept"), request[_FMT])
+    request.app[METRICS].requests.labels("none").inc()
+    return web.Response(
+        body=encode_body(body, fmt),
+        headers={
+            "Content-Type": CONTENT_TYPES[fmt],
+            "X-Cache-Status": "none",
+            "Age": "0",
+            "X-Request-Id": request[_RID],
+        },
+    )
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "region": request.app[SETTINGS].node.region})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    redis_ok = await request.app[TIER].ping()
+    origin_ok = await request.app[ORIGIN].ping()
+    ready = redis_ok and origin_ok
+    return web.json_response(
+        {"ready": ready, "redis": redis_ok, "origin": origin_ok}, status=200 if ready else 503
+    )
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    stats = request.app[CACHE].stats
+    metrics.origin_calls.set(stats.origin_calls)
+    metrics.coalesced.labels("process").set(stats.coalesced_local)
+    metrics.coalesced.labels("region").set(stats.coalesced_region)
+    metrics.refreshes.set(stats.refreshes)
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    node = settings.node
+    tier = RedisTier(
+        node.redis_url,
+        timeout=node.redis_timeout,
+        max_connections=node.redis_max_connections,
+        retry_after=node.redis_retry_after,
+    )
+    origin = OriginClient(
+        node.origin_url,
+        settings.node_secret,
+        timeout=node.origin_timeout,
+        connect_timeout=node.origin_connect_timeout,
+        max_connections=node.origin_max_connections,
+    )
+    app[TIER] = tier
+    app[ORIGIN] = origin
+    app[CACHE] = QueryCache(node, tier, origin)
+    log.info("node_started", region=node.region, listen=str(node.listen))
+    yield
+    await app[CACHE].drain()
+    await origin.close()
+    await tier.close()
+
+
+def create_node_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes
+    )
+    app[SETTINGS] = settings
+    app[KEYS] = ApiKeys(settings.tenants)
+    app[METRICS] = NodeMetrics(settings.node.region)
+    app.cleanup_ctx.append(_resources)
+    app.router.add_post("/v1/query", handle_query)
+    app.router.add_post("/v1/transaction", handle_transaction)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+def run_node(settings: Settings) -> None:
+    from cache_edge.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, service="cache-edge-node")
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
+        pass
+    listen = settings.node.listen
+    web.run_app(
+        create_node_app(settings),
+        host=listen.host,
+        port=listen.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=10.0,
+    )

@@ -1,0 +1,99 @@
+"""Cached entries and result framing: rows stay in their msgpack wire form end to end.
+
+The origin answers a query with a msgpack map whose first three entries are
+``columns``, ``rows`` and ``rowCount``. Their raw bytes (the *core*) are cut out
+once on a miss, stored behind a fixed binary header, and spliced into every
+hit's response after a map header, so a hit never decodes or re-encodes rows.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from cache_edge.errors import OriginUnavailable
+from cache_edge.wire import json_dumps, packb, unpackb
+
+__all__ = [
+    "Entry",
+    "core_to_dict",
+    "result_json",
+    "result_msgpack",
+    "split_origin_result",
+]
+
+# version, producedAt (epoch ms, origin clock), origin invalidation watermark
+_HEADER = struct.Struct(">Bqq")
+_VERSION = 1
+_CORE_KEYS = ("columns", "rows", "rowCount")
+_MAP4 = b"\x84"  # fixmap with 4 entries: columns, rows, rowCount, info
+_INFO_KEY = packb("info")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One query result as cached: when the origin produced it, and its wire-form core."""
+
+    produced_at_ms: int
+    core: bytes
+    watermark: int = 0
+
+    def age(self, now: float) -> float:
+        # Clamp: a node clock slightly behind the origin's must not report negative ages.
+        return max(0.0, now - self.produced_at_ms / 1000.0)
+
+    def encode(self) -> bytes:
+        return _HEADER.pack(_VERSION, self.produced_at_ms, self.watermark) + self.core
+
+    @classmethod
+    def decode(cls, data: bytes) -> Entry | None:
+        """Parse a stored entry; anything unreadable (old format, garbage) is a miss."""
+        if len(data) < _HEADER.size:
+            return None
+        version, produced, watermark = _HEADER.unpack_from(data)
+        if version != _VERSION:
+            return None
+        return cls(produced, data[_HEADER.size :], watermark)
+
+
+def split_origin_result(raw: bytes) -> tuple[bytes, dict[str, Any]]:
+    """Cut the core bytes out of an origin msgpack answer; return (core, other fields)."""
+    try:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(raw) + 1)
+        unpacker.feed(raw)
+        count = unpacker.read_map_header()
+        start = unpacker.tell()
+        for expected in _CORE_KEYS:
+            if unpacker.unpack() != expected:
+                raise ValueError(f"origin answer does not start with {_CORE_KEYS}")
+            unpacker.skip()
+        end = unpacker.tell()
+        rest: dict[str, Any] = {}
+        for _ in range(count - len(_CORE_KEYS)):
+            key = unpacker.unpack()
+            rest[key] = unpacker.unpack()
+    except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
+        raise OriginUnavailable(f"the origin sent a malformed result: {exc}") from None
+    return raw[start:end], rest
+
+
+def core_to_dict(core: bytes) -> dict[str, Any]:
+    """Decode a core (three key/value pairs without a map header) into a dict."""
+    # A fixmap header with 3 entries turns the pairs into one decodable map.
+    decoded = unpackb(b"\x83" + core)
+    assert isinstance(decoded, dict)
+    return decoded
+
+
+def result_msgpack(core: bytes, info: dict[str, Any]) -> bytes:
+    """The public msgpack answer: {columns, rows, rowCount, info}, rows untouched."""
+    return b"".join((_MAP4, core, _INFO_KEY, packb(info)))
+
+
+def result_json(core: bytes, info: dict[str, Any]) -> bytes:
+    body = core_to_dict(core)
+    body["info"] = info
+    return json_dumps(body)

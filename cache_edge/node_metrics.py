@@ -1,0 +1,52 @@
+"""Prometheus metrics of a regional node, in a registry owned by one app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["NodeMetrics"]
+
+
+class NodeMetrics:
+    def __init__(self, region: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = {"region": region}
+        self.requests = Counter(
+            "cache_edge_node_requests",
+            "Queries answered, by cache status",
+            ["cache_status"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "cache_edge_node_errors", "Error answers by code", ["code"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "cache_edge_node_request_seconds",
+            "Request latency by cache status",
+            ["cache_status"],
+            buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.redis_errors = Counter(
+            "cache_edge_node_redis_errors",
+            "Requests that bypassed Redis because it failed",
+            registry=self.registry,
+        )
+        self.origin_calls = Gauge(
+            "cache_edge_node_origin_calls",
+            "Queries this process sent to the origin",
+            registry=self.registry,
+        )
+        self.coalesced = Gauge(
+            "cache_edge_node_coalesced",
+            "Misses answered by another fetch (scope=process|region)",
+            ["scope"],
+            registry=self.registry,
+        )
+        self.refreshes = Gauge(
+            "cache_edge_node_swr_refreshes", "Background refreshes started", registry=self.registry
+        )
+        self.info = Gauge(
+            "cache_edge_node_info", "Node identity", ["region"], registry=self.registry
+        )
+        self.info.labels(**labels).set(1)

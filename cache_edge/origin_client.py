@@ -1,0 +1,113 @@
+"""Signed, keep-alive HTTP client from a regional node to the origin.
+
+Every network failure is translated here, in one place, into OriginUnavailable;
+an error body from the origin becomes the same typed error the origin raised.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from cache_edge.errors import CacheEdgeError, OriginUnavailable, error_from_body
+from cache_edge.protocol import Statement
+from cache_edge.signing import sign_headers
+from cache_edge.wire import MSGPACK_TYPE, packb, unpackb
+
+__all__ = ["OriginClient", "OriginResult"]
+
+
+class OriginResult:
+    """A raw msgpack answer from the origin and its request id."""
+
+    __slots__ = ("body", "request_id")
+
+    def __init__(self, body: bytes, request_id: str) -> None:
+        self.body = body
+        self.request_id = request_id
+
+
+class OriginClient:
+    def __init__(
+        self,
+        base_url: str,
+        secret: str,
+        *,
+        timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._secret = secret
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        # Created lazily so it binds to the running loop.
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._max_connections, keepalive_timeout=60, ttl_dns_cache=60
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, timeout=self._timeout, raise_for_status=False
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def query(
+        self, tenant: str, stmt: Statement, *, read_only: bool, request_id: str
+    ) -> OriginResult:
+        body = {"sql": stmt.sql, "params": stmt.params, "readOnly": read_only}
+        return await self._post("/v1/query", tenant, body, request_id)
+
+    async def transaction(
+        self, tenant: str, statements: list[Statement], isolation: str, request_id: str
+    ) -> OriginResult:
+        body = {
+            "statements": [{"sql": s.sql, "params": s.params} for s in statements],
+            "isolationLevel": isolation,
+        }
+        return await self._post("/v1/transaction", tenant, body, request_id)
+
+    async def ping(self, timeout: float = 2.0) -> bool:
+        try:
+            async with self._client().get(
+                self._base + "/healthz", timeout=aiohttp.ClientTimeout(total=timeout)
+            ) as resp:
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def _post(
+        self, path: str, tenant: str, payload: dict[str, Any], request_id: str
+    ) -> OriginResult:
+        data = packb(payload)
+        headers = sign_headers(self._secret, "POST", path, tenant, data)
+        headers["Content-Type"] = MSGPACK_TYPE
+        headers["Accept"] = MSGPACK_TYPE
+        headers["X-Request-Id"] = request_id
+        try:
+            async with self._client().post(self._base + path, data=data, headers=headers) as resp:
+                raw = await resp.read()
+                status = resp.status
+                origin_rid = resp.headers.get("X-Request-Id", request_id)
+        except TimeoutError:
+            raise OriginUnavailable(
+                f"the origin did not answer within {self._timeout.total:.0f} s"
+            ) from None
+        except (aiohttp.ClientError, OSError) as exc:
+            raise OriginUnavailable(
+                f"cannot reach the origin: {type(exc).__name__}: {exc}"
+            ) from None
+        if status == 200:
+            return OriginResult(raw, origin_rid)
+        try:
+            body = unpackb(raw)
+        except CacheEdgeError:
+            body = None
+        raise error_from_body(body, status)

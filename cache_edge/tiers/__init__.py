@@ -1,0 +1,1 @@
+"""Cache tiers: where entries live (the region's Redis; an in-process hot tier)."""
