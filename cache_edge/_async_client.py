@@ -116,9 +116,7 @@ class AsyncClient:
         answer = await self._post(core.TRANSACTION_PATH, body)
         return core.results_from_wire(answer, self.url + core.TRANSACTION_PATH)
 
-    async def invalidate(
-        self, tags: Sequence[str], wait: float | None = 5.0
-    ) -> InvalidationResult:
+    async def invalidate(self, tags: Sequence[str], wait: float | None = 5.0) -> InvalidationResult:
         """Purge every cached answer carrying any of ``tags`` in every region.
 
         ``wait`` asks the node to hold the answer up to that many seconds until the

@@ -6,6 +6,7 @@ the error mapping live in exactly one place.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -157,10 +158,9 @@ def decode_response(
             raise OriginUnavailable(f"{url} answered HTTP {status} without an error body")
         exc = error_from_body(body, status)
         if retry_after is not None:
-            try:
+            # An HTTP-date Retry-After is not a number: keep the class default then.
+            with contextlib.suppress(ValueError):
                 exc.retry_after = float(retry_after)
-            except ValueError:
-                pass  # an HTTP-date Retry-After: keep the class default
         raise exc
     if not isinstance(body, dict):
         shown = kind or "no content type"

@@ -14,7 +14,7 @@ _HIT_STATUSES = frozenset({"ttl", "swr", "stale"})
 
 @dataclass(frozen=True, slots=True)
 class Column:
-    """One result column: its name and its PostgreSQL type name (``int4``, ``numeric``, ``int4[]``)."""
+    """One result column: its name and PostgreSQL type name (``int4``, ``numeric``, ``int4[]``)."""
 
     name: str
     type: str
@@ -105,7 +105,9 @@ class Row(Sequence[Any]):
         return hash(self._values)
 
     def __repr__(self) -> str:
-        fields = " ".join(f"{n}={v!r}" for n, v in zip(self._names.names, self._values, strict=True))
+        fields = " ".join(
+            f"{n}={v!r}" for n, v in zip(self._names.names, self._values, strict=True)
+        )
         return f"<Row {fields}>"
 
     def __getstate__(self) -> tuple[tuple[Any, ...], tuple[str, ...]]:

@@ -21,10 +21,11 @@ from cache_edge.cache import Answer, QueryCache
 from cache_edge.config import Settings
 from cache_edge.entry import result_json, result_msgpack
 from cache_edge.errors import BadRequest, CacheEdgeError, InternalError, NotFound, PayloadTooLarge
+from cache_edge.invalidation import Applier
 from cache_edge.logs import get_logger
 from cache_edge.node_metrics import NodeMetrics
 from cache_edge.origin_client import OriginClient
-from cache_edge.protocol import parse_query, parse_transaction
+from cache_edge.protocol import parse_invalidate, parse_query, parse_transaction
 from cache_edge.tiers.redis import RedisTier
 from cache_edge.wire import (
     CONTENT_TYPES,
@@ -46,6 +47,7 @@ TIER = web.AppKey("tier", RedisTier)
 ORIGIN = web.AppKey("origin", OriginClient)
 KEYS = web.AppKey("keys", ApiKeys)
 METRICS = web.AppKey("metrics", NodeMetrics)
+APPLIER = web.AppKey("applier", Applier)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _RID = "request_id"
@@ -187,6 +189,32 @@ async def handle_transaction(request: web.Request) -> web.Response:
     )
 
 
+def _plain_response(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
+    fmt = response_format(request.headers.get("Accept"), request.get(_FMT, "json"))
+    return web.Response(
+        status=status,
+        body=encode_body(body, fmt),
+        headers={"Content-Type": CONTENT_TYPES[fmt], "X-Request-Id": request[_RID]},
+    )
+
+
+async def handle_invalidate(request: web.Request) -> web.Response:
+    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    inv = parse_invalidate(await _read_body(request))
+    result = await request.app[ORIGIN].invalidate(
+        tenant, inv.tags, inv.purge_all, inv.wait, request[_RID]
+    )
+    return _plain_response(request, result)
+
+
+async def handle_invalidation_status(request: web.Request) -> web.Response:
+    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    result = await request.app[ORIGIN].invalidation_status(
+        tenant, request.match_info["id"], request[_RID]
+    )
+    return _plain_response(request, result)
+
+
 async def handle_healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "region": request.app[SETTINGS].node.region})
 
@@ -231,8 +259,14 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[TIER] = tier
     app[ORIGIN] = origin
     app[CACHE] = QueryCache(node, tier, origin)
+    applier = Applier(
+        node.region, [t.id for t in settings.tenants], tier, origin, sync_grace=node.sync_grace
+    )
+    app[APPLIER] = applier
+    applier.start()
     log.info("node_started", region=node.region, listen=str(node.listen))
     yield
+    await applier.stop()
     await app[CACHE].drain()
     await origin.close()
     await tier.close()
@@ -248,6 +282,8 @@ def create_node_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/query", handle_query)
     app.router.add_post("/v1/transaction", handle_transaction)
+    app.router.add_post("/v1/invalidate", handle_invalidate)
+    app.router.add_get("/v1/invalidations/{id}", handle_invalidation_status)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

@@ -27,6 +27,7 @@ from cache_edge.errors import (
     PoolTimeout,
     QueryTimeout,
 )
+from cache_edge.invalidation import is_current, required_watermark
 from cache_edge.keys import cache_key
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
@@ -55,6 +56,17 @@ class Answer:
     cache_error: str | None = None  # why the shared tier was bypassed
 
 
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """Everything one fetch of one key needs."""
+
+    tenant: str
+    sig: str
+    stmt: Statement
+    strategy: CacheStrategy
+    request_id: str
+
+
 @dataclass(slots=True)
 class Stats:
     origin_calls: int = 0  # queries this process sent to the origin
@@ -62,6 +74,7 @@ class Stats:
     coalesced_region: int = 0  # misses answered by another process's fetch
     refreshes: int = 0  # background swr refreshes started here
     refresh_failures: int = 0
+    raced_purges: int = 0  # fetches discarded because a purge overtook them
 
 
 class QueryCache:
@@ -93,65 +106,57 @@ class QueryCache:
 
         stmt = req.statement
         sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
-        key = self._tier.entry_key(tenant, sig)
+        flight = _Flight(tenant, sig, stmt, strategy, request_id)
         cache_error: str | None = None
         entry: Entry | None = None
+        state: list[bytes | None] = []
         try:
-            raw = await self._tier.get(key)
+            raw, state = await self._tier.lookup(tenant, sig, strategy.tags)
             entry = Entry.decode(raw) if raw is not None else None
         except TierUnavailable as exc:
             cache_error = "redis_unavailable"
             log.warning("cache_tier_unavailable", error=str(exc), request_id=request_id)
 
-        now = self._clock()
+        # An entry a purge applied here has voided is never served, not even as stale.
+        # Without a sync lease (cut off from the origin) we cannot tell: such entries may
+        # still stand in on origin failure (staleIfError), never as fresh.
+        fallback: Entry | None = None
         if entry is not None:
-            age = entry.age(now)
-            if age < strategy.ttl:
-                return Answer(entry.core, "ttl", entry.produced_at_ms, sig)
-            if age < strategy.ttl + strategy.swr:
-                self._refresh_in_background(tenant, sig, stmt, strategy, request_id)
-                return Answer(entry.core, "swr", entry.produced_at_ms, sig)
+            if is_current(entry.watermark, state):
+                age = entry.age(self._clock())
+                if age < strategy.ttl:
+                    return Answer(entry.core, "ttl", entry.produced_at_ms, sig)
+                if age < strategy.ttl + strategy.swr:
+                    self._refresh_in_background(flight, entry, required_watermark(state))
+                    return Answer(entry.core, "swr", entry.produced_at_ms, sig)
+                fallback = entry
+            elif state and state[0] is None:
+                fallback = entry
 
         try:
-            fresh = await self._fill(tenant, sig, stmt, strategy, entry, request_id)
+            fresh = await self._fill(flight, entry, required_watermark(state))
         except _STALE_OK as exc:
-            if entry is not None and entry.age(self._clock()) < strategy.retention:
+            if fallback is not None and fallback.age(self._clock()) < strategy.retention:
                 log.warning("serving_stale_on_error", code=exc.code, request_id=request_id)
-                return Answer(entry.core, "stale", entry.produced_at_ms, sig, error=exc.code)
+                return Answer(fallback.core, "stale", fallback.produced_at_ms, sig, error=exc.code)
             raise
         return Answer(fresh.core, "miss", fresh.produced_at_ms, sig, cache_error=cache_error)
 
     # ------------------------------------------------------------------ fills
 
-    async def _fill(
-        self,
-        tenant: str,
-        sig: str,
-        stmt: Statement,
-        strategy: CacheStrategy,
-        seen: Entry | None,
-        request_id: str,
-    ) -> Entry:
+    async def _fill(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> Entry:
         async def run() -> Entry:
-            return await self._fill_region(tenant, sig, stmt, strategy, seen, request_id)
+            return await self._fill_region(flight, seen, min_watermark)
 
-        entry, shared = await self._flights.do((tenant, sig), run)
+        entry, shared = await self._flights.do((flight.tenant, flight.sig), run)
         if shared:
             self.stats.coalesced_local += 1
         return entry
 
-    async def _fill_region(
-        self,
-        tenant: str,
-        sig: str,
-        stmt: Statement,
-        strategy: CacheStrategy,
-        seen: Entry | None,
-        request_id: str,
-    ) -> Entry:
+    async def _fill_region(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> Entry:
         """Fetch once per region: take the key's lock, or wait for its holder's entry."""
+        tenant, sig = flight.tenant, flight.sig
         lock_key = self._tier.lock_key(tenant, sig)
-        entry_key = self._tier.entry_key(tenant, sig)
         token = secrets.token_hex(8)
         deadline = time.monotonic() + self._config.coalesce_wait
         delay = 0.005
@@ -160,10 +165,15 @@ class QueryCache:
                 locked = await self._tier.try_lock(lock_key, token, self._lock_ttl_ms)
             except TierUnavailable:
                 # No shared tier: coalescing stays per process; correctness is unaffected.
-                return await self._fetch_and_store(tenant, sig, stmt, strategy, request_id)
+                return await self._fetch_and_store(flight, min_watermark)
             if locked:
                 try:
-                    return await self._fetch_and_store(tenant, sig, stmt, strategy, request_id)
+                    # Double-check: the previous holder may have stored it just now.
+                    newer = await self._newer_entry(flight, seen)
+                    if newer is not None:
+                        self.stats.coalesced_region += 1
+                        return newer
+                    return await self._fetch_and_store(flight, min_watermark)
                 finally:
                     await self._release(lock_key, token)
             # Another process of the region is fetching this key: wait for its entry.
@@ -171,36 +181,62 @@ class QueryCache:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 try:
-                    raw = await self._tier.get(entry_key)
-                    if raw is not None:
-                        got = Entry.decode(raw)
-                        if got is not None and (
-                            seen is None or got.produced_at_ms > seen.produced_at_ms
-                        ):
-                            self.stats.coalesced_region += 1
-                            return got
+                    got = await self._newer_entry(flight, seen)
+                    if got is not None:
+                        self.stats.coalesced_region += 1
+                        return got
                     if not await self._tier.exists(lock_key):
-                        break  # the holder finished without an entry (error): try ourselves
+                        break  # the holder finished without a usable entry: try ourselves
                 except TierUnavailable:
-                    return await self._fetch_and_store(tenant, sig, stmt, strategy, request_id)
+                    return await self._fetch_and_store(flight, min_watermark)
             else:
                 # Waited long enough; a hung holder must not hang us.
-                return await self._fetch_and_store(tenant, sig, stmt, strategy, request_id)
+                return await self._fetch_and_store(flight, min_watermark)
 
-    async def _fetch_and_store(
-        self, tenant: str, sig: str, stmt: Statement, strategy: CacheStrategy, request_id: str
-    ) -> Entry:
-        result = await self._origin.query(tenant, stmt, read_only=True, request_id=request_id)
-        self.stats.origin_calls += 1
-        core, meta = split_origin_result(result.body)
-        entry = Entry(int(meta.get("producedAt", 0)), core, int(meta.get("watermark", 0)))
-        try:
-            await self._tier.set(
-                self._tier.entry_key(tenant, sig), entry.encode(), strategy.retention
+    async def _newer_entry(self, flight: _Flight, seen: Entry | None) -> Entry | None:
+        """A servable entry produced after ``seen`` (someone else refreshed it), if any."""
+        raw, state = await self._tier.lookup(flight.tenant, flight.sig, flight.strategy.tags)
+        got = Entry.decode(raw) if raw is not None else None
+        if got is None or not is_current(got.watermark, state):
+            return None
+        if seen is not None and got.produced_at_ms <= seen.produced_at_ms:
+            return None
+        return got
+
+    async def _fetch_and_store(self, flight: _Flight, min_watermark: int) -> Entry:
+        """Fetch from the origin; store only rows no purge applied here has voided.
+
+        A purge can be applied while the fetch is in flight. Its rows may then predate
+        the purge; they are neither stored nor served: we fetch again, asking the origin
+        for a watermark at least as new as the region's state.
+        """
+        tenant, strategy = flight.tenant, flight.strategy
+        for _attempt in range(3):
+            result = await self._origin.query(
+                tenant,
+                flight.stmt,
+                read_only=True,
+                request_id=flight.request_id,
+                min_watermark=min_watermark,
             )
-        except TierUnavailable as exc:
-            log.warning("cache_store_failed", error=str(exc), request_id=request_id)
-        return entry
+            self.stats.origin_calls += 1
+            core, meta = split_origin_result(result.body)
+            entry = Entry(int(meta.get("producedAt", 0)), core, int(meta.get("watermark", 0)))
+            try:
+                state = await self._tier.state(tenant, strategy.tags)
+            except TierUnavailable:
+                return entry  # nothing to check against, and nowhere to store it
+            if state[0] is not None and not is_current(entry.watermark, state):
+                self.stats.raced_purges += 1
+                min_watermark = max(min_watermark, required_watermark(state))
+                continue
+            try:
+                key = self._tier.entry_key(tenant, flight.sig)
+                await self._tier.set(key, entry.encode(), strategy.retention)
+            except TierUnavailable as exc:
+                log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
+            return entry
+        raise OriginUnavailable("the origin keeps answering with rows older than a purge")
 
     async def _release(self, lock_key: str, token: str) -> None:
         with contextlib.suppress(TierUnavailable):  # it expires on its own
@@ -208,38 +244,39 @@ class QueryCache:
 
     # ------------------------------------------------------------ background
 
-    def _refresh_in_background(
-        self, tenant: str, sig: str, stmt: Statement, strategy: CacheStrategy, request_id: str
-    ) -> None:
-        if self._flights.running((tenant, sig)):
+    def _refresh_in_background(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
+        if self._flights.running((flight.tenant, flight.sig)):
             return  # this process is already fetching the key
-        task = asyncio.create_task(self._refresh(tenant, sig, stmt, strategy, request_id))
+        task = asyncio.create_task(self._refresh(flight, seen, min_watermark))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _refresh(
-        self, tenant: str, sig: str, stmt: Statement, strategy: CacheStrategy, request_id: str
-    ) -> None:
-        lock_key = self._tier.lock_key(tenant, sig)
+    async def _refresh(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
+        lock_key = self._tier.lock_key(flight.tenant, flight.sig)
         token = secrets.token_hex(8)
         try:
             if not await self._tier.try_lock(lock_key, token, self._lock_ttl_ms):
                 return  # another request or process of the region is refreshing it
         except TierUnavailable:
             return  # without the lock we cannot promise one refresh per region; skip
-        self.stats.refreshes += 1
 
         async def run() -> Entry:
-            return await self._fetch_and_store(tenant, sig, stmt, strategy, request_id)
+            # Double-check under the lock: a refresh that just finished elsewhere counts.
+            newer = await self._newer_entry(flight, seen)
+            if newer is not None:
+                return newer
+            self.stats.refreshes += 1
+            return await self._fetch_and_store(flight, min_watermark)
 
         try:
-            await self._flights.do((tenant, sig), run)
-        except CacheEdgeError as exc:
+            await self._flights.do((flight.tenant, flight.sig), run)
+        except (CacheEdgeError, TierUnavailable) as exc:
             self.stats.refresh_failures += 1
-            log.warning("swr_refresh_failed", code=exc.code, request_id=request_id)
+            code = exc.code if isinstance(exc, CacheEdgeError) else "redis_unavailable"
+            log.warning("swr_refresh_failed", code=code, request_id=flight.request_id)
         except Exception:
             self.stats.refresh_failures += 1
-            log.exception("swr_refresh_crashed", request_id=request_id)
+            log.exception("swr_refresh_crashed", request_id=flight.request_id)
         finally:
             await self._release(lock_key, token)
 

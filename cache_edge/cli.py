@@ -109,6 +109,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base-port", type=int, default=7400)
     p.add_argument("--wan-delay", default="0ms", help="emulated one-way delay node->origin")
     p.add_argument("--workdir", default=".dev", help="where private servers keep their data")
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="start, query each region twice (expect miss then ttl), stop; exit 0 if all pass",
+    )
+    p.add_argument(
+        "--private-servers",
+        action="store_true",
+        help="always start private PostgreSQL and Redis in --workdir",
+    )
     p.set_defaults(func=cmd_dev)
     return parser
 

@@ -119,6 +119,9 @@ class NodeConfig:
     redis_retry_after: float = 1.0
     # How long a miss waits for another process of the region to fill the same key.
     coalesce_wait: float = 30.0
+    # A region that has not heard from the origin's purge log for this long stops
+    # vouching for its entries (bounded staleness for a region cut off from the origin).
+    sync_grace: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,10 +60,39 @@ class OriginClient:
             await self._session.close()
 
     async def query(
-        self, tenant: str, stmt: Statement, *, read_only: bool, request_id: str
+        self,
+        tenant: str,
+        stmt: Statement,
+        *,
+        read_only: bool,
+        request_id: str,
+        min_watermark: int = 0,
     ) -> OriginResult:
-        body = {"sql": stmt.sql, "params": stmt.params, "readOnly": read_only}
+        body: dict[str, Any] = {"sql": stmt.sql, "params": stmt.params, "readOnly": read_only}
+        if min_watermark:
+            body["minWatermark"] = min_watermark
         return await self._post("/v1/query", tenant, body, request_id)
+
+    async def invalidate(
+        self, tenant: str, tags: list[str], purge_all: bool, wait: float, request_id: str
+    ) -> dict[str, Any]:
+        body = {"tags": tags, "all": purge_all, "wait": wait}
+        result = await self._post("/v1/invalidations", tenant, body, request_id)
+        return dict(unpackb(result.body))
+
+    async def invalidation_status(
+        self, tenant: str, invalidation_id: str, request_id: str
+    ) -> dict[str, Any]:
+        body = {"id": invalidation_id}
+        result = await self._post("/v1/invalidations/status", tenant, body, request_id)
+        return dict(unpackb(result.body))
+
+    async def poll_invalidations(
+        self, tenant: str, region: str, after: int, wait: float
+    ) -> dict[str, Any]:
+        body = {"region": region, "after": after, "wait": wait}
+        result = await self._post("/v1/invalidations/poll", tenant, body, "applier")
+        return dict(unpackb(result.body))
 
     async def transaction(
         self, tenant: str, statements: list[Statement], isolation: str, request_id: str

@@ -11,14 +11,16 @@ from typing import Any
 
 from cache_edge.config import Limits
 from cache_edge.errors import BadRequest, PayloadTooLarge
-from cache_edge.strategy import NO_CACHE, CacheStrategy
+from cache_edge.strategy import NO_CACHE, CacheStrategy, parse_tags
 
 __all__ = [
     "ISOLATION_LEVELS",
+    "InvalidateRequest",
     "QueryRequest",
     "Statement",
     "TransactionRequest",
     "check_value",
+    "parse_invalidate",
     "parse_query",
     "parse_transaction",
 ]
@@ -36,8 +38,10 @@ class Statement:
 class QueryRequest:
     statement: Statement
     strategy: CacheStrategy = NO_CACHE
-    # Origin side only: the caller (a node) asks for a READ ONLY transaction.
+    # Origin side only: the caller (a node) asks for a READ ONLY transaction...
     read_only: bool = False
+    # ...and for rows produced after this purge sequence (see docs/invalidation.md).
+    min_watermark: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +116,7 @@ def _statement(body: dict[str, Any], limits: Limits, where: str) -> Statement:
 
 
 _QUERY_FIELDS = frozenset({"sql", "params", "cacheStrategy"})
-_ORIGIN_QUERY_FIELDS = frozenset({"sql", "params", "readOnly"})
+_ORIGIN_QUERY_FIELDS = frozenset({"sql", "params", "readOnly", "minWatermark"})
 
 
 def parse_query(body: Any, limits: Limits, *, origin: bool = False) -> QueryRequest:
@@ -125,7 +129,10 @@ def parse_query(body: Any, limits: Limits, *, origin: bool = False) -> QueryRequ
         read_only = obj.get("readOnly", False)
         if not isinstance(read_only, bool):
             raise BadRequest("readOnly must be true or false", field="readOnly")
-        return QueryRequest(stmt, read_only=read_only)
+        mark = obj.get("minWatermark", 0)
+        if isinstance(mark, bool) or not isinstance(mark, int) or mark < 0:
+            raise BadRequest("minWatermark must be a non-negative integer", field="minWatermark")
+        return QueryRequest(stmt, read_only=read_only, min_watermark=mark)
     return QueryRequest(stmt, CacheStrategy.from_wire(obj.get("cacheStrategy")))
 
 
@@ -156,3 +163,34 @@ def parse_transaction(body: Any, limits: Limits) -> TransactionRequest:
             f"isolationLevel must be one of {', '.join(ISOLATION_LEVELS)}", field="isolationLevel"
         )
     return TransactionRequest(statements, isolation)
+
+
+MAX_PURGE_TAGS = 100
+MAX_WAIT = 30.0
+_INVALIDATE_FIELDS = frozenset({"tags", "all", "wait"})
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidateRequest:
+    tags: list[str]
+    purge_all: bool
+    wait: float = 5.0
+
+
+def parse_invalidate(body: Any) -> InvalidateRequest:
+    """``{"tags": [...]}`` or ``{"all": true}``, with an optional ``"wait"`` in seconds."""
+    obj = _object(body, "the request body")
+    _reject_unknown(obj, _INVALIDATE_FIELDS)
+    purge_all = obj.get("all", False)
+    if not isinstance(purge_all, bool):
+        raise BadRequest("all must be true or false", field="all")
+    tags = obj.get("tags", [])
+    if not isinstance(tags, list):
+        raise BadRequest("tags must be an array of strings", field="tags")
+    parse_tags(tags, "tags", MAX_PURGE_TAGS)
+    if not tags and not purge_all:
+        raise BadRequest('nothing to purge: send {"tags": [...]} or {"all": true}', field="tags")
+    wait = obj.get("wait", 5.0)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
+        raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT:.0f}", field="wait")
+    return InvalidateRequest(sorted(set(tags)), purge_all, float(wait))

@@ -86,7 +86,6 @@ class CacheStrategy:
         return out
 
 
-
 def _check_seconds(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise BadRequest(f"{name} must be a whole number of seconds, got {value!r}", field=name)

@@ -152,6 +152,9 @@ def _json_default(obj: Any) -> Any:
         return base64.b64encode(bytes(obj)).decode()
     if isinstance(obj, dt.timedelta):
         return format_duration(obj)
+    if isinstance(obj, (dt.date, dt.time)):
+        # Through default, not orjson's native path: orjson refuses a time with an offset (timetz).
+        return obj.isoformat()
     if isinstance(obj, (set, frozenset)):
         return list(obj)
     raise TypeError(f"cannot encode a value of type {type(obj).__name__}")
@@ -159,7 +162,11 @@ def _json_default(obj: Any) -> Any:
 
 def json_dumps(obj: Any) -> bytes:
     """Encode to JSON: numeric as string, bytea as base64, date/time as ISO 8601."""
-    return orjson.dumps(obj, default=_json_default, option=orjson.OPT_NON_STR_KEYS)
+    return orjson.dumps(
+        obj,
+        default=_json_default,
+        option=orjson.OPT_NON_STR_KEYS | orjson.OPT_PASSTHROUGH_DATETIME,
+    )
 
 
 def json_loads(data: bytes | str) -> Any:

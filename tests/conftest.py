@@ -15,11 +15,44 @@ from cache_edge.config import Settings, parse_settings
 PG_ADMIN_DSN = os.environ.get("CACHE_EDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_DB = "cache_edge_test"
 TEST_DB_B = "cache_edge_test_b"  # a second tenant's database
-REDIS_URL = os.environ.get("CACHE_EDGE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+REDIS_URL = os.environ.get("CACHE_EDGE_TEST_REDIS", "redis://127.0.0.1:6379/15")
 NODE_SECRET = "test-node-secret-0123456789abcdef"
 
 API_KEY_A = "ce_test_key_tenant_a"
 API_KEY_B = "ce_test_key_tenant_b"
+
+
+# Counting executions on the database side: ce_mark(m) logs one row per execution
+# through dblink, i.e. over a separate connection, so it works inside the READ ONLY
+# transactions the origin uses for cached queries and survives their rollback.
+EXEC_LOG_SQL = """
+CREATE EXTENSION IF NOT EXISTS dblink;
+CREATE TABLE IF NOT EXISTS ce_exec_log (marker text NOT NULL, at timestamptz DEFAULT clock_timestamp());
+CREATE INDEX IF NOT EXISTS ce_exec_log_marker ON ce_exec_log (marker);
+CREATE OR REPLACE FUNCTION ce_mark(m text) RETURNS text LANGUAGE plpgsql VOLATILE AS $fn$
+BEGIN
+  PERFORM dblink_exec('@DSN@', format('INSERT INTO ce_exec_log(marker) VALUES (%L)', m));
+  RETURN m;
+END $fn$;
+"""
+
+
+def _dblink_dsn(db: str) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(PG_ADMIN_DSN)
+    return f"host={u.hostname} port={u.port or 5432} user={u.username or 'postgres'} dbname={db}"
+
+
+async def executions(marker: str, db: str = TEST_DB) -> int:
+    """How many times PostgreSQL executed ce_mark(marker)."""
+    conn = await asyncpg.connect(dsn_for(db))
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM ce_exec_log WHERE marker = $1", marker)
+        )
+    finally:
+        await conn.close()
 
 
 def sha(key: str) -> str:
@@ -49,6 +82,12 @@ def pg_databases() -> Iterator[tuple[str, str]]:
                     await conn.execute(f'CREATE DATABASE "{db}"')
         finally:
             await conn.close()
+        for db in (TEST_DB, TEST_DB_B):
+            conn = await asyncpg.connect(dsn_for(db))
+            try:
+                await conn.execute(EXEC_LOG_SQL.replace("@DSN@", _dblink_dsn(db)))
+            finally:
+                await conn.close()
 
     asyncio.run(create())
     yield dsn_for(TEST_DB), dsn_for(TEST_DB_B)
@@ -70,6 +109,16 @@ def make_settings_doc(dsn_a: str, dsn_b: str, **sections: dict[str, object]) -> 
         assert isinstance(base, dict)
         base.update(values)
     return doc
+
+
+@pytest.fixture(scope="session")
+def flushed_redis() -> str:
+    import redis
+
+    r = redis.Redis.from_url(REDIS_URL)
+    r.flushdb()
+    r.close()
+    return REDIS_URL
 
 
 @pytest.fixture

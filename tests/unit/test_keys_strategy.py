@@ -11,8 +11,13 @@ from cache_edge.keys import cache_key
 from cache_edge.strategy import CacheStrategy
 
 
-def key(params: list[object], tenant: str = "acme", ttl: int = 60, swr: int = 0,
-        tags: tuple[str, ...] = ()) -> str:
+def key(
+    params: list[object],
+    tenant: str = "acme",
+    ttl: int = 60,
+    swr: int = 0,
+    tags: tuple[str, ...] = (),
+) -> str:
     return cache_key(tenant, "SELECT $1", params, ttl, swr, tags)
 
 

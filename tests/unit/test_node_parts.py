@@ -32,8 +32,10 @@ def test_core_is_spliced_without_reencoding() -> None:
     entry = Entry.decode(Entry(rest["producedAt"], core, 7).encode())
     assert entry is not None and entry.core == core and entry.watermark == 7
     body = unpackb(result_msgpack(entry.core, {"cacheStatus": "ttl"}))
-    assert body == {**{k: ORIGIN_ANSWER[k] for k in ("columns", "rows", "rowCount")},
-                    "info": {"cacheStatus": "ttl"}}
+    assert body == {
+        **{k: ORIGIN_ANSWER[k] for k in ("columns", "rows", "rowCount")},
+        "info": {"cacheStatus": "ttl"},
+    }
     assert json_loads(result_json(core, {"x": 1}))["rows"] == [[1], [2]]
     assert core_to_dict(core)["rowCount"] == 2
 
@@ -47,8 +49,12 @@ def test_unexpected_origin_answer_is_origin_unavailable() -> None:
 
 def test_signature_accepts_current_and_rotated_secret() -> None:
     h = sign_headers("old-secret-xxxxxxxx", "POST", "/v1/query", "acme", b"body", now=1000.0)
-    assert verify_headers(["new-secret", "old-secret-xxxxxxxx"], "POST", "/v1/query", h,
-                          b"body", 60, now=1010.0) == "acme"
+    assert (
+        verify_headers(
+            ["new-secret", "old-secret-xxxxxxxx"], "POST", "/v1/query", h, b"body", 60, now=1010.0
+        )
+        == "acme"
+    )
     for args in (
         (["old-secret-xxxxxxxx"], "POST", "/v1/query", h, b"tampered", 60, 1010.0),
         (["old-secret-xxxxxxxx"], "POST", "/v1/transaction", h, b"body", 60, 1010.0),
@@ -110,10 +116,14 @@ def test_request_limits() -> None:
     ):
         with pytest.raises(exc):
             parse_query(body, limits)
-    tx = parse_transaction({"statements": [{"sql": "SELECT 1"}], "isolationLevel": "serializable"},
-                           limits)
+    tx = parse_transaction(
+        {"statements": [{"sql": "SELECT 1"}], "isolationLevel": "serializable"}, limits
+    )
     assert tx.isolation == "serializable"
-    for body in ({"statements": []}, {"statements": [{"sql": "S", "x": 1}]},
-                 {"statements": [{"sql": "S"}], "isolationLevel": "chaos"}):
+    for body in (
+        {"statements": []},
+        {"statements": [{"sql": "S", "x": 1}]},
+        {"statements": [{"sql": "S"}], "isolationLevel": "chaos"},
+    ):
         with pytest.raises(BadRequest):
             parse_transaction(body, limits)

@@ -62,7 +62,11 @@ def test_json_is_readable() -> None:
 
 
 def test_duration_round_trip() -> None:
-    for td in (dt.timedelta(0), dt.timedelta(days=2, seconds=3, microseconds=500), -dt.timedelta(1)):
+    for td in (
+        dt.timedelta(0),
+        dt.timedelta(days=2, seconds=3, microseconds=500),
+        -dt.timedelta(1),
+    ):
         assert parse_duration(format_duration(td)) == td
     with pytest.raises(ValueError):
         parse_duration("1 day")

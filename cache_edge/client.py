@@ -1,0 +1,51 @@
+"""The cache-edge client SDK: query PostgreSQL through a regional cache node, asyncpg-style.
+
+    from cache_edge.client import AsyncClient, CacheStrategy
+
+    async with AsyncClient("https://edge.example.com", api_key) as db:
+        rows = await db.fetch("SELECT * FROM products WHERE id = $1", 7,
+                              cache=CacheStrategy(ttl=60, swr=30, tags=("products",)))
+        rows[0]["name"], rows.info.cache_status
+
+``Client`` is the blocking twin with the same methods. The SDK needs only the base
+dependencies (aiohttp, msgpack, orjson): never asyncpg, redis or the server stack,
+so it loads fast in a serverless function. ``AsyncClient`` is imported on first use,
+so code that only uses the blocking ``Client`` never pays for importing aiohttp.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cache_edge._results import Column, Info, InvalidationResult, Result, Row, Rows
+from cache_edge._sync_client import Client
+from cache_edge.errors import CacheEdgeError, OriginUnavailable, QueryError
+from cache_edge.protocol import Statement
+from cache_edge.strategy import CacheStrategy
+
+if TYPE_CHECKING:
+    from cache_edge._async_client import AsyncClient
+
+__all__ = [
+    "AsyncClient",
+    "CacheEdgeError",
+    "CacheStrategy",
+    "Client",
+    "Column",
+    "Info",
+    "InvalidationResult",
+    "OriginUnavailable",
+    "QueryError",
+    "Result",
+    "Row",
+    "Rows",
+    "Statement",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "AsyncClient":
+        from cache_edge._async_client import AsyncClient
+
+        return AsyncClient
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

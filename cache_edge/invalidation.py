@@ -1,0 +1,155 @@
+"""Applying the origin's purge log in this region, and judging entries against it.
+
+State per tenant in the region's Redis (keys in :class:`RedisTier`):
+
+* ``tag:<t>``  seq of the last purge of tag ``t``        (no expiry, never evicted)
+* ``floor``    entries with a watermark below it are void (bumped by "purge all" and
+               whenever the region cannot prove it saw every purge)
+* ``applied``  seq of the last purge applied here        (no expiry)
+* ``sync``     the floor again, as a lease that lives ``sync_grace`` seconds; it is
+               renewed after every successful poll of the origin
+
+An entry carries the origin's watermark ``W``: the last purge committed before its
+rows were produced. It may be served iff ``sync`` exists, ``W >= floor`` and every
+tag version ``<= W``. A region cut off from the origin loses its lease after
+``sync_grace`` seconds and from then on serves nothing it cannot vouch for; a
+region whose Redis lost its state (restart, flush) finds ``applied`` missing and
+bumps the floor to the origin's latest seq on its next poll.
+
+One process per region applies (a Redis leadership lease), for every tenant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from collections.abc import Sequence
+
+from cache_edge.errors import CacheEdgeError
+from cache_edge.logs import get_logger
+from cache_edge.origin_client import OriginClient
+from cache_edge.tiers.redis import RedisTier, TierUnavailable
+
+__all__ = ["Applier", "is_current", "required_watermark"]
+
+log = get_logger(__name__)
+
+
+def is_current(watermark: int, state: Sequence[bytes | None]) -> bool:
+    """May an entry with this watermark be served, given [sync floor, *tag versions]?"""
+    floor = state[0]
+    if floor is None or watermark < int(floor):
+        return False
+    return all(v is None or int(v) <= watermark for v in state[1:])
+
+
+def required_watermark(state: Sequence[bytes | None]) -> int:
+    """The lowest watermark an answer needs to pass :func:`is_current` under ``state``."""
+    return max((int(v) for v in state if v is not None), default=0)
+
+
+class Applier:
+    """Long-polls the origin's purge log for every tenant and applies it to Redis."""
+
+    def __init__(
+        self,
+        region: str,
+        tenants: Sequence[str],
+        tier: RedisTier,
+        origin: OriginClient,
+        *,
+        sync_grace: float,
+    ) -> None:
+        self._region = region
+        self._tenants = list(tenants)
+        self._tier = tier
+        self._origin = origin
+        self._grace = sync_grace
+        # Long-poll well inside the lease so a healthy region never lets it lapse, and
+        # hold leadership for half of it so a crashed leader's successor renews it in time.
+        self._poll_wait = max(0.25, sync_grace / 4)
+        self._lease_ms = int(max(1.0, sync_grace / 2) * 1000)
+        self._token = secrets.token_hex(8)
+        self._leader_key = f"ce:region:{region}:applier"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._leader = asyncio.Event()
+        self.applied: dict[str, int] = {}  # for tests and metrics
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._elect()))
+        for tenant in self._tenants:
+            self._tasks.append(asyncio.create_task(self._run(tenant)))
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._leader.is_set():
+            # Hand over at once instead of letting a successor wait out the lease.
+            with contextlib.suppress(TierUnavailable):
+                await self._tier.unlock(self._leader_key, self._token)
+
+    async def _elect(self) -> None:
+        while True:
+            try:
+                if await self._tier.lead(self._leader_key, self._token, self._lease_ms):
+                    self._leader.set()
+                else:
+                    self._leader.clear()
+            except TierUnavailable:
+                self._leader.clear()
+            await asyncio.sleep(self._lease_ms / 3000)
+
+    async def _run(self, tenant: str) -> None:
+        backoff = 0.1
+        fresh = True  # first poll after (re)gaining leadership: do not wait, renew now
+        while True:
+            if not self._leader.is_set():
+                fresh = True
+                await self._leader.wait()
+            try:
+                await self._step(tenant, 0.0 if fresh else self._poll_wait)
+                fresh = False
+                backoff = 0.1
+            except (CacheEdgeError, TierUnavailable) as exc:
+                log.warning("invalidation_poll_failed", tenant=tenant, error=str(exc))
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def _step(self, tenant: str, wait: float) -> None:
+        applied, floor = await self._tier.progress(tenant)
+        answer = await self._origin.poll_invalidations(
+            tenant, self._region, -1 if applied is None else applied, wait
+        )
+        latest, oldest = int(answer["latest"]), int(answer["oldest"])
+        items = answer["items"]
+        if applied is None or (oldest > applied + 1 and not _covers(items, applied)):
+            # We cannot prove we saw every purge since our last sync (state lost, or the
+            # log was trimmed past us): void every entry older than now.
+            log.warning(
+                "invalidation_resync", tenant=tenant, applied=applied, latest=latest, floor=latest
+            )
+            await self._tier.apply(tenant, {}, latest, latest, self._grace)
+            self.applied[tenant] = latest
+            return
+        tags: dict[str, int] = {}
+        last = applied
+        for item in items:
+            seq = int(item["seq"])
+            if item["all"]:
+                floor = seq
+            for tag in item["tags"]:
+                tags[tag] = seq
+            last = seq
+        await self._tier.apply(tenant, tags, last, floor, self._grace)
+        self.applied[tenant] = last
+        if items:
+            log.info("invalidations_applied", tenant=tenant, upto=last, count=len(items))
+
+
+def _covers(items: Sequence[dict[str, object]], applied: int) -> bool:
+    """Do the returned items continue exactly where we stopped (no gap)?"""
+    return bool(items) and int(items[0]["seq"]) == applied + 1  # type: ignore[call-overload]

@@ -1,0 +1,191 @@
+"""HTTP plumbing of the origin: request ids, signed and size-capped bodies, error responses, logs.
+
+Every response leaves through :func:`middleware`, which turns any failure into
+a clean error body (an unexpected one into ``internal`` with details only in the
+log), attaches ``X-Request-Id`` and writes one structured log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from cache_edge.config import Settings
+from cache_edge.errors import (
+    BadRequest,
+    CacheEdgeError,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+    Unauthorized,
+)
+from cache_edge.logs import get_logger
+from cache_edge.signing import SignatureError, verify_headers
+from cache_edge.wire import (
+    CONTENT_TYPES,
+    WireFormat,
+    decode_body,
+    encode_body,
+    request_format,
+    response_format,
+)
+from origin.metrics import OriginMetrics
+
+__all__ = [
+    "METRICS",
+    "REQUEST_ID",
+    "SETTINGS",
+    "TENANT",
+    "SignedRequest",
+    "binary_response",
+    "middleware",
+    "read_signed",
+]
+
+log = get_logger("origin.http")
+
+SETTINGS = web.AppKey("settings", Settings)
+METRICS = web.AppKey("metrics", OriginMetrics)
+REQUEST_ID = web.RequestKey("request_id", str)
+TENANT = web.RequestKey("tenant", str)  # set only once a signature proved it
+
+REQUEST_ID_HEADER = "X-Request-Id"
+_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BODY_READ_TIMEOUT = 30.0  # a client that trickles its body must not hold a handler forever
+_KINDS = {"/v1/query": "query", "/v1/transaction": "transaction"}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    tenant: str
+    payload: Any
+    fmt: WireFormat  # the response format the caller asked for
+
+
+def _request_id(incoming: str | None) -> str:
+    if incoming and _SANE_REQUEST_ID.match(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
+
+def _reply_format(request: web.Request) -> WireFormat:
+    try:
+        fallback = request_format(request.headers.get("Content-Type"))
+    except BadRequest:
+        fallback = "json"
+    return response_format(request.headers.get("Accept"), fallback)
+
+
+def binary_response(body: bytes, fmt: WireFormat, status: int = 200) -> web.Response:
+    return web.Response(body=body, status=status, headers={"Content-Type": CONTENT_TYPES[fmt]})
+
+
+def _error_response(
+    exc: CacheEdgeError, request: web.Request, status: int | None = None
+) -> web.Response:
+    fmt = _reply_format(request)
+    resp = binary_response(
+        encode_body(exc.to_body(request.get(REQUEST_ID)), fmt), fmt, status or exc.status
+    )
+    if exc.retry_after is not None:
+        resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return resp
+
+
+async def _read_capped(request: web.Request, cap: int) -> bytes:
+    if request.content_length is not None and request.content_length > cap:
+        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {cap}")
+    chunks: list[bytes] = []
+    size = 0
+    async with asyncio.timeout(_BODY_READ_TIMEOUT):
+        async for chunk in request.content.iter_chunked(65536):
+            size += len(chunk)
+            if size > cap:
+                raise PayloadTooLarge(f"request body exceeds {cap} bytes")
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_signed(request: web.Request) -> SignedRequest:
+    """Read the capped body, prove the node signature and the tenant, then decode it."""
+    settings = request.app[SETTINGS]
+    body = await _read_capped(request, settings.limits.max_body_bytes)
+    try:
+        tenant = verify_headers(
+            [settings.node_secret],
+            request.method,
+            request.path,
+            request.headers,
+            body,
+            settings.origin.signature_window,
+        )
+    except SignatureError as exc:
+        raise Unauthorized(str(exc)) from None
+    if settings.tenant(tenant) is None:
+        raise Unauthorized("unknown tenant")
+    request[TENANT] = tenant
+    payload = decode_body(body, request_format(request.headers.get("Content-Type")))
+    return SignedRequest(tenant, payload, _reply_format(request))
+
+
+def _from_http_exception(exc: web.HTTPException) -> CacheEdgeError:
+    if exc.status == 404:
+        return NotFound("no such route")
+    if exc.status == 413:
+        return PayloadTooLarge("request body too large")
+    return BadRequest(exc.reason or "bad request")
+
+
+@web.middleware
+async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = rid = _request_id(request.headers.get(REQUEST_ID_HEADER))
+    started = time.monotonic()
+    code = "ok"
+    response: web.StreamResponse
+    try:
+        response = await handler(request)
+    except CacheEdgeError as exc:
+        code = exc.code
+        if isinstance(exc, InternalError):
+            log.error("internal_error", request_id=rid, exc_info=exc.__cause__ or exc)
+        response = _error_response(exc, request)
+    except web.HTTPException as exc:
+        mapped = _from_http_exception(exc)
+        code = mapped.code
+        response = _error_response(mapped, request, exc.status)
+        if "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+    except Exception as exc:
+        code = "internal"
+        log.error("internal_error", request_id=rid, exc_info=exc)
+        response = _error_response(InternalError("internal error in the origin"), request)
+    response.headers[REQUEST_ID_HEADER] = rid
+    elapsed = time.monotonic() - started
+    tenant = request.get(TENANT)
+    metrics = request.app[METRICS]
+    if code != "ok":
+        metrics.errors.labels(code).inc()
+    kind = _KINDS.get(request.path)
+    if kind is not None and tenant is not None:
+        metrics.observe(tenant, kind, code, elapsed)
+    log.info(
+        "request",
+        method=request.method,
+        path=request.path,
+        status=response.status,
+        code=code,
+        ms=round(elapsed * 1000, 2),
+        tenant=tenant,
+        request_id=rid,
+    )
+    return response

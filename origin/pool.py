@@ -1,0 +1,196 @@
+"""Per-tenant asyncpg pools: created lazily, bounded waiting, returned even when cancelled.
+
+Waiting for a free connection and connecting are bounded separately: our own
+semaphore (one permit per connection) decides who may take a connection and
+gives up after ``pool_timeout`` with :class:`PoolTimeout`; asyncpg then never
+waits for a slot, so its acquire only ever waits on connecting, bounded by
+``connect_timeout``. After a database restart asyncpg finds its connections
+closed and reconnects on the next acquire, so the pool recovers by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from cache_edge.config import OriginConfig, Settings, TenantConfig
+from cache_edge.errors import DatabaseUnavailable, PoolTimeout
+from cache_edge.logs import get_logger
+from cache_edge.wire import json_dumps
+
+__all__ = ["PoolStats", "TenantPool", "TenantPools"]
+
+log = get_logger("origin.pool")
+
+_RELEASE_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStats:
+    tenant: str
+    size: int  # open connections
+    idle: int  # open connections nobody holds
+    in_use: int  # connections lent out right now
+    waiting: int  # callers queued for a connection
+    max_size: int
+
+
+def _encode_json(value: Any) -> str:
+    # wire.json_dumps also knows Decimal, bytes and timedelta, which msgpack callers may send.
+    return json_dumps(value).decode()
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # json/jsonb come back as Python structures, not strings; builtin types need no round trip.
+    for name in ("json", "jsonb"):
+        await conn.set_type_codec(
+            name, schema="pg_catalog", encoder=_encode_json, decoder=json.loads, format="text"
+        )
+
+
+class TenantPool:
+    """One tenant's connections; the asyncpg pool is created on first use."""
+
+    def __init__(
+        self,
+        tenant: TenantConfig,
+        origin: OriginConfig,
+        create_pool: Callable[..., Any] = asyncpg.create_pool,
+    ) -> None:
+        self.tenant = tenant
+        self.max_size = tenant.pool_max_size or origin.pool_max_size
+        min_size = (
+            tenant.pool_min_size if tenant.pool_min_size is not None else origin.pool_min_size
+        )
+        self.min_size = min(min_size, self.max_size)
+        self._origin = origin
+        self._create_pool = create_pool
+        self._pool: Any = None
+        self._init_lock = asyncio.Lock()
+        self._slots = asyncio.Semaphore(self.max_size)
+        self._in_use = 0
+        self._waiting = 0
+
+    def stats(self) -> PoolStats:
+        pool = self._pool
+        size = pool.get_size() if pool is not None else 0
+        idle = pool.get_idle_size() if pool is not None else 0
+        return PoolStats(self.tenant.id, size, idle, self._in_use, self._waiting, self.max_size)
+
+    async def _get_pool(self) -> Any:
+        if self._pool is not None:
+            return self._pool
+        async with self._init_lock:
+            if self._pool is None:
+                pool = self._create_pool(
+                    self.tenant.database_url,
+                    min_size=self.min_size,
+                    max_size=self.max_size,
+                    timeout=self._origin.connect_timeout,  # per connection attempt
+                    init=_init_connection,
+                    server_settings={
+                        "application_name": "cache-edge-origin",
+                        "statement_timeout": str(int(self._origin.statement_timeout * 1000)),
+                    },
+                )
+                try:
+                    await asyncio.wait_for(pool, self._origin.connect_timeout + 1.0)
+                except BaseException:
+                    # A failed start is not cached: the next request tries again.
+                    pool.terminate()
+                    raise
+                self._pool = pool
+                log.info("pool_created", tenant=self.tenant.id, database=self.tenant.safe_dsn)
+        return self._pool
+
+    async def _wait_for_slot(self) -> None:
+        self._waiting += 1
+        try:
+            async with asyncio.timeout(self._origin.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no database connection became free within {self._origin.pool_timeout} s "
+                f"(pool of {self.max_size}); retry shortly",
+                retry_after=1.0,
+            ) from None
+        finally:
+            self._waiting -= 1
+
+    @asynccontextmanager
+    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+        await self._wait_for_slot()
+        try:
+            pool = await self._get_pool()
+            try:
+                # We hold a permit, so a pool slot is free: this waits only on (re)connecting.
+                conn = await pool.acquire(timeout=self._origin.connect_timeout + 1.0)
+            except TimeoutError:
+                raise DatabaseUnavailable(
+                    f"could not connect to the database within {self._origin.connect_timeout} s",
+                    retry_after=1.0,
+                ) from None
+        except BaseException:
+            self._slots.release()
+            raise
+        self._in_use += 1
+        try:
+            yield conn
+        finally:
+            self._in_use -= 1
+            # The permit comes back only once the connection is back in asyncpg's pool;
+            # shield the release so a cancelled request cannot leak the connection.
+            release = asyncio.ensure_future(self._release(pool, conn))
+            release.add_done_callback(lambda _task: self._slots.release())
+            await asyncio.shield(release)
+
+    async def _release(self, pool: Any, conn: asyncpg.Connection) -> None:
+        try:
+            await pool.release(conn, timeout=_RELEASE_TIMEOUT)
+        except Exception as exc:
+            # asyncpg already terminated the connection; its slot reconnects on next use.
+            log.warning("pool_release_failed", tenant=self.tenant.id, error=type(exc).__name__)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:
+            await asyncio.wait_for(pool.close(), timeout)
+        except Exception:
+            pool.terminate()
+
+
+class TenantPools:
+    """All tenants' pools, keyed by tenant id; only configured tenants exist."""
+
+    def __init__(self, settings: Settings, create_pool: Callable[..., Any] = asyncpg.create_pool):
+        self._pools = {t.id: TenantPool(t, settings.origin, create_pool) for t in settings.tenants}
+
+    def __contains__(self, tenant_id: object) -> bool:
+        return tenant_id in self._pools
+
+    def acquire(self, tenant_id: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
+        """``async with pools.acquire(tenant) as conn``; raises PoolTimeout when exhausted."""
+        return self._pools[tenant_id].acquire()
+
+    def stats(self) -> list[PoolStats]:
+        return [p.stats() for p in self._pools.values()]
+
+    async def ping(self, tenant_id: str, timeout: float = 2.0) -> bool:
+        """True when the tenant's database answers ``SELECT 1`` within ``timeout``."""
+        try:
+            async with asyncio.timeout(timeout), self.acquire(tenant_id) as conn:
+                return bool(await conn.fetchval("SELECT 1") == 1)
+        except Exception as exc:
+            log.warning("readiness_failed", tenant=tenant_id, error=type(exc).__name__)
+            return False
+
+    async def close(self) -> None:
+        await asyncio.gather(*(p.close() for p in self._pools.values()))

@@ -1,0 +1,119 @@
+"""Per-tenant purge logs of this origin process, and the LISTEN that links its replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from typing import Any
+
+import asyncpg
+
+from cache_edge.config import Settings
+from cache_edge.errors import BadRequest, NotFound
+from cache_edge.logs import get_logger
+from cache_edge.protocol import MAX_WAIT, parse_invalidate
+from origin.invalidation_log import CHANNEL, InvalidationLog
+from origin.pool import TenantPools
+
+__all__ = ["Purges"]
+
+log = get_logger("origin.purges")
+
+_REGION_MAX = 64
+
+
+class Purges:
+    def __init__(self, settings: Settings, pools: TenantPools) -> None:
+        self._settings = settings
+        self._logs = {
+            t.id: InvalidationLog(functools.partial(pools.acquire, t.id)) for t in settings.tenants
+        }
+        self._listeners: list[asyncio.Task[None]] = []
+
+    def log_for(self, tenant: str) -> InvalidationLog:
+        return self._logs[tenant]
+
+    async def record(self, tenant: str, payload: Any) -> dict[str, Any]:
+        req = parse_invalidate(payload)
+        purge_log = self._logs[tenant]
+        inv = await purge_log.record(req.tags, req.purge_all)
+        log.info(
+            "purge_recorded",
+            tenant=tenant,
+            seq=inv.seq,
+            tags=len(req.tags),
+            purge_all=req.purge_all,
+        )
+        progress = await purge_log.wait_applied(inv, req.wait)
+        return progress.to_wire()
+
+    async def status(self, tenant: str, payload: Any) -> dict[str, Any]:
+        inv_id = payload.get("id") if isinstance(payload, dict) else None
+        if not isinstance(inv_id, str):
+            raise BadRequest("id must be an invalidation id", field="id")
+        progress = await self._logs[tenant].progress(inv_id)
+        if progress is None:
+            raise NotFound(f"no invalidation {inv_id[:64]!r} for this tenant")
+        return progress.to_wire()
+
+    async def poll(self, tenant: str, payload: Any) -> dict[str, Any]:
+        if not isinstance(payload, dict):
+            raise BadRequest("the poll body must be an object")
+        region, after, wait = payload.get("region"), payload.get("after"), payload.get("wait", 5)
+        if not isinstance(region, str) or not 0 < len(region) <= _REGION_MAX:
+            raise BadRequest("region must be a region name", field="region")
+        if isinstance(after, bool) or not isinstance(after, int) or after < -1:
+            raise BadRequest("after must be an integer >= -1", field="after")
+        if (
+            isinstance(wait, bool)
+            or not isinstance(wait, (int, float))
+            or not 0 <= wait <= MAX_WAIT
+        ):
+            raise BadRequest("wait must be 0 to 30 seconds", field="wait")
+        return await self._logs[tenant].poll(region, after, float(wait))
+
+    # ------------------------------------------------------------ replicas
+
+    def start(self) -> None:
+        for tenant in self._settings.tenants:
+            self._listeners.append(
+                asyncio.create_task(self._listen(tenant.id, tenant.database_url))
+            )
+
+    async def stop(self) -> None:
+        for task in self._listeners:
+            task.cancel()
+        for task in self._listeners:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    async def _listen(self, tenant: str, dsn: str) -> None:
+        """Wake this process's long-polls when any replica records a purge or an ack.
+
+        Correctness never depends on it (waits re-check the database on a short timer);
+        it only makes propagation fast.
+        """
+        purge_log = self._logs[tenant]
+        while True:
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await asyncpg.connect(dsn, timeout=5)
+                lost = asyncio.Event()
+                conn.add_termination_listener(functools.partial(_set_event, lost))
+                await conn.add_listener(CHANNEL, lambda *_a: purge_log.notify_changed())
+                purge_log.notify_changed()  # anything missed while disconnected
+                await lost.wait()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("purge_listener_retry", tenant=tenant, error=type(exc).__name__)
+            finally:
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(conn.close(), 2)
+            await asyncio.sleep(1.0)
+
+
+def _set_event(event: asyncio.Event, *_args: object) -> None:
+    event.set()

@@ -1,0 +1,284 @@
+"""Global invalidation across two regions (own Redis database each) and one origin.
+
+What PostgreSQL returns is changed behind the cache's back (a direct UPDATE), so a
+stale answer is visible in the rows, not only in the cache status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, TEST_DB, dsn_for, free_port
+from tests.integration.node_helpers import Reply, marker, new_stack, post
+from tests.integration.stack import Server, Stack
+
+REGION_A_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
+REGION_B_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
+
+
+async def _flush(url: str) -> None:
+    r = aioredis.Redis.from_url(url)
+    await r.flushdb()
+    await r.aclose()
+
+
+@pytest.fixture
+async def world(tmp_path: Path, pg_databases: tuple[str, str]) -> AsyncIterator[Stack]:
+    await _flush(REGION_A_REDIS)
+    await _flush(REGION_B_REDIS)
+    st = new_stack(tmp_path, pg_databases, REGION_A_REDIS, node={"sync_grace": 2.0})
+    st.start_origin()
+    st.start_node(region="region-a", redis_url=REGION_A_REDIS)
+    st.start_node(region="region-b", redis_url=REGION_B_REDIS)
+    try:
+        yield st
+    finally:
+        st.stop_all()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
+        yield s
+
+
+@pytest.fixture
+async def row() -> AsyncIterator[tuple[asyncpg.Connection, str]]:
+    """A row whose value the test changes directly in PostgreSQL."""
+    conn = await asyncpg.connect(dsn_for(TEST_DB))
+    await conn.execute("CREATE TABLE IF NOT EXISTS inv_t (k text PRIMARY KEY, v int NOT NULL)")
+    key = marker("row")
+    await conn.execute("INSERT INTO inv_t VALUES ($1, 1)", key)
+    yield conn, key
+    await conn.close()
+
+
+def nodes(st: Stack) -> list[Server]:
+    return [s for s in st.servers if s.kind == "node"]
+
+
+def read(key: str, tag: str, **extra: object) -> dict[str, object]:
+    return {
+        "sql": "SELECT v FROM inv_t WHERE k = $1",
+        "params": [key],
+        "cacheStrategy": {"ttl": 300, "tags": [tag], **extra},
+    }
+
+
+async def purge(
+    http: aiohttp.ClientSession, url: str, body: dict[str, object], key: str = API_KEY_A
+) -> Reply:
+    return await post(http, url, body, key, path="/v1/invalidate", fmt="json")
+
+
+async def wait_live(http: aiohttp.ClientSession, url: str, regions: set[str]) -> None:
+    """Purge a throwaway tag until the origin lists every region as live."""
+    for _ in range(100):
+        reply = await purge(http, url, {"tags": ["warmup"], "wait": 2})
+        assert reply.status == 200, reply.body
+        if set(reply.body["appliedRegions"]) >= regions:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"regions never became live: {reply.body}")
+
+
+async def test_purge_reaches_both_regions_and_says_so(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    conn, key = row
+    a, b = (n.url for n in nodes(world))
+    await wait_live(http, a, {"region-a", "region-b"})
+    tag = marker("tag").replace("-", "_")
+    for url in (a, b):
+        assert (await post(http, url, read(key, tag), API_KEY_A)).cache_status == "miss"
+        hit = await post(http, url, read(key, tag), API_KEY_A)
+        assert hit.cache_status == "ttl" and hit.body["rows"] == [[1]]
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    # Without a purge the cache (correctly, per its ttl) still answers 1.
+    assert (await post(http, b, read(key, tag), API_KEY_A)).body["rows"] == [[1]]
+    done = await purge(http, a, {"tags": [tag, "other_tag"], "wait": 10})
+    assert done.status == 200, done.body
+    assert sorted(done.body["appliedRegions"]) == ["region-a", "region-b"]
+    assert done.body["pendingRegions"] == []
+    for url in (a, b):
+        after = await post(http, url, read(key, tag), API_KEY_A)
+        assert after.body["rows"] == [[2]], after.body
+        assert after.cache_status == "miss"
+    status = await post(
+        http, a, None, API_KEY_A, path="/v1/invalidations/" + done.body["invalidationId"], raw=b""
+    )
+    assert status.status == 405 or status.status == 400  # GET only
+    async with http.get(
+        f"{a}/v1/invalidations/{done.body['invalidationId']}",
+        headers={"Authorization": f"Bearer {API_KEY_A}"},
+    ) as resp:
+        later = await resp.json()
+    assert resp.status == 200 and sorted(later["appliedRegions"]) == ["region-a", "region-b"]
+
+
+async def test_purge_all_and_tenant_isolation(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    _conn, key = row
+    a, b = (n.url for n in nodes(world))
+    await wait_live(http, a, {"region-a", "region-b"})
+    m = marker()
+    other = {
+        "sql": "SELECT $1::text AS m",
+        "params": [m],
+        "cacheStrategy": {"ttl": 300, "tags": ["shared"]},
+    }
+    assert (await post(http, b, other, API_KEY_B)).cache_status == "miss"
+    assert (await post(http, b, other, API_KEY_B)).cache_status == "ttl"
+    assert (await post(http, b, read(key, "shared"), API_KEY_A)).cache_status == "miss"
+    done = await purge(http, a, {"all": True, "wait": 10})
+    assert done.status == 200 and done.body["pendingRegions"] == []
+    # Tenant A's entry is gone in region b; tenant B's entry with the same tag survives.
+    assert (await post(http, b, read(key, "shared"), API_KEY_A)).cache_status == "miss"
+    assert (await post(http, b, other, API_KEY_B)).cache_status == "ttl"
+    done = await purge(http, a, {"tags": ["shared"], "wait": 10})
+    assert (await post(http, b, other, API_KEY_B)).cache_status == "ttl"
+
+
+async def test_in_flight_miss_never_served_as_fresh_after_purge(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    conn, key = row
+    a, _ = (n.url for n in nodes(world))
+    await wait_live(http, a, {"region-a", "region-b"})
+    tag = marker("race").replace("-", "_")
+    slow = {
+        # The snapshot is taken before the sleep: the rows are those of the start.
+        "sql": "SELECT v FROM inv_t, pg_sleep(1.0) WHERE k = $1",
+        "params": [key],
+        "cacheStrategy": {"ttl": 300, "tags": [tag]},
+    }
+    in_flight = asyncio.create_task(post(http, a, slow, API_KEY_A))
+    await asyncio.sleep(0.3)  # the slow read has started and read v = 1
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    done = await purge(http, a, {"tags": [tag], "wait": 10})
+    assert "region-a" in done.body["appliedRegions"]
+    answer = await in_flight
+    # The purge was applied before the slow answer came back: its rows predate the purge,
+    # so the node must not serve them as fresh (it fetched again instead).
+    assert answer.body["rows"] == [[2]], answer.body
+    again = await post(http, a, slow, API_KEY_A)
+    assert again.body["rows"] == [[2]]
+
+
+async def test_bad_purges(world: Stack, http: aiohttp.ClientSession) -> None:
+    a = nodes(world)[0].url
+    for body, field in (
+        ({"tags": ["bad tag"]}, "tags"),
+        ({"tags": ["x"] * 101}, "tags"),
+        ({"tags": "x"}, "tags"),
+        ({}, "tags"),
+        ({"tags": ["x"], "wait": 31}, "wait"),
+        ({"tags": ["x"], "wait": "soon"}, "wait"),
+        ({"all": "yes"}, "all"),
+        ({"tags": ["x"], "region": "a"}, "region"),
+    ):
+        reply = await purge(http, a, body)
+        assert reply.status == 400 and reply.code == "bad_request", (body, reply.body)
+        assert reply.body["error"]["field"] == field
+    reply = await purge(http, a, {"tags": ["x"]}, key="nope")
+    assert reply.status == 401
+    async with http.get(
+        f"{a}/v1/invalidations/00000000-0000-0000-0000-000000000000",
+        headers={"Authorization": f"Bearer {API_KEY_A}"},
+    ) as resp:
+        assert resp.status == 404
+
+
+@pytest.mark.slow
+async def test_node_and_origin_restart_between_purge_and_apply(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    conn, key = row
+    node_a, node_b = nodes(world)
+    await wait_live(http, node_a.url, {"region-a", "region-b"})
+    tag = marker("restart").replace("-", "_")
+    assert (await post(http, node_b.url, read(key, tag), API_KEY_A)).cache_status == "miss"
+    node_b.stop()
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    done = await purge(http, node_a.url, {"tags": [tag], "wait": 1})
+    assert done.status == 200
+    assert "region-b" in done.body["pendingRegions"]  # still live, not yet applied
+    assert world.origin is not None
+    world.origin.stop()
+    world.origin.start()
+    node_b.start()
+    after = await post(http, node_b.url, read(key, tag), API_KEY_A)
+    assert after.status == 200 and after.body["rows"] == [[2]], after.body
+
+
+@pytest.mark.slow
+async def test_region_state_lost_means_resync_not_stale(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    """Region b's invalidation state is evicted (entries kept): it must not serve them."""
+    conn, key = row
+    node_a, node_b = nodes(world)
+    await wait_live(http, node_a.url, {"region-a", "region-b"})
+    tag = marker("evict").replace("-", "_")
+    assert (await post(http, node_b.url, read(key, tag), API_KEY_A)).cache_status == "miss"
+    node_b.stop()  # so the purge is not applied in b before we lose b's state
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    await purge(http, node_a.url, {"tags": [tag], "wait": 0})
+    r = aioredis.Redis.from_url(REGION_B_REDIS)
+    state = [k async for k in r.scan_iter("ce:acme:*") if b":e:" not in k]
+    await r.delete(*state)  # what allkeys-lru eviction or a partial loss could do
+    assert [k async for k in r.scan_iter("ce:acme:e:*")], "the entry itself is still there"
+    await r.aclose()
+    node_b.start()
+    after = await post(http, node_b.url, read(key, tag), API_KEY_A)
+    assert after.body["rows"] == [[2]], after.body
+    # And a flushed Redis: answers continue, caching resumes.
+    await _flush(REGION_B_REDIS)
+    assert (await post(http, node_b.url, read(key, tag), API_KEY_A)).body["rows"] == [[2]]
+    for _ in range(50):
+        reply = await post(http, node_b.url, read(key, tag), API_KEY_A)
+        if reply.cache_status == "ttl":
+            break
+        await asyncio.sleep(0.1)
+    assert reply.cache_status == "ttl"
+
+
+@pytest.mark.slow
+async def test_region_cut_off_from_origin_stops_vouching(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    """Region c reaches the origin through its own origin replica, which we stop."""
+    conn, key = row
+    replica = Server("origin", free_port(), world.config).start()
+    world.servers.append(replica)
+    await _flush(REDIS_URL.rsplit("/", 1)[0] + "/12")
+    node_c = world.start_node(
+        region="region-c", redis_url=REDIS_URL.rsplit("/", 1)[0] + "/12", origin_url=replica.url
+    )
+    a = nodes(world)[0].url
+    await wait_live(http, a, {"region-a", "region-b", "region-c"})
+    tag = marker("cut").replace("-", "_")
+    assert (await post(http, node_c.url, read(key, tag), API_KEY_A)).cache_status == "miss"
+    assert (await post(http, node_c.url, read(key, tag), API_KEY_A)).cache_status == "ttl"
+    replica.stop()  # region c is cut off from the origin
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    for i in range(3):  # purges happen while c is away
+        await purge(http, a, {"tags": [tag if i == 1 else "unrelated"], "wait": 0})
+    await asyncio.sleep(2.5)  # > sync_grace: c can no longer vouch for its entries
+    cut = await post(http, node_c.url, read(key, tag), API_KEY_A)
+    assert cut.status == 502 and cut.code == "origin_unavailable", cut.body
+    replica.start()
+    for _ in range(50):
+        back = await post(http, node_c.url, read(key, tag), API_KEY_A)
+        if back.status == 200:
+            break
+        await asyncio.sleep(0.1)
+    assert back.body["rows"] == [[2]], back.body

@@ -1,0 +1,147 @@
+"""The tenant pool's bookkeeping with a fake asyncpg pool: bounded waits, no leaks, lazy start."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from cache_edge.config import OriginConfig, Settings, TenantConfig
+from cache_edge.errors import DatabaseUnavailable, PoolTimeout
+from origin.pool import TenantPool, TenantPools
+
+TENANT = TenantConfig("acme", (), "postgresql://app:hunter2@db.invalid/app", pool_max_size=2)
+
+
+class FakePool:
+    """Stands in for asyncpg.Pool: counts lends and returns, can fail to start."""
+
+    def __init__(self, fail_start: bool = False, connect_delay: float = 0.0) -> None:
+        self.fail_start = fail_start
+        self.connect_delay = connect_delay
+        self.lent = 0
+        self.released = 0
+        self.terminated = False
+        self.kwargs: dict[str, Any] = {}
+
+    def __await__(self) -> Any:
+        return self._start().__await__()
+
+    async def _start(self) -> FakePool:
+        if self.fail_start:
+            raise ConnectionRefusedError(111, "refused")
+        return self
+
+    async def acquire(self, timeout: float) -> object:
+        async with asyncio.timeout(timeout):  # as asyncpg does
+            await asyncio.sleep(self.connect_delay)
+        self.lent += 1
+        return object()
+
+    async def release(self, conn: object, timeout: float) -> None:
+        await asyncio.sleep(0)
+        self.released += 1
+
+    def get_size(self) -> int:
+        return self.lent - self.released
+
+    def get_idle_size(self) -> int:
+        return 0
+
+    def terminate(self) -> None:
+        self.terminated = True
+
+    async def close(self) -> None:
+        self.terminated = True
+
+
+def make(origin: OriginConfig, *pools: FakePool) -> TenantPool:
+    queue = list(pools)
+
+    def create(dsn: str, **kwargs: Any) -> FakePool:
+        pool = queue.pop(0)
+        pool.kwargs = {"dsn": dsn, **kwargs}
+        return pool
+
+    return TenantPool(TENANT, origin, create)
+
+
+async def test_exhausted_pool_raises_pool_timeout_and_counts_waiters() -> None:
+    fake = FakePool()
+    pool = make(OriginConfig(pool_timeout=0.1), fake)
+    async with pool.acquire(), pool.acquire():
+        waiter = asyncio.create_task(_acquire_once(pool))
+        await asyncio.sleep(0.02)
+        assert pool.stats().waiting == 1
+        assert pool.stats().in_use == 2
+        with pytest.raises(PoolTimeout) as info:
+            await waiter
+    assert info.value.retry_after is not None and info.value.status == 503
+    assert pool.stats().waiting == 0 and pool.stats().in_use == 0
+    assert fake.lent == fake.released == 2
+
+
+async def _acquire_once(pool: TenantPool) -> None:
+    async with pool.acquire():
+        pass
+
+
+async def test_cancelled_holder_still_returns_its_connection() -> None:
+    fake = FakePool()
+    pool = make(OriginConfig(pool_timeout=0.5), fake)
+    entered = asyncio.Event()
+
+    async def hold() -> None:
+        async with pool.acquire():
+            entered.set()
+            await asyncio.sleep(10)
+
+    task = asyncio.create_task(hold())
+    await entered.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await asyncio.sleep(0.01)
+    assert fake.released == 1
+    # Both permits are free again: two more holders fit without waiting.
+    async with pool.acquire(), pool.acquire():
+        pass
+
+
+async def test_failed_start_is_not_cached_and_pool_recovers() -> None:
+    broken, healthy = FakePool(fail_start=True), FakePool()
+    pool = make(OriginConfig(), broken, healthy)
+    with pytest.raises(ConnectionRefusedError):
+        await _acquire_once(pool)
+    assert broken.terminated
+    await _acquire_once(pool)
+    assert healthy.lent == 1
+    # The permit of the failed attempt came back too.
+    async with pool.acquire(), pool.acquire():
+        pass
+
+
+async def test_slow_connect_is_database_unavailable_not_pool_timeout() -> None:
+    pool = make(OriginConfig(connect_timeout=0.01), FakePool(connect_delay=5))
+    with pytest.raises(DatabaseUnavailable):
+        await _acquire_once(pool)
+    assert pool.stats().in_use == 0
+
+
+async def test_pool_settings_come_from_tenant_then_origin() -> None:
+    fake = FakePool()
+    pool = make(OriginConfig(pool_min_size=3, pool_max_size=10, statement_timeout=0.5), fake)
+    await _acquire_once(pool)
+    assert fake.kwargs["max_size"] == 2  # tenant override
+    assert fake.kwargs["min_size"] == 2  # never above max
+    assert fake.kwargs["server_settings"]["statement_timeout"] == "500"
+    assert pool.stats().max_size == 2
+
+
+async def test_ping_reports_failure_without_raising() -> None:
+    settings = Settings("x" * 16, (TENANT,))
+    pools = TenantPools(settings, lambda dsn, **kw: FakePool(fail_start=True))
+    assert "acme" in pools and "other" not in pools
+    assert await pools.ping("acme", timeout=0.5) is False
+    await pools.close()
