@@ -130,7 +130,7 @@ class QueryCache:
                     self._refresh_in_background(flight, entry, required_watermark(state))
                     return Answer(entry.core, "swr", entry.produced_at_ms, sig)
                 fallback = entry
-            elif state and state[0] is None:
+            elif state and state[0] is None and strategy.stale_if_error:
                 fallback = entry
 
         try:

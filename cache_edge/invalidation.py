@@ -122,7 +122,7 @@ class Applier:
     async def _step(self, tenant: str, wait: float) -> None:
         applied, floor = await self._tier.progress(tenant)
         answer = await self._origin.poll_invalidations(
-            tenant, self._region, -1 if applied is None else applied, wait
+            tenant, self._region, -1 if applied is None else applied, wait, self._grace
         )
         latest, oldest = int(answer["latest"]), int(answer["oldest"])
         items = answer["items"]

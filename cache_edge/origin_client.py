@@ -88,9 +88,9 @@ class OriginClient:
         return dict(unpackb(result.body))
 
     async def poll_invalidations(
-        self, tenant: str, region: str, after: int, wait: float
+        self, tenant: str, region: str, after: int, wait: float, lease: float
     ) -> dict[str, Any]:
-        body = {"region": region, "after": after, "wait": wait}
+        body = {"region": region, "after": after, "wait": wait, "lease": lease}
         result = await self._post("/v1/invalidations/poll", tenant, body, "applier")
         return dict(unpackb(result.body))
 

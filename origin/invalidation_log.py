@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS cache_edge.region_progress (
     applied_seq bigint NOT NULL,
     seen_at     timestamptz NOT NULL
 );
+ALTER TABLE cache_edge.region_progress ADD COLUMN IF NOT EXISTS live_until timestamptz;
 """
 # Serialises purges of one database (an arbitrary but fixed advisory lock key).
 _LOCK_KEY = 0x63616368  # "cach"
@@ -80,11 +81,9 @@ class InvalidationLog:
         acquire: Acquire,
         *,
         retention_seconds: float = 7 * 86400,
-        live_region_seconds: float = 30.0,
     ) -> None:
         self._acquire = acquire
         self._retention = retention_seconds
-        self._live = live_region_seconds
         self._schema_ready = False
         # Replaced (after being set) on every change, so a waiter that took the event
         # before reading the database can never miss a change that happens after.
@@ -148,11 +147,15 @@ class InvalidationLog:
         self.notify_changed()
         return Invalidation(int(seq), inv_id, tags, purge_all)
 
-    async def poll(self, region: str, after: int, wait: float, limit: int = 1000) -> dict[str, Any]:
+    async def poll(
+        self, region: str, after: int, wait: float, lease: float, limit: int = 1000
+    ) -> dict[str, Any]:
         """Acknowledge ``after`` for ``region`` and return purges with seq > after.
 
         Waits up to ``wait`` seconds for a new purge when there is none yet.
         ``after = -1`` means "I know nothing": only ``latest`` matters then.
+        ``lease`` is how long the region keeps vouching for its entries without
+        another poll: it is *live* (a purge waits for it) exactly that long.
         """
         deadline = time.monotonic() + wait
         acked = False
@@ -162,12 +165,15 @@ class InvalidationLog:
                 await self._ensure_schema(conn)
                 if not acked and after >= 0:
                     await conn.execute(
-                        "INSERT INTO cache_edge.region_progress (region, applied_seq, seen_at) "
-                        "VALUES ($1, $2, now()) ON CONFLICT (region) DO UPDATE SET "
+                        "INSERT INTO cache_edge.region_progress "
+                        "(region, applied_seq, seen_at, live_until) "
+                        "VALUES ($1, $2, now(), now() + make_interval(secs => $3)) "
+                        "ON CONFLICT (region) DO UPDATE SET "
                         "applied_seq = GREATEST(cache_edge.region_progress.applied_seq, $2), "
-                        "seen_at = now()",
+                        "seen_at = now(), live_until = EXCLUDED.live_until",
                         region,
                         after,
+                        lease,
                     )
                     await conn.execute("SELECT pg_notify($1, 'progress')", CHANNEL)
                     acked = True
@@ -213,8 +219,7 @@ class InvalidationLog:
                 return None
             regions = await conn.fetch(
                 "SELECT region, applied_seq FROM cache_edge.region_progress "
-                "WHERE seen_at > now() - make_interval(secs => $1) ORDER BY region",
-                self._live,
+                "WHERE live_until > now() ORDER BY region"
             )
         applied = [r["region"] for r in regions if r["applied_seq"] >= seq]
         pending = [r["region"] for r in regions if r["applied_seq"] < seq]

@@ -61,6 +61,7 @@ class Purges:
         if not isinstance(payload, dict):
             raise BadRequest("the poll body must be an object")
         region, after, wait = payload.get("region"), payload.get("after"), payload.get("wait", 5)
+        lease = payload.get("lease", 10)
         if not isinstance(region, str) or not 0 < len(region) <= _REGION_MAX:
             raise BadRequest("region must be a region name", field="region")
         if isinstance(after, bool) or not isinstance(after, int) or after < -1:
@@ -71,7 +72,9 @@ class Purges:
             or not 0 <= wait <= MAX_WAIT
         ):
             raise BadRequest("wait must be 0 to 30 seconds", field="wait")
-        return await self._logs[tenant].poll(region, after, float(wait))
+        if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease <= 3600:
+            raise BadRequest("lease must be 0 to 3600 seconds", field="lease")
+        return await self._logs[tenant].poll(region, after, float(wait), float(lease))
 
     # ------------------------------------------------------------ replicas
 

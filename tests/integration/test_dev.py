@@ -97,8 +97,10 @@ def test_dev_reuses_its_workdir(tmp_path: Path) -> None:
 def test_dev_starts_private_servers_when_asked(tmp_path: Path) -> None:
     done = run_dev(tmp_path, "--regions", "1", "--private-servers", timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "(private)" in done.stdout
-    assert "private)" in done.stdout.split("redis")[1]
+    assert re.search(
+        r"^  database   postgresql://\S+/cache_edge_demo   \(private\)$", done.stdout, re.M
+    )
+    assert re.search(r"^  redis      redis://\S+   \(databases 1; private\)$", done.stdout, re.M)
     assert_all_regions_ok(done.stdout, 1)
     assert_nothing_left_running(tmp_path)
 

@@ -105,8 +105,8 @@ async def test_purge_reaches_both_regions_and_says_so(
     assert (await post(http, b, read(key, tag), API_KEY_A)).body["rows"] == [[1]]
     done = await purge(http, a, {"tags": [tag, "other_tag"], "wait": 10})
     assert done.status == 200, done.body
-    assert sorted(done.body["appliedRegions"]) == ["region-a", "region-b"]
-    assert done.body["pendingRegions"] == []
+    assert {"region-a", "region-b"} <= set(done.body["appliedRegions"])
+    assert not {"region-a", "region-b"} & set(done.body["pendingRegions"])
     for url in (a, b):
         after = await post(http, url, read(key, tag), API_KEY_A)
         assert after.body["rows"] == [[2]], after.body
@@ -120,7 +120,7 @@ async def test_purge_reaches_both_regions_and_says_so(
         headers={"Authorization": f"Bearer {API_KEY_A}"},
     ) as resp:
         later = await resp.json()
-    assert resp.status == 200 and sorted(later["appliedRegions"]) == ["region-a", "region-b"]
+    assert resp.status == 200 and {"region-a", "region-b"} <= set(later["appliedRegions"])
 
 
 async def test_purge_all_and_tenant_isolation(
@@ -139,7 +139,8 @@ async def test_purge_all_and_tenant_isolation(
     assert (await post(http, b, other, API_KEY_B)).cache_status == "ttl"
     assert (await post(http, b, read(key, "shared"), API_KEY_A)).cache_status == "miss"
     done = await purge(http, a, {"all": True, "wait": 10})
-    assert done.status == 200 and done.body["pendingRegions"] == []
+    assert done.status == 200
+    assert not {"region-a", "region-b"} & set(done.body["pendingRegions"])
     # Tenant A's entry is gone in region b; tenant B's entry with the same tag survives.
     assert (await post(http, b, read(key, "shared"), API_KEY_A)).cache_status == "miss"
     assert (await post(http, b, other, API_KEY_B)).cache_status == "ttl"
