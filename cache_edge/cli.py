@@ -67,6 +67,12 @@ def cmd_query(args: argparse.Namespace) -> int:
     return int(run_query(args))
 
 
+def cmd_invalidate(args: argparse.Namespace) -> int:
+    from cache_edge.invalidate_cli import run_invalidate
+
+    return int(run_invalidate(args))
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from cache_edge.dev import run_dev
 
@@ -103,6 +109,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sql")
     p.add_argument("params", nargs="*", help="parameters, passed as text ($1, $2, ...)")
     p.set_defaults(func=cmd_query)
+
+    p = sub.add_parser("invalidate", help="purge tags (or all) in every region, and wait")
+    p.add_argument("--url", default="http://127.0.0.1:7410", help="any node's URL")
+    p.add_argument("--api-key", required=True)
+    p.add_argument("--tag", action="append", default=[], dest="tags", help="repeatable")
+    p.add_argument("--all", action="store_true", help="everything of this tenant")
+    p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for regions (0-30)")
+    p.set_defaults(func=cmd_invalidate)
 
     p = sub.add_parser("dev", help="run origin + regions + a demo table locally")
     p.add_argument("--regions", type=int, default=2)

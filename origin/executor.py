@@ -108,7 +108,10 @@ class Executor:
             return await self._attempt(tenant, lambda c, p: self._write(c, stmt, p), False)
 
         async def read() -> QueryResult:
-            mark = await watermark() if watermark is not None else 0
+            try:
+                mark = await watermark() if watermark is not None else 0
+            except Exception as exc:
+                raise map_database_error(exc) from exc
             result = await self._attempt(tenant, lambda c, p: self._read(c, stmt, p), True)
             return QueryResult(result.result, result.produced_at, mark)
 

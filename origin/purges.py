@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
 
@@ -13,6 +14,7 @@ from cache_edge.config import Settings
 from cache_edge.errors import BadRequest, NotFound
 from cache_edge.logs import get_logger
 from cache_edge.protocol import MAX_WAIT, parse_invalidate
+from origin.db_errors import map_database_error
 from origin.invalidation_log import CHANNEL, InvalidationLog
 from origin.pool import TenantPools
 
@@ -21,6 +23,20 @@ __all__ = ["Purges"]
 log = get_logger("origin.purges")
 
 _REGION_MAX = 64
+T = TypeVar("T")
+
+
+def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    """Database failures of purge operations surface as our error codes, like queries'."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            raise map_database_error(exc) from exc
+
+    return wrapper
 
 
 class Purges:
@@ -34,6 +50,7 @@ class Purges:
     def log_for(self, tenant: str) -> InvalidationLog:
         return self._logs[tenant]
 
+    @_mapped
     async def record(self, tenant: str, payload: Any) -> dict[str, Any]:
         req = parse_invalidate(payload)
         purge_log = self._logs[tenant]
@@ -48,6 +65,7 @@ class Purges:
         progress = await purge_log.wait_applied(inv, req.wait)
         return progress.to_wire()
 
+    @_mapped
     async def status(self, tenant: str, payload: Any) -> dict[str, Any]:
         inv_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(inv_id, str):
@@ -57,6 +75,7 @@ class Purges:
             raise NotFound(f"no invalidation {inv_id[:64]!r} for this tenant")
         return progress.to_wire()
 
+    @_mapped
     async def poll(self, tenant: str, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
             raise BadRequest("the poll body must be an object")

@@ -158,3 +158,19 @@ async def test_async_query_error_and_bad_key(node_url: str) -> None:
     async with AsyncClient(node_url, "ce_not_a_key") as db:
         with pytest.raises(Unauthorized):
             await db.fetch("SELECT 1")
+
+
+async def test_invalidate_by_tag_makes_the_next_read_a_miss(node_url: str) -> None:
+    run = uuid.uuid4().hex
+    tag = f"sdk_{run[:12]}"
+    strategy = CacheStrategy(ttl=300, tags=(tag,))
+    sql = "SELECT $1::text AS run"
+    async with AsyncClient(node_url, API_KEY_A) as db:
+        assert (await db.fetch(sql, run, cache=strategy)).info.cache_status == "miss"
+        assert (await db.fetch(sql, run, cache=strategy)).info.cache_status == "ttl"
+        done = await db.invalidate([tag], wait=5.0)
+        assert done.invalidation_id
+        assert "sdk-region" in done.applied_regions and done.complete
+        assert (await db.fetch(sql, run, cache=strategy)).info.cache_status == "miss"
+    with Client(node_url, API_KEY_A) as sync_db:
+        assert sync_db.invalidate_all(wait=5.0).invalidation_id

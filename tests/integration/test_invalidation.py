@@ -283,3 +283,37 @@ async def test_region_cut_off_from_origin_stops_vouching(
             break
         await asyncio.sleep(0.1)
     assert back.body["rows"] == [[2]], back.body
+
+
+async def test_cli_invalidate(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    import subprocess
+    import sys
+
+    conn, key = row
+    a, b = (n.url for n in nodes(world))
+    await wait_live(http, a, {"region-a", "region-b"})
+    tag = marker("cli").replace("-", "_")
+    assert (await post(http, b, read(key, tag), API_KEY_A)).cache_status == "miss"
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    cmd = [
+        sys.executable,
+        "-m",
+        "cache_edge.cli",
+        "invalidate",
+        "--url",
+        a,
+        "--api-key",
+        API_KEY_A,
+        "--tag",
+        tag,
+        "--wait",
+        "10",
+    ]
+    done = await asyncio.to_thread(subprocess.run, cmd, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "region-b" in done.stdout.split("applied in:")[1].split("\n")[0]
+    assert (await post(http, b, read(key, tag), API_KEY_A)).body["rows"] == [[2]]
+    bad = subprocess.run([*cmd[:-4], "--tag", "no spaces"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "bad_request" in bad.stderr
