@@ -49,8 +49,8 @@ async def test_select_answer_and_raw_key_order(origin: OriginClient) -> None:
     assert reply.body["rows"] == [[1, "one"], [2, "two"]]
     assert reply.body["rowCount"] == 2
     assert before <= reply.body["producedAt"] <= int(time.time() * 1000)
-    assert list(reply.body) == ["columns", "rows", "rowCount", "producedAt"]
-    assert reply.raw.startswith(b"\x84" + packb("columns"))
+    assert list(reply.body) == ["columns", "rows", "rowCount", "producedAt", "watermark"]
+    assert reply.raw.startswith(b"\x85" + packb("columns"))
     assert reply.headers["Content-Type"] == "application/msgpack"
 
 
@@ -214,8 +214,9 @@ async def test_json_request_and_answer(origin: OriginClient) -> None:
         "rows": [["three"]],
         "rowCount": 1,
         "producedAt": reply.body["producedAt"],
+        "watermark": reply.body["watermark"],
     }
-    assert list(reply.body) == ["columns", "rows", "rowCount", "producedAt"]
+    assert list(reply.body) == ["columns", "rows", "rowCount", "producedAt", "watermark"]
 
 
 async def test_health_readiness_and_metrics(origin: OriginClient) -> None:

@@ -32,14 +32,15 @@ def result(rows: Sequence[Sequence[object]] = ROWS) -> ResultSet:
 
 
 def test_msgpack_answer_has_keys_in_contract_order_and_exact_values() -> None:
-    raw = encode_query_response(result(), 1_700_000_000_123, "msgpack")
+    raw = encode_query_response(result(), 1_700_000_000_123, "msgpack", 41)
     decoded = unpackb(raw)
-    assert list(decoded) == ["columns", "rows", "rowCount", "producedAt"]
+    assert list(decoded) == ["columns", "rows", "rowCount", "producedAt", "watermark"]
     assert decoded == {
         "columns": COLUMNS,
         "rows": [[1, dt.time(12, 0, tzinfo=TZ)], [2, None]],
         "rowCount": 2,
         "producedAt": 1_700_000_000_123,
+        "watermark": 41,
     }
     # Same bytes a plain packb of the ordered map gives: the node can splice either.
     assert raw == packb(decoded)
@@ -48,15 +49,16 @@ def test_msgpack_answer_has_keys_in_contract_order_and_exact_values() -> None:
 def test_first_three_entries_are_a_contiguous_spliceable_prefix() -> None:
     raw = encode_query_response(result(), 5, "msgpack")
     core = packb("columns") + packb(COLUMNS) + packb("rows")
-    assert raw.startswith(b"\x84" + core)
-    assert raw.endswith(packb("rowCount") + packb(2) + packb("producedAt") + packb(5))
+    assert raw.startswith(b"\x85" + core)
+    tail = packb("rowCount") + packb(2) + packb("producedAt") + packb(5)
+    assert raw.endswith(tail + packb("watermark") + packb(0))
 
 
 def test_node_splitter_accepts_the_origin_answer() -> None:
     entry = pytest.importorskip("cache_edge.entry")
     raw = encode_query_response(result(), 5, "msgpack")
     core, rest = entry.split_origin_result(raw)
-    assert rest == {"producedAt": 5}
+    assert rest == {"producedAt": 5, "watermark": 0}
     assert core in raw
 
 
@@ -67,6 +69,7 @@ def test_json_answer_shape() -> None:
         "rows": [[1, "12:00:00+05:30"], [2, None]],
         "rowCount": 2,
         "producedAt": 7,
+        "watermark": 0,
     }
 
 
