@@ -307,5 +307,6 @@ def run_node(settings: Settings) -> None:
         port=listen.port,
         access_log=None,
         print=None,
-        shutdown_timeout=10.0,
+        shutdown_timeout=settings.node.shutdown_timeout,
+        reuse_port=settings.node.reuse_port or None,
     )

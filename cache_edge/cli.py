@@ -37,8 +37,18 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _supervise(args: argparse.Namespace, settings: Any, shutdown_timeout: float) -> int:
+    from cache_edge.logs import configure_logging
+    from cache_edge.workers import Supervisor
+
+    configure_logging(settings.log_level, settings.log_format, service="cache-edge-supervisor")
+    return Supervisor(sys.argv[1:], args.workers, grace=shutdown_timeout + 5).run()
+
+
 def cmd_origin(args: argparse.Namespace) -> int:
-    settings = _load(args, {"origin.listen": args.listen})
+    settings = _load(args, {"origin.listen": args.listen, "origin.reuse_port": args.reuse_port})
+    if args.workers > 1:
+        return _supervise(args, settings, settings.origin.shutdown_timeout)
     from origin.app import run_origin
 
     run_origin(settings)
@@ -53,8 +63,11 @@ def cmd_node(args: argparse.Namespace) -> int:
             "node.listen": args.listen,
             "node.redis_url": args.redis_url,
             "node.origin_url": args.origin_url,
+            "node.reuse_port": args.reuse_port,
         },
     )
+    if args.workers > 1:
+        return _supervise(args, settings, settings.node.shutdown_timeout)
     from cache_edge.app import run_node
 
     run_node(settings)
@@ -79,6 +92,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return int(run_dev(args))
 
 
+def _worker_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)"
+    )
+    # Set by the supervisor for its workers; True-or-None so it never clobbers the file.
+    p.add_argument("--reuse-port", action="store_const", const=True, help=argparse.SUPPRESS)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cache-edge", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("origin", help="run the origin pooler next to PostgreSQL")
     _config_args(p)
     p.add_argument("--listen", help="HOST:PORT (overrides origin.listen)")
+    _worker_args(p)
     p.set_defaults(func=cmd_origin)
 
     p = sub.add_parser("node", help="run a regional cache node")
@@ -97,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="HOST:PORT (overrides node.listen)")
     p.add_argument("--redis-url")
     p.add_argument("--origin-url")
+    _worker_args(p)
     p.set_defaults(func=cmd_node)
 
     p = sub.add_parser("query", help="run one query through a node and print the rows")

@@ -101,6 +101,10 @@ class OriginConfig:
     # How long a signed node request stays valid; bounds replay of a captured request.
     signature_window: float = 60.0
     connect_timeout: float = 5.0
+    # Graceful stop: how long in-flight requests may finish after SIGTERM.
+    shutdown_timeout: float = 10.0
+    # Set by `--workers N`: every worker binds the same port (SO_REUSEPORT).
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +126,10 @@ class NodeConfig:
     # A region that has not heard from the origin's purge log for this long stops
     # vouching for its entries (bounded staleness for a region cut off from the origin).
     sync_grace: float = 10.0
+    # The region's Redis is a Redis Cluster (redis-py's cluster client; see docs/deploy.md).
+    redis_cluster: bool = False
+    shutdown_timeout: float = 10.0
+    reuse_port: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,6 @@ EXECUTOR = web.AppKey("executor", Executor)
 PURGES = web.AppKey("purges", Purges)
 
 _READY_TIMEOUT = 2.0
-_SHUTDOWN_TIMEOUT = 10.0
 
 
 async def handle_query(request: web.Request) -> web.Response:
@@ -131,12 +130,15 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(
-        create_origin_app(settings), access_log=None, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        create_origin_app(settings),
+        access_log=None,
+        shutdown_timeout=settings.origin.shutdown_timeout,
     )
     await runner.setup()
     try:
         listen = settings.origin.listen
-        await web.TCPSite(runner, listen.host, listen.port).start()
+        reuse = settings.origin.reuse_port or None
+        await web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse).start()
         log.info("origin_listening", listen=str(listen), tenants=len(settings.tenants))
         await stop.wait()
         log.info("origin_stopping")
