@@ -52,8 +52,9 @@ async def test_node_workers_restart_and_drain(stack: Stack) -> None:
     origin = stack.start_origin(workers="2")
     assert origin.proc is not None
     assert len(wait_children(origin.proc.pid, 2)) == 2
-    node = Server("node", free_port(), stack.config,
-                  ["--workers", "2", "--origin-url", origin.url]).start()
+    node = Server(
+        "node", free_port(), stack.config, ["--workers", "2", "--origin-url", origin.url]
+    ).start()
     stack.servers.append(node)
     assert node.proc is not None
     first = wait_children(node.proc.pid, 2)
