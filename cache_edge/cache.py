@@ -223,7 +223,7 @@ class QueryCache:
             core, meta = split_origin_result(result.body)
             entry = Entry(int(meta.get("producedAt", 0)), core, int(meta.get("watermark", 0)))
             try:
-                state = await self._tier.state(tenant, strategy.tags)
+                state = await self._tier.state(tenant, flight.sig, strategy.tags)
             except TierUnavailable:
                 return entry  # nothing to check against, and nowhere to store it
             if state[0] is not None and not is_current(entry.watermark, state):

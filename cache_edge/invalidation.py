@@ -71,7 +71,7 @@ class Applier:
         self._poll_wait = max(0.25, sync_grace / 4)
         self._lease_ms = int(max(1.0, sync_grace / 2) * 1000)
         self._token = secrets.token_hex(8)
-        self._leader_key = f"ce:region:{region}:applier"
+        self._leader_key = tier.keys.leader(region)
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = asyncio.Event()
         self.applied: dict[str, int] = {}  # for tests and metrics

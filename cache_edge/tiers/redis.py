@@ -8,9 +8,12 @@ open-circuited for ``retry_after`` seconds so requests stop paying its timeout.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from cache_edge.tiers.layout import CLUSTER_SHARDS, Layout
 
 __all__ = ["RedisTier", "TierUnavailable"]
 
@@ -48,38 +51,40 @@ class RedisTier:
         timeout: float,
         max_connections: int,
         retry_after: float,
-        prefix: str = "ce",
+        cluster: bool = False,
+        layout: Layout | None = None,
     ) -> None:
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-        )
-        self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis: Any
+        if cluster:
+            from redis.asyncio.cluster import RedisCluster
+
+            self._redis = RedisCluster.from_url(
+                url,
+                max_connections=max_connections,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+        else:
+            pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+            )
+            self._redis = aioredis.Redis(connection_pool=pool)
+        self.keys = layout or Layout(CLUSTER_SHARDS if cluster else 1)
         self._unlock = self._redis.register_script(_UNLOCK)
         self._lead = self._redis.register_script(_LEAD)
         self._retry_after = retry_after
         self._open_until = 0.0
-        self._prefix = prefix
         self.failures = 0  # total Redis failures seen (for metrics)
 
-    # Invalidation state of a tenant in this region (see cache_edge.invalidation).
-    def sync_key(self, tenant: str) -> str:
-        return f"{self._prefix}:{tenant}:sync"
-
-    def tag_key(self, tenant: str, tag: str) -> str:
-        return f"{self._prefix}:{tenant}:tag:{tag}"
-
-    def _progress_keys(self, tenant: str) -> tuple[str, str]:
-        return f"{self._prefix}:{tenant}:applied", f"{self._prefix}:{tenant}:floor"
-
     def entry_key(self, tenant: str, signature: str) -> str:
-        return f"{self._prefix}:{tenant}:e:{signature}"
+        return self.keys.entry(tenant, signature)
 
     def lock_key(self, tenant: str, signature: str) -> str:
-        return f"{self._prefix}:{tenant}:l:{signature}"
+        return self.keys.lock(tenant, signature)
 
     @property
     def available(self) -> bool:
@@ -98,7 +103,7 @@ class RedisTier:
         self._check()
         try:
             value = await self._redis.get(key)
-        except (TimeoutError, RedisError, OSError) as exc:
+        except _ERRORS as exc:
             raise self._failed(exc) from None
         return value if isinstance(value, bytes) else None
 
@@ -106,10 +111,9 @@ class RedisTier:
         self, tenant: str, signature: str, tags: tuple[str, ...]
     ) -> tuple[bytes | None, list[bytes | None]]:
         """One round trip: the entry and the invalidation state it must be checked against
-        (the sync floor, then one version per tag)."""
+        (the sync floor, then one version per tag), all in the entry's hash slot."""
         self._check()
-        keys = [self.entry_key(tenant, signature), self.sync_key(tenant)]
-        keys += [self.tag_key(tenant, t) for t in tags]
+        keys = [self.keys.entry(tenant, signature), *self.keys.state_keys(tenant, signature, tags)]
         try:
             values = await self._redis.mget(keys)
         except _ERRORS as exc:
@@ -117,20 +121,20 @@ class RedisTier:
         got = _as_bytes(values)
         return got[0], got[1:]
 
-    async def state(self, tenant: str, tags: tuple[str, ...]) -> list[bytes | None]:
+    async def state(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[bytes | None]:
         """The sync floor and tag versions alone (checking a fresh fetch)."""
         self._check()
-        keys = [self.sync_key(tenant)] + [self.tag_key(tenant, t) for t in tags]
         try:
-            return _as_bytes(await self._redis.mget(keys))
+            return _as_bytes(await self._redis.mget(self.keys.state_keys(tenant, signature, tags)))
         except _ERRORS as exc:
             raise self._failed(exc) from None
 
     async def progress(self, tenant: str) -> tuple[int | None, int]:
         """(last applied purge seq or None if unknown, durable floor)."""
-        applied_key, floor_key = self._progress_keys(tenant)
         try:
-            applied, floor = await self._redis.mget([applied_key, floor_key])
+            applied, floor = await self._redis.mget(
+                [self.keys.applied(tenant), self.keys.floor(tenant)]
+            )
         except _ERRORS as exc:
             raise self._failed(exc) from None
         return (int(applied) if applied is not None else None, int(floor or 0))
@@ -143,15 +147,22 @@ class RedisTier:
         floor: int,
         sync_ttl: float,
     ) -> None:
-        """Record purges atomically: tag versions, progress, floor, and the sync lease."""
-        applied_key, floor_key = self._progress_keys(tenant)
+        """Record purges in every shard: tag versions first, then progress, then the sync
+        leases. No MULTI (shards are different slots): the order makes a crash midway
+        safe, since ``applied`` only moves after the tags and a lease only after both."""
+        shards = range(self.keys.shards)
+        lease_ms = int(sync_ttl * 1000)
         try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                for tag, seq in tag_versions.items():
-                    pipe.set(self.tag_key(tenant, tag), seq)
-                pipe.set(applied_key, applied)
-                pipe.set(floor_key, floor)
-                pipe.set(self.sync_key(tenant), floor, px=int(sync_ttl * 1000))
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    for tag, seq in tag_versions.items():
+                        pipe.set(self.keys.tag(tenant, shard, tag), seq)
+                await pipe.execute()
+            await self._redis.set(self.keys.floor(tenant), floor)
+            await self._redis.set(self.keys.applied(tenant), applied)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in shards:
+                    pipe.set(self.keys.sync(tenant, shard), floor, px=lease_ms)
                 await pipe.execute()
         except _ERRORS as exc:
             raise self._failed(exc) from None

@@ -1,0 +1,216 @@
+"""A region on a real 3-master Redis Cluster (with replicas), including a master failover.
+
+The cluster is six redis-server processes on free loopback ports, started and
+stopped here; `redis-cli --cluster create` wires them up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import asyncpg
+import pytest
+
+from cache_edge.tiers.layout import CLUSTER_SHARDS, Layout
+from tests.conftest import API_KEY_A, TEST_DB, dsn_for, executions
+from tests.integration.node_helpers import marker, new_stack, post
+from tests.integration.stack import Stack
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli")
+
+
+def _port_pair_free(port: int) -> bool:
+    for p in (port, port + 10000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", p))
+            except OSError:
+                return False
+    return True
+
+
+def _free_cluster_ports(n: int) -> list[int]:
+    ports: list[int] = []
+    candidate = 21000
+    while len(ports) < n:
+        if _port_pair_free(candidate):
+            ports.append(candidate)
+        candidate += 1
+    return ports
+
+
+def _cli(port: int, *args: str) -> str:
+    out = subprocess.run(
+        ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
+    )
+    return out.stdout
+
+
+class Cluster:
+    def __init__(self, tmp: Path) -> None:
+        self.ports = _free_cluster_ports(6)
+        self.procs: dict[int, subprocess.Popen[bytes]] = {}
+        self.tmp = tmp
+
+    def start(self) -> None:
+        for port in self.ports:
+            cmd = [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+                "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
+                "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
+                "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
+                "--dir", str(self.tmp), "--logfile", str(self.tmp / f"redis-{port}.log"),
+            ]  # fmt: skip
+            self.procs[port] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+        for port in self.ports:
+            self._wait(lambda p=port: _cli(p, "PING").strip() == "PONG")
+        nodes = [f"127.0.0.1:{p}" for p in self.ports]
+        subprocess.run(
+            ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1",
+             "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        live = [p for p, proc in self.procs.items() if proc.poll() is None]
+        self._wait(lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in live))
+        # A replica can only take over once its initial sync is done.
+        self._wait(
+            lambda: all(
+                "master_link_status:up" in info or "role:master" in info
+                for info in (_cli(p, "INFO", "replication") for p in live)
+            )
+        )
+
+    @staticmethod
+    def _wait(check: object, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():  # type: ignore[operator]
+                return
+            time.sleep(0.1)
+        raise AssertionError("cluster did not become ready")
+
+    def master_of(self, key: str) -> int:
+        """Port of the master serving ``key``'s slot."""
+        slot = int(_cli(self.ports[0], "CLUSTER", "KEYSLOT", key).strip())
+        live = next(p for p, proc in self.procs.items() if proc.poll() is None)
+        for line in _cli(live, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "master" not in fields[2] or "fail" in fields[2]:
+                continue
+            for spec in fields[8:]:
+                lo, _, hi = spec.partition("-")
+                if lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return int(fields[1].split(":")[1].split("@")[0])
+        raise AssertionError(f"no master for slot {slot}")
+
+    def kill(self, port: int) -> None:
+        self.procs[port].kill()
+        self.procs[port].wait(5)
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(5)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = Cluster(tmp_path)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+async def stack(
+    tmp_path: Path, pg_databases: tuple[str, str], cluster: Cluster
+) -> AsyncIterator[Stack]:
+    url = f"redis://127.0.0.1:{cluster.ports[0]}"
+    st = new_stack(
+        tmp_path,
+        pg_databases,
+        url,
+        node={"redis_cluster": True, "sync_grace": 3.0, "redis_retry_after": 0.2},
+    )
+    st.start_origin()
+    st.start_node(region="clustered")
+    st.start_node(region="clustered")
+    try:
+        yield st
+    finally:
+        st.stop_all()
+
+
+def nodes(st: Stack) -> list[str]:
+    return [s.url for s in st.servers if s.kind == "node"]
+
+
+async def test_hits_coalescing_and_purge_on_cluster(stack: Stack) -> None:
+    a, b = nodes(stack)
+    conn = await asyncpg.connect(dsn_for(TEST_DB))
+    await conn.execute("CREATE TABLE IF NOT EXISTS cl_t (k text PRIMARY KEY, v int)")
+    key = marker("cl")
+    await conn.execute("INSERT INTO cl_t VALUES ($1, 1)", key)
+    m = marker()
+    body = {
+        "sql": "SELECT ce_mark($1) AS m, v FROM cl_t, pg_sleep(0.2) WHERE k = $2",
+        "params": [m, key],
+        "cacheStrategy": {"ttl": 300, "tags": ["cl_tag"]},
+    }
+    async with aiohttp.ClientSession() as http:
+        replies = await asyncio.gather(
+            *(post(http, (a, b)[i % 2], body, API_KEY_A) for i in range(60))
+        )
+        assert {r.status for r in replies} == {200}
+        assert all(r.body["rows"] == [[m, 1]] for r in replies)
+        assert await executions(m) == 1  # coalesced over two processes on the cluster
+        hit = await post(http, b, body, API_KEY_A)
+        assert hit.cache_status == "ttl"
+        # The entry lives in one of the tenant's slots, not a single tenant-wide slot.
+        assert Layout(CLUSTER_SHARDS).entry("acme", hit.info["signature"]).startswith("ce:{acme.")
+        await conn.execute("UPDATE cl_t SET v = 2 WHERE k = $1", key)
+        done = await post(
+            http, a, {"tags": ["cl_tag"], "wait": 10}, API_KEY_A, path="/v1/invalidate", fmt="json"
+        )
+        assert "clustered" in done.body["appliedRegions"], done.body
+        after = await post(http, b, body, API_KEY_A)
+        assert after.cache_status == "miss" and after.body["rows"] == [[m, 2]]
+    await conn.close()
+
+
+@pytest.mark.slow
+async def test_master_failover_keeps_answering(stack: Stack, cluster: Cluster) -> None:
+    a, _ = nodes(stack)
+    m = marker()
+    body = {"sql": "SELECT $1::text AS m", "params": [m], "cacheStrategy": {"ttl": 300}}
+    async with aiohttp.ClientSession() as http:
+        first = await post(http, a, body, API_KEY_A)
+        assert first.cache_status == "miss"
+        assert (await post(http, a, body, API_KEY_A)).cache_status == "ttl"
+        victim = cluster.master_of(Layout(CLUSTER_SHARDS).entry("acme", first.info["signature"]))
+        cluster.kill(victim)
+        statuses = []
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            reply = await post(http, a, body, API_KEY_A)
+            assert reply.status == 200, reply.body  # never an error while Redis fails over
+            assert reply.body["rows"] == [[m]]
+            statuses.append(reply.cache_status)
+            if statuses[-3:] == ["ttl"] * 3:
+                break
+            await asyncio.sleep(0.2)
+        assert statuses[-3:] == ["ttl"] * 3, statuses  # caching resumed on the new master
+        cluster.wait_ok()
