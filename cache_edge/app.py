@@ -7,7 +7,9 @@ caching lives in :mod:`cache_edge.cache`.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
+import ssl
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -16,7 +18,8 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cache_edge.auth import ApiKeys
+from cache_edge.auth import ApiKeys, Principal
+from cache_edge.bodies import BodyTimeout, read_capped
 from cache_edge.cache import Answer, QueryCache
 from cache_edge.config import Settings
 from cache_edge.entry import result_json, result_msgpack
@@ -26,7 +29,12 @@ from cache_edge.logs import get_logger
 from cache_edge.node_metrics import NodeMetrics
 from cache_edge.origin_client import OriginClient
 from cache_edge.protocol import parse_invalidate, parse_query, parse_transaction
+from cache_edge.purge_mirror import PurgeMirror
+from cache_edge.ratelimit import RateLimiter
+from cache_edge.reload import ConfigWatcher, LiveSettings
+from cache_edge.tiers.memory import MemoryTier
 from cache_edge.tiers.redis import RedisTier
+from cache_edge.tls import client_context, reload_server_context, server_context
 from cache_edge.wire import (
     CONTENT_TYPES,
     WireFormat,
@@ -48,6 +56,9 @@ ORIGIN = web.AppKey("origin", OriginClient)
 KEYS = web.AppKey("keys", ApiKeys)
 METRICS = web.AppKey("metrics", NodeMetrics)
 APPLIER = web.AppKey("applier", Applier)
+LIVE = web.AppKey("live", LiveSettings)  # the reloadable part of the settings, current
+LIMITER = web.AppKey("limiter", RateLimiter)
+TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _RID = "request_id"
@@ -69,8 +80,14 @@ def _error_response(exc: CacheEdgeError, request: web.Request) -> web.Response:
     fmt = response_format(request.headers.get("Accept"), request.get(_FMT, "json"))
     headers = {"X-Request-Id": rid, "Content-Type": CONTENT_TYPES[fmt]}
     if exc.retry_after is not None:
-        headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-    return web.Response(status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers)
+        # Rounded up: a client that waits as told finds a token (or a connection) free.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    response = web.Response(
+        status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers
+    )
+    if isinstance(exc, BodyTimeout):
+        response.force_close()  # the client is still (not) sending: do not wait for it
+    return response
 
 
 @web.middleware
@@ -105,15 +122,20 @@ async def error_middleware(
         return _error_response(InternalError("internal error; see the node's log"), request)
 
 
+async def _authenticate(request: web.Request) -> Principal:
+    """Who is calling (or Unauthorized), charged one token of its key's rate limit."""
+    who = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+    limit = request.app[LIVE].current.rate_limit_for(who.tenant)
+    await request.app[LIMITER].check(who, limit)
+    return who
+
+
 async def _read_body(request: web.Request) -> Any:
-    limit = request.app[SETTINGS].limits.max_body_bytes
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(
-            f"request body of {request.content_length} bytes exceeds the limit of {limit}"
-        )
+    settings = request.app[SETTINGS]
     fmt = request_format(request.headers.get("Content-Type"))
     request[_FMT] = fmt
-    return decode_body(await request.read(), fmt)
+    body = await read_capped(request, settings.limits.max_body_bytes, settings.node.body_timeout)
+    return decode_body(body, fmt)
 
 
 def _answer_response(request: web.Request, answer: Answer, started: float) -> web.Response:
@@ -154,14 +176,14 @@ def _answer_response(request: web.Request, answer: Answer, started: float) -> we
 
 async def handle_query(request: web.Request) -> web.Response:
     started = time.perf_counter()
-    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    tenant = (await _authenticate(request)).tenant
     req = parse_query(await _read_body(request), request.app[SETTINGS].limits)
     answer = await request.app[CACHE].query(tenant, req, request[_RID])
     return _answer_response(request, answer, started)
 
 
 async def handle_transaction(request: web.Request) -> web.Response:
-    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    tenant = (await _authenticate(request)).tenant
     tx = parse_transaction(await _read_body(request), request.app[SETTINGS].limits)
     result = await request.app[ORIGIN].transaction(
         tenant, tx.statements, tx.isolation, request[_RID]
@@ -199,7 +221,7 @@ def _plain_response(request: web.Request, body: dict[str, Any], status: int = 20
 
 
 async def handle_invalidate(request: web.Request) -> web.Response:
-    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    tenant = (await _authenticate(request)).tenant
     inv = parse_invalidate(await _read_body(request))
     result = await request.app[ORIGIN].invalidate(
         tenant, inv.tags, inv.purge_all, inv.wait, request[_RID]
@@ -208,7 +230,7 @@ async def handle_invalidate(request: web.Request) -> web.Response:
 
 
 async def handle_invalidation_status(request: web.Request) -> web.Response:
-    tenant = request.app[KEYS].tenant_for(request.headers.get("Authorization"))
+    tenant = (await _authenticate(request)).tenant
     result = await request.app[ORIGIN].invalidation_status(
         tenant, request.match_info["id"], request[_RID]
     )
@@ -235,6 +257,11 @@ async def handle_metrics(request: web.Request) -> web.Response:
     metrics.coalesced.labels("process").set(stats.coalesced_local)
     metrics.coalesced.labels("region").set(stats.coalesced_region)
     metrics.refreshes.set(stats.refreshes)
+    metrics.memory_hits.set(stats.memory_hits)
+    memory = request.app[CACHE].memory
+    if memory is not None:
+        metrics.memory_bytes.set(memory.used_bytes)
+        metrics.memory_entries.set(len(memory))
     return web.Response(
         body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )
@@ -248,6 +275,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         timeout=node.redis_timeout,
         max_connections=node.redis_max_connections,
         retry_after=node.redis_retry_after,
+        cluster=node.redis_cluster,
     )
     origin = OriginClient(
         node.origin_url,
@@ -255,21 +283,60 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         timeout=node.origin_timeout,
         connect_timeout=node.origin_connect_timeout,
         max_connections=node.origin_max_connections,
+        ssl_context=client_context(node.origin_ca),
+    )
+    limiter = RateLimiter(
+        node.redis_url,
+        timeout=node.redis_timeout,
+        retry_after=node.redis_retry_after,
+        cluster=node.redis_cluster,
     )
     app[TIER] = tier
     app[ORIGIN] = origin
-    app[CACHE] = QueryCache(node, tier, origin)
+    app[LIMITER] = limiter
+    memory = MemoryTier(node.memory_cache_mb * 1024 * 1024)
+    mirror = PurgeMirror(node.region, uuid.uuid4().hex[:12], tier, memory)
+    if node.memory_cache_mb:
+        mirror.start()
+    app[CACHE] = QueryCache(node, tier, origin, memory=memory, mirror=mirror)
     applier = Applier(
-        node.region, [t.id for t in settings.tenants], tier, origin, sync_grace=node.sync_grace
+        node.region,
+        [t.id for t in settings.tenants],
+        tier,
+        origin,
+        sync_grace=node.sync_grace,
+        memory_lease=node.memory_lease,
     )
     app[APPLIER] = applier
     applier.start()
+    watcher = _watch_config(app, origin)
     log.info("node_started", region=node.region, listen=str(node.listen))
     yield
+    if watcher is not None:
+        await watcher.stop()
     await applier.stop()
+    await mirror.stop()
     await app[CACHE].drain()
     await origin.close()
+    await limiter.close()
     await tier.close()
+
+
+def _watch_config(app: web.Application, origin: OriginClient) -> ConfigWatcher | None:
+    """Reload API keys, node secrets, rate limits and the TLS certificate without a restart."""
+    live = app[LIVE]
+
+    def apply(settings: Settings) -> None:
+        app[KEYS].replace(settings.tenants)
+        origin.set_secret(settings.node_secret)
+        reload_server_context(app.get(TLS), settings.node.tls_cert, settings.node.tls_key)
+
+    live.subscribe(apply)
+    if live.current.source is None:
+        return None  # built in code (tests), not from a file: nothing to reload from
+    watcher = ConfigWatcher(live)
+    watcher.start()
+    return watcher
 
 
 def create_node_app(settings: Settings) -> web.Application:
@@ -277,8 +344,12 @@ def create_node_app(settings: Settings) -> web.Application:
         middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes
     )
     app[SETTINGS] = settings
+    app[LIVE] = LiveSettings(settings)
     app[KEYS] = ApiKeys(settings.tenants)
     app[METRICS] = NodeMetrics(settings.node.region)
+    tls = server_context(settings.node.tls_cert, settings.node.tls_key)
+    if tls is not None:
+        app[TLS] = tls
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/query", handle_query)
     app.router.add_post("/v1/transaction", handle_transaction)
@@ -301,10 +372,14 @@ def run_node(settings: Settings) -> None:
     except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
         pass
     listen = settings.node.listen
+    app = create_node_app(settings)
     web.run_app(
-        create_node_app(settings),
+        app,
         host=listen.host,
         port=listen.port,
+        ssl_context=app.get(TLS),
+        # Also the deadline for a new connection's first request headers (slowloris).
+        keepalive_timeout=settings.node.keepalive_timeout,
         access_log=None,
         print=None,
         shutdown_timeout=settings.node.shutdown_timeout,

@@ -32,8 +32,10 @@ from cache_edge.keys import cache_key
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
 from cache_edge.protocol import QueryRequest, Statement
+from cache_edge.purge_mirror import PurgeMirror
 from cache_edge.singleflight import Group
 from cache_edge.strategy import CacheStrategy
+from cache_edge.tiers.memory import MemoryTier
 from cache_edge.tiers.redis import RedisTier, TierUnavailable
 
 __all__ = ["Answer", "QueryCache"]
@@ -75,6 +77,7 @@ class Stats:
     refreshes: int = 0  # background swr refreshes started here
     refresh_failures: int = 0
     raced_purges: int = 0  # fetches discarded because a purge overtook them
+    memory_hits: int = 0  # answered from this process's hot tier, no Redis round trip
 
 
 class QueryCache:
@@ -84,9 +87,14 @@ class QueryCache:
         tier: RedisTier,
         origin: OriginClient,
         clock: Callable[[], float] = time.time,
+        memory: MemoryTier | None = None,
+        mirror: PurgeMirror | None = None,
     ) -> None:
         self._config = config
         self._tier = tier
+        # The hot tier only works with a mirror of the purge state to judge it by.
+        self._memory = memory if mirror is not None else None
+        self._mirror = mirror
         self._origin = origin
         self._clock = clock
         self._flights: Group[Entry] = Group()
@@ -107,6 +115,9 @@ class QueryCache:
         stmt = req.statement
         sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
         flight = _Flight(tenant, sig, stmt, strategy, request_id)
+        hot = self._hot(flight)
+        if hot is not None:
+            return hot
         cache_error: str | None = None
         entry: Entry | None = None
         state: list[bytes | None] = []
@@ -125,6 +136,7 @@ class QueryCache:
             if is_current(entry.watermark, state):
                 age = entry.age(self._clock())
                 if age < strategy.ttl:
+                    self._remember(flight, entry)
                     return Answer(entry.core, "ttl", entry.produced_at_ms, sig)
                 if age < strategy.ttl + strategy.swr:
                     self._refresh_in_background(flight, entry, required_watermark(state))
@@ -141,6 +153,41 @@ class QueryCache:
                 return Answer(fallback.core, "stale", fallback.produced_at_ms, sig, error=exc.code)
             raise
         return Answer(fresh.core, "miss", fresh.produced_at_ms, sig, cache_error=cache_error)
+
+    @property
+    def memory(self) -> MemoryTier | None:
+        return self._memory
+
+    # ------------------------------------------------------------- hot tier
+
+    def _hot(self, flight: _Flight) -> Answer | None:
+        """A hit from this process's memory, judged by the mirrored purge state."""
+        if self._memory is None or self._mirror is None:
+            return None
+        tenant, strategy = flight.tenant, flight.strategy
+        now = self._clock()
+        entry = self._memory.get(self._tier.entry_key(tenant, flight.sig), now)
+        if entry is None or not self._mirror.is_current(tenant, entry.watermark, strategy.tags):
+            return None
+        age = entry.age(now)
+        if age < strategy.ttl:
+            self.stats.memory_hits += 1
+            return Answer(entry.core, "ttl", entry.produced_at_ms, flight.sig)
+        if age < strategy.ttl + strategy.swr:
+            self.stats.memory_hits += 1
+            required = self._mirror.required(tenant, strategy.tags)
+            self._refresh_in_background(flight, entry, required)
+            return Answer(entry.core, "swr", entry.produced_at_ms, flight.sig)
+        return None
+
+    def _remember(self, flight: _Flight, entry: Entry) -> None:
+        if self._memory is None or self._mirror is None:
+            return
+        tenant, strategy = flight.tenant, flight.strategy
+        if not self._mirror.is_current(tenant, entry.watermark, strategy.tags):
+            return  # the mirror is behind, cut off, or knows of a purge: keep it in Redis only
+        expires = entry.produced_at_ms / 1000 + strategy.ttl + strategy.swr
+        self._memory.put(self._tier.entry_key(tenant, flight.sig), tenant, entry, expires)
 
     # ------------------------------------------------------------------ fills
 
@@ -235,6 +282,8 @@ class QueryCache:
                 await self._tier.set(key, entry.encode(), strategy.retention)
             except TierUnavailable as exc:
                 log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
+            else:
+                self._remember(flight, entry)
             return entry
         raise OriginUnavailable("the origin keeps answering with rows older than a purge")
 

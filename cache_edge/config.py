@@ -9,22 +9,27 @@ in messages (see :func:`redact_dsn`).
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+from cache_edge.node_secrets import SecretsError, resolve_node_secrets
+
 __all__ = [
     "CONFIG_ENV",
     "ConfigError",
+    "ConfigSource",
     "HostPort",
     "Limits",
     "NodeConfig",
     "OriginConfig",
+    "RateLimit",
     "Settings",
     "TenantConfig",
     "load_settings",
@@ -78,12 +83,28 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """A token bucket per API key: ``rate`` requests per second, bursts of up to ``burst``."""
+
+    rate: float = 0.0  # 0 = unlimited
+    burst: int = 1
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rate <= 0
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     id: str
     api_keys_sha256: tuple[str, ...]
     database_url: str = field(repr=False)
     pool_min_size: int | None = None
     pool_max_size: int | None = None
+    rate_limit: RateLimit | None = None  # None: the global [rate_limit]
+    # Requests admitted at once per origin replica (holding or awaiting a connection);
+    # None: origin.max_concurrency.
+    max_concurrency: int | None = None
 
     @property
     def safe_dsn(self) -> str:
@@ -101,6 +122,15 @@ class OriginConfig:
     # How long a signed node request stays valid; bounds replay of a captured request.
     signature_window: float = 60.0
     connect_timeout: float = 5.0
+    # Default per-tenant cap on requests admitted at once (see TenantConfig.max_concurrency):
+    # queueing for a connection is fine, an unbounded queue of one tenant is not.
+    max_concurrency: int = 1000
+    # Closes connections idle this long, and connections that never finish their headers.
+    keepalive_timeout: float = 75.0
+    # A client that trickles its body must not hold a handler forever.
+    body_timeout: float = 30.0
+    tls_cert: str = ""  # PEM certificate chain; with tls_key the listener speaks https
+    tls_key: str = ""
     # Graceful stop: how long in-flight requests may finish after SIGTERM.
     shutdown_timeout: float = 10.0
     # Set by `--workers N`: every worker binds the same port (SO_REUSEPORT).
@@ -128,19 +158,59 @@ class NodeConfig:
     sync_grace: float = 10.0
     # The region's Redis is a Redis Cluster (redis-py's cluster client; see docs/deploy.md).
     redis_cluster: bool = False
+    # The in-process hot tier (0 disables it) and how long it trusts the purge feed.
+    memory_cache_mb: int = 64
+    memory_lease: float = 1.0
     shutdown_timeout: float = 10.0
     reuse_port: bool = False
+    keepalive_timeout: float = 75.0  # as OriginConfig's
+    body_timeout: float = 30.0
+    tls_cert: str = ""
+    tls_key: str = ""
+    # CA bundle that signed the origin's certificate (a private CA); empty: the system's.
+    origin_ca: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where Settings came from, so that a reload reads them the same way."""
+
+    path: str | None
+    overrides: tuple[tuple[str, Any], ...] = ()
+    env: Mapping[str, str] | None = field(default=None, compare=False)  # None: os.environ
+
+    def load(self) -> Settings:
+        return load_settings(self.path, dict(self.overrides), self.env)
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    node_secret: str = field(repr=False)
+    node_secret: str = field(repr=False)  # nodes sign with it; the origin accepts it
     tenants: tuple[TenantConfig, ...] = ()
     origin: OriginConfig = OriginConfig()
     node: NodeConfig = NodeConfig()
     limits: Limits = Limits()
     log_level: str = "info"
     log_format: str = "json"
+    # Older secrets the origin still accepts during a rotation (node_secrets[1:]).
+    old_node_secrets: tuple[str, ...] = field(default=(), repr=False)
+    node_secret_file: str = ""  # where the secrets were read from, if a file
+    rate_limit: RateLimit = RateLimit()  # the default for every API key
+    source: ConfigSource | None = field(default=None, compare=False)
+
+    @property
+    def node_secrets(self) -> tuple[str, ...]:
+        """Every secret the origin accepts; the first is the one nodes sign with."""
+        return (self.node_secret, *self.old_node_secrets)
+
+    def rate_limit_for(self, tenant_id: str) -> RateLimit:
+        tenant = self.tenant(tenant_id)
+        if tenant is not None and tenant.rate_limit is not None:
+            return tenant.rate_limit
+        return self.rate_limit
+
+    def max_concurrency_for(self, tenant: TenantConfig) -> int:
+        return tenant.max_concurrency or self.origin.max_concurrency
 
     def tenant(self, tenant_id: str) -> TenantConfig | None:
         for t in self.tenants:
@@ -161,6 +231,9 @@ def _pop(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, .
         names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
         raise ConfigError(f"config key '{where}{key}': expected {names}, got {value!r}")
     return value
+
+
+_ZERO_MEANS_OFF = frozenset({"memory_cache_mb"})
 
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
@@ -214,7 +287,7 @@ def _build_dataclass(cls: Any, raw: Any, where: str) -> Any:
             kwargs[name] = _pop(table, name, where, bool)
         elif isinstance(default, int):
             kwargs[name] = _pop(table, name, where, int)
-            _positive(kwargs[name], where + name)
+            _positive(kwargs[name], where + name, allow_zero=name in _ZERO_MEANS_OFF)
         elif isinstance(default, float):
             kwargs[name] = _pop(table, name, where, float)
             _positive(kwargs[name], where + name)
@@ -251,25 +324,57 @@ def _tenant(raw: Any, index: int) -> TenantConfig:
                 "(run `cache-edge keygen` to make a key and its hash)"
             )
     sizes: dict[str, int] = {}
-    for name in ("pool_min_size", "pool_max_size"):
+    for name in ("pool_min_size", "pool_max_size", "max_concurrency"):
         if name in table:
             sizes[name] = _pop(table, name, where, int)
             _positive(sizes[name], where + name, allow_zero=name == "pool_min_size")
+    rate_limit = None
+    if "rate_limit" in table:
+        rate_limit = _rate_limit(table.pop("rate_limit"), where + "rate_limit")
     _reject_unknown(table, where)
-    return TenantConfig(tenant_id, keys, dsn, **sizes)
+    return TenantConfig(tenant_id, keys, dsn, rate_limit=rate_limit, **sizes)
 
 
-def parse_settings(raw: Mapping[str, Any]) -> Settings:
-    """Validate a decoded TOML document (with overrides applied) into Settings."""
+def _rate_limit(raw: Any, key: str) -> RateLimit:
+    """``{rate = 100.0, burst = 200}``; ``rate = 0`` means unlimited, burst defaults to rate."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}': expected a table like {{rate = 10.0, burst = 20}}")
     table = dict(raw)
-    if "node_secret" not in table:
-        raise ConfigError(
-            "config key 'node_secret' is missing: nodes authenticate to the origin with it "
-            "(generate one with `cache-edge keygen`)"
-        )
-    secret = _pop(table, "node_secret", "", str)
-    if len(secret) < 16:
-        raise ConfigError("config key 'node_secret': must be at least 16 characters")
+    if "rate" not in table:
+        raise ConfigError(f"config key '{key}.rate' is missing (requests/s, 0 = unlimited)")
+    rate = _pop(table, "rate", key + ".", float)
+    _positive(rate, key + ".rate", allow_zero=True)
+    burst = max(1, math.ceil(rate))
+    if "burst" in table:
+        burst = _pop(table, "burst", key + ".", int)
+        _positive(burst, key + ".burst")
+    _reject_unknown(table, key + ".")
+    return RateLimit(rate, burst)
+
+
+def _check_tls(cert: str, key: str, where: str, ca: str = "") -> None:
+    """Both halves of a key pair or neither, and every named file readable."""
+    if bool(cert) != bool(key):
+        raise ConfigError(f"config key '{where}tls_cert': tls_cert and tls_key go together")
+    for name, path in (("tls_cert", cert), ("tls_key", key), ("origin_ca", ca)):
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(f"config key '{where}{name}': cannot read {path}")
+
+
+def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str] | None = None) -> Settings:
+    """Validate a decoded TOML document (with overrides applied) into Settings.
+
+    ``env`` is consulted only for the node secret when the document names none
+    (see :mod:`cache_edge.node_secrets`); None means no environment at all.
+    """
+    table = dict(raw)
+    try:
+        secrets = resolve_node_secrets(table, {} if env is None else env)
+    except SecretsError as exc:
+        raise ConfigError(str(exc)) from None
+    rate_limit = RateLimit()
+    if "rate_limit" in table:
+        rate_limit = _rate_limit(table.pop("rate_limit"), "rate_limit")
     tenants_raw = table.pop("tenants", [])
     if not isinstance(tenants_raw, list):
         raise ConfigError("config key 'tenants': expected an array of tables ([[tenants]])")
@@ -288,6 +393,8 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
         raise ConfigError("config key 'node.region': must match [A-Za-z0-9_.-]{1,64}")
     _url(node.redis_url, "node.redis_url", ("redis", "rediss", "unix"))
     _url(node.origin_url, "node.origin_url", ("http", "https"))
+    _check_tls(origin.tls_cert, origin.tls_key, "origin.")
+    _check_tls(node.tls_cert, node.tls_key, "node.", node.origin_ca)
     log_level = table.pop("log_level", "info")
     if log_level not in ("debug", "info", "warning", "error"):
         raise ConfigError("config key 'log_level': one of debug, info, warning, error")
@@ -295,7 +402,18 @@ def parse_settings(raw: Mapping[str, Any]) -> Settings:
     if log_format not in ("json", "console"):
         raise ConfigError("config key 'log_format': one of json, console")
     _reject_unknown(table, "")
-    return Settings(secret, tenants, origin, node, limits, log_level, log_format)
+    return Settings(
+        node_secret=secrets.secrets[0],
+        old_node_secrets=secrets.secrets[1:],
+        node_secret_file=secrets.file,
+        tenants=tenants,
+        origin=origin,
+        node=node,
+        limits=limits,
+        log_level=log_level,
+        log_format=log_format,
+        rate_limit=rate_limit,
+    )
 
 
 def _apply_override(doc: dict[str, Any], dotted: str, value: Any) -> None:
@@ -333,4 +451,7 @@ def load_settings(
     for key, value in (overrides or {}).items():
         if value is not None:
             _apply_override(doc, key, value)
-    return parse_settings(doc)
+    settings = parse_settings(doc, environ)
+    given = tuple((k, v) for k, v in (overrides or {}).items() if v is not None)
+    source = ConfigSource(str(chosen) if chosen else None, given, env)
+    return replace(settings, source=source)

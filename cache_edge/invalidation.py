@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import time
 from collections.abc import Sequence
 
 from cache_edge.errors import CacheEdgeError
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
 from cache_edge.tiers.redis import RedisTier, TierUnavailable
+from cache_edge.wire import packb
 
 __all__ = ["Applier", "is_current", "required_watermark"]
 
@@ -60,8 +62,11 @@ class Applier:
         origin: OriginClient,
         *,
         sync_grace: float,
+        memory_lease: float = 1.0,
     ) -> None:
         self._region = region
+        # How long a process's hot tier may trust the last message it got (see purge_mirror).
+        self._memory_lease = memory_lease
         self._tenants = list(tenants)
         self._tier = tier
         self._origin = origin
@@ -75,9 +80,16 @@ class Applier:
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = asyncio.Event()
         self.applied: dict[str, int] = {}  # for tests and metrics
+        self._floor: dict[str, int] = {}
+        # Until when each tenant's region state is proven (a successful poll + sync_grace):
+        # heartbeats never renew hot-tier leases past it.
+        self._synced_until: dict[str, float] = {}
+        # Serialises publishes: a heartbeat must never overtake the purge it follows.
+        self._publishing = asyncio.Lock()
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._elect()))
+        self._tasks.append(asyncio.create_task(self._heartbeat()))
         for tenant in self._tenants:
             self._tasks.append(asyncio.create_task(self._run(tenant)))
 
@@ -133,7 +145,7 @@ class Applier:
                 "invalidation_resync", tenant=tenant, applied=applied, latest=latest, floor=latest
             )
             await self._tier.apply(tenant, {}, latest, latest, self._grace)
-            self.applied[tenant] = latest
+            await self._publish(tenant, -1, latest, latest, {})
             return
         tags: dict[str, int] = {}
         last = applied
@@ -145,9 +157,62 @@ class Applier:
                 tags[tag] = seq
             last = seq
         await self._tier.apply(tenant, tags, last, floor, self._grace)
-        self.applied[tenant] = last
+        await self._publish(tenant, applied, last, floor, tags)
         if items:
             log.info("invalidations_applied", tenant=tenant, upto=last, count=len(items))
+
+    async def _publish(
+        self, tenant: str, prev: int, to: int, floor: int, tags: dict[str, int]
+    ) -> None:
+        """Tell every process of the region, then wait until each has applied it or lost
+        its lease, so that acknowledging to the origin (the next poll) is true for the
+        hot tiers too."""
+        message = self._message(tenant, prev, to, floor, tags, self._memory_lease)
+        async with self._publishing:
+            self.applied[tenant] = to
+            self._floor[tenant] = floor
+            self._synced_until[tenant] = time.monotonic() + self._grace
+            await self._tier.publish_purges(self._region, message)
+        if prev == to:
+            return  # nothing new to wait for
+        deadline = time.monotonic() + self._memory_lease
+        while time.monotonic() < deadline:
+            acks = await self._tier.purge_acks(self._region, tenant)
+            if all(seq >= to for seq in acks):
+                return
+            await asyncio.sleep(0.002)
+        log.warning("purge_acks_missing", tenant=tenant, seq=to)
+
+    def _message(
+        self, tenant: str, prev: int, to: int, floor: int, tags: dict[str, int], lease: float
+    ) -> bytes:
+        return packb(
+            {"t": tenant, "prev": prev, "to": to, "floor": floor, "tags": tags, "lease": lease}
+        )
+
+    async def _heartbeat(self) -> None:
+        """Renew every process's hot-tier lease; carries no purge, only continuity.
+
+        Never past what the region can prove: a region cut off from the origin lets
+        its hot tiers lapse exactly when its Redis sync lease lapses.
+        """
+        while True:
+            await asyncio.sleep(self._memory_lease / 4)
+            if not self._leader.is_set():
+                continue
+            for tenant in list(self.applied):
+                # Under the lock, so a heartbeat never overtakes the purge it follows.
+                async with self._publishing:
+                    applied = self.applied[tenant]
+                    proven = self._synced_until.get(tenant, 0.0) - time.monotonic()
+                    if proven <= 0:
+                        continue
+                    lease = min(self._memory_lease, proven)
+                    message = self._message(
+                        tenant, applied, applied, self._floor.get(tenant, 0), {}, lease
+                    )
+                    with contextlib.suppress(TierUnavailable):
+                        await self._tier.publish_purges(self._region, message)
 
 
 def _covers(items: Sequence[dict[str, object]], applied: int) -> bool:

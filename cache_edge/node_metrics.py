@@ -46,6 +46,17 @@ class NodeMetrics:
         self.refreshes = Gauge(
             "cache_edge_node_swr_refreshes", "Background refreshes started", registry=self.registry
         )
+        self.memory_hits = Gauge(
+            "cache_edge_node_memory_hits",
+            "Hits answered from the in-process hot tier (no Redis round trip)",
+            registry=self.registry,
+        )
+        self.memory_bytes = Gauge(
+            "cache_edge_node_memory_bytes", "Bytes held by the hot tier", registry=self.registry
+        )
+        self.memory_entries = Gauge(
+            "cache_edge_node_memory_entries", "Entries in the hot tier", registry=self.registry
+        )
         self.info = Gauge(
             "cache_edge_node_info", "Node identity", ["region"], registry=self.registry
         )

@@ -2,20 +2,29 @@
 
 Every network failure is translated here, in one place, into OriginUnavailable;
 an error body from the origin becomes the same typed error the origin raised.
+The connections are shared fairly among tenants (:mod:`cache_edge.fairshare`):
+one tenant's flood of slow queries cannot queue another tenant's requests
+behind it. With an https origin URL the origin's certificate is verified.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from typing import Any
 
 import aiohttp
 
 from cache_edge.errors import CacheEdgeError, OriginUnavailable, error_from_body
+from cache_edge.fairshare import FairShare
+from cache_edge.logs import get_logger
 from cache_edge.protocol import Statement
 from cache_edge.signing import sign_headers
 from cache_edge.wire import MSGPACK_TYPE, packb, unpackb
 
 __all__ = ["OriginClient", "OriginResult"]
+
+log = get_logger(__name__)
 
 
 class OriginResult:
@@ -37,18 +46,25 @@ class OriginClient:
         timeout: float,
         connect_timeout: float,
         max_connections: int,
+        ssl_context: ssl.SSLContext | bool = True,
     ) -> None:
         self._base = base_url.rstrip("/")
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._max_connections = max_connections
+        self._ssl = ssl_context
+        self._share = FairShare(max_connections)
         self._session: aiohttp.ClientSession | None = None
+
+    def set_secret(self, secret: str) -> None:
+        """Sign from now on with ``secret`` (a config reload rotated it)."""
+        self._secret = secret
 
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily so it binds to the running loop.
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=60, ttl_dns_cache=60
+                limit=self._max_connections, keepalive_timeout=60, ttl_dns_cache=60, ssl=self._ssl
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False
@@ -116,23 +132,29 @@ class OriginClient:
         self, path: str, tenant: str, payload: dict[str, Any], request_id: str
     ) -> OriginResult:
         data = packb(payload)
-        headers = sign_headers(self._secret, "POST", path, tenant, data)
-        headers["Content-Type"] = MSGPACK_TYPE
-        headers["Accept"] = MSGPACK_TYPE
-        headers["X-Request-Id"] = request_id
         try:
-            async with self._client().post(self._base + path, data=data, headers=headers) as resp:
-                raw = await resp.read()
-                status = resp.status
-                origin_rid = resp.headers.get("X-Request-Id", request_id)
+            # One deadline for waiting our turn and for the request itself.
+            async with asyncio.timeout(self._timeout.total), self._share.slot(tenant):
+                # Signed once it may go: the signature's time window starts now.
+                headers = sign_headers(self._secret, "POST", path, tenant, data)
+                headers["Content-Type"] = MSGPACK_TYPE
+                headers["Accept"] = MSGPACK_TYPE
+                headers["X-Request-Id"] = request_id
+                async with self._client().post(
+                    self._base + path, data=data, headers=headers
+                ) as resp:
+                    raw = await resp.read()
+                    status = resp.status
+                    origin_rid = resp.headers.get("X-Request-Id", request_id)
         except TimeoutError:
             raise OriginUnavailable(
                 f"the origin did not answer within {self._timeout.total:.0f} s"
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
-            raise OriginUnavailable(
-                f"cannot reach the origin: {type(exc).__name__}: {exc}"
-            ) from None
+            # The detail (host names, certificate problems) is for the operator's log;
+            # API clients learn only that the origin is unreachable.
+            log.warning("origin_unreachable", error=f"{type(exc).__name__}: {exc}", path=path)
+            raise OriginUnavailable(f"cannot reach the origin ({type(exc).__name__})") from None
         if status == 200:
             return OriginResult(raw, origin_rid)
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -11,12 +12,23 @@ from aiohttp import web
 from cache_edge.config import Settings
 from cache_edge.logs import configure_logging, get_logger
 from cache_edge.protocol import parse_query, parse_transaction
+from cache_edge.reload import ConfigWatcher, LiveSettings
+from cache_edge.tls import reload_server_context, server_context
 from cache_edge.wire import encode_body, json_dumps
 from origin.executor import Executor
-from origin.http import METRICS, SETTINGS, binary_response, middleware, read_signed
+from origin.http import (
+    LIVE,
+    METRICS,
+    REPLAY,
+    SETTINGS,
+    binary_response,
+    middleware,
+    read_signed,
+)
 from origin.metrics import OriginMetrics
 from origin.pool import TenantPools
 from origin.purges import Purges
+from origin.replay import ReplayCache
 from origin.results import encode_query_response, encode_transaction_response
 
 __all__ = ["EXECUTOR", "POOLS", "create_origin_app", "run_origin"]
@@ -26,6 +38,7 @@ log = get_logger("origin.app")
 POOLS = web.AppKey("pools", TenantPools)
 EXECUTOR = web.AppKey("executor", Executor)
 PURGES = web.AppKey("purges", Purges)
+TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
 
 _READY_TIMEOUT = 2.0
 
@@ -93,9 +106,31 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
     app[PURGES].start()
+    watcher = _watch_config(app)
     yield
+    if watcher is not None:
+        await watcher.stop()
     await app[PURGES].stop()
     await app[POOLS].close()
+
+
+def _watch_config(app: web.Application) -> ConfigWatcher | None:
+    """Reload node secrets, tenants' max_concurrency and the TLS certificate without a restart.
+
+    The node secrets need no callback: every request reads them from LIVE.
+    """
+    live = app[LIVE]
+
+    def apply(settings: Settings) -> None:
+        app[POOLS].update(settings)
+        reload_server_context(app.get(TLS), settings.origin.tls_cert, settings.origin.tls_key)
+
+    live.subscribe(apply)
+    if live.current.source is None:
+        return None
+    watcher = ConfigWatcher(live)
+    watcher.start()
+    return watcher
 
 
 def create_origin_app(settings: Settings) -> web.Application:
@@ -107,10 +142,15 @@ def create_origin_app(settings: Settings) -> web.Application:
     pools = TenantPools(settings)
     metrics = OriginMetrics(pools.stats)
     app[SETTINGS] = settings
+    app[LIVE] = LiveSettings(settings)
+    app[REPLAY] = ReplayCache()
     app[POOLS] = pools
     app[METRICS] = metrics
     app[EXECUTOR] = Executor(pools, settings.origin, on_coalesced=metrics.count_coalesced)
     app[PURGES] = Purges(settings, pools)
+    tls = server_context(settings.origin.tls_cert, settings.origin.tls_key)
+    if tls is not None:
+        app[TLS] = tls
     app.cleanup_ctx.append(_pools_lifetime)
     app.router.add_post("/v1/query", handle_query)
     app.router.add_post("/v1/transaction", handle_transaction)
@@ -129,16 +169,22 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    app = create_origin_app(settings)
     runner = web.AppRunner(
-        create_origin_app(settings),
+        app,
         access_log=None,
         shutdown_timeout=settings.origin.shutdown_timeout,
+        # Also the deadline for a new connection's first request headers (slowloris).
+        keepalive_timeout=settings.origin.keepalive_timeout,
     )
     await runner.setup()
     try:
         listen = settings.origin.listen
         reuse = settings.origin.reuse_port or None
-        await web.TCPSite(runner, listen.host, listen.port, reuse_port=reuse).start()
+        site = web.TCPSite(
+            runner, listen.host, listen.port, reuse_port=reuse, ssl_context=app.get(TLS)
+        )
+        await site.start()
         log.info("origin_listening", listen=str(listen), tenants=len(settings.tenants))
         await stop.wait()
         log.info("origin_stopping")

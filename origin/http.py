@@ -7,7 +7,6 @@ log), attaches ``X-Request-Id`` and writes one structured log line.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import re
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
+from cache_edge.bodies import BodyTimeout, read_capped
 from cache_edge.config import Settings
 from cache_edge.errors import (
     BadRequest,
@@ -28,7 +28,8 @@ from cache_edge.errors import (
     Unauthorized,
 )
 from cache_edge.logs import get_logger
-from cache_edge.signing import SignatureError, verify_headers
+from cache_edge.reload import LiveSettings
+from cache_edge.signing import SIGNATURE_HEADER, SignatureError, signed_until, verify_headers
 from cache_edge.wire import (
     CONTENT_TYPES,
     WireFormat,
@@ -38,9 +39,12 @@ from cache_edge.wire import (
     response_format,
 )
 from origin.metrics import OriginMetrics
+from origin.replay import ReplayCache
 
 __all__ = [
+    "LIVE",
     "METRICS",
+    "REPLAY",
     "REQUEST_ID",
     "SETTINGS",
     "TENANT",
@@ -54,12 +58,13 @@ log = get_logger("origin.http")
 
 SETTINGS = web.AppKey("settings", Settings)
 METRICS = web.AppKey("metrics", OriginMetrics)
+LIVE = web.AppKey("live", LiveSettings)  # node secrets and tenants' caps, reloadable
+REPLAY = web.AppKey("replay", ReplayCache)
 REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant", str)  # set only once a signature proved it
 
 REQUEST_ID_HEADER = "X-Request-Id"
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_BODY_READ_TIMEOUT = 30.0  # a client that trickles its body must not hold a handler forever
 _KINDS = {"/v1/query": "query", "/v1/transaction": "transaction"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -99,38 +104,26 @@ def _error_response(
     )
     if exc.retry_after is not None:
         resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    if isinstance(exc, BodyTimeout):
+        resp.force_close()
     return resp
 
 
-async def _read_capped(request: web.Request, cap: int) -> bytes:
-    if request.content_length is not None and request.content_length > cap:
-        raise PayloadTooLarge(f"request body of {request.content_length} bytes exceeds {cap}")
-    chunks: list[bytes] = []
-    size = 0
-    async with asyncio.timeout(_BODY_READ_TIMEOUT):
-        async for chunk in request.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > cap:
-                raise PayloadTooLarge(f"request body exceeds {cap} bytes")
-            chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def read_signed(request: web.Request) -> SignedRequest:
-    """Read the capped body, prove the node signature and the tenant, then decode it."""
-    settings = request.app[SETTINGS]
-    body = await _read_capped(request, settings.limits.max_body_bytes)
+    """Read the capped body, prove the node signature (once only) and the tenant, decode it."""
+    settings = request.app[LIVE].current
+    body = await read_capped(request, settings.limits.max_body_bytes, settings.origin.body_timeout)
+    window = settings.origin.signature_window
     try:
         tenant = verify_headers(
-            [settings.node_secret],
-            request.method,
-            request.path,
-            request.headers,
-            body,
-            settings.origin.signature_window,
+            settings.node_secrets, request.method, request.path, request.headers, body, window
         )
     except SignatureError as exc:
         raise Unauthorized(str(exc)) from None
+    # Only now, once proven: an unsigned request cannot fill the replay cache.
+    valid_until = signed_until(request.headers, window)
+    if not request.app[REPLAY].first_use(request.headers[SIGNATURE_HEADER], valid_until):
+        raise Unauthorized("node signature already used: replayed request")
     if settings.tenant(tenant) is None:
         raise Unauthorized("unknown tenant")
     request[TENANT] = tenant

@@ -6,6 +6,12 @@ gives up after ``pool_timeout`` with :class:`PoolTimeout`; asyncpg then never
 waits for a slot, so its acquire only ever waits on connecting, bounded by
 ``connect_timeout``. After a database restart asyncpg finds its connections
 closed and reconnects on the next acquire, so the pool recovers by itself.
+
+Fairness: every tenant has its own pool, so no tenant can take another's
+connections; and at most ``max_concurrency`` of a tenant's requests may hold or
+wait for one at a time. Beyond that a request fails at once with ``pool_timeout``
+instead of queueing, so a tenant flooding slow queries gets fast refusals and
+does not pile up requests (and the nodes' connections to the origin) behind it.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg
@@ -70,6 +76,7 @@ class TenantPool:
         )
         self.min_size = min(min_size, self.max_size)
         self._origin = origin
+        self.max_concurrency = tenant.max_concurrency or origin.max_concurrency
         self._create_pool = create_pool
         self._pool: Any = None
         self._init_lock = asyncio.Lock()
@@ -109,7 +116,18 @@ class TenantPool:
                 log.info("pool_created", tenant=self.tenant.id, database=self.tenant.safe_dsn)
         return self._pool
 
+    def configure(self, tenant: TenantConfig, max_concurrency: int) -> None:
+        """Take a reloaded tenant config (its database URL and pool size stay as started)."""
+        self.tenant = replace(tenant, database_url=self.tenant.database_url)
+        self.max_concurrency = max_concurrency
+
     async def _wait_for_slot(self) -> None:
+        if self._in_use + self._waiting >= self.max_concurrency:
+            raise PoolTimeout(
+                f"this tenant already has {self.max_concurrency} requests in flight at the "
+                "origin (max_concurrency); retry shortly",
+                retry_after=1.0,
+            )
         self._waiting += 1
         try:
             async with asyncio.timeout(self._origin.pool_timeout):
@@ -175,6 +193,13 @@ class TenantPools:
 
     def __contains__(self, tenant_id: object) -> bool:
         return tenant_id in self._pools
+
+    def update(self, settings: Settings) -> None:
+        """Apply a config reload: tenants' max_concurrency (new tenants wait for a restart)."""
+        for tenant in settings.tenants:
+            pool = self._pools.get(tenant.id)
+            if pool is not None:
+                pool.configure(tenant, settings.max_concurrency_for(tenant))
 
     def acquire(self, tenant_id: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """``async with pools.acquire(tenant) as conn``; raises PoolTimeout when exhausted."""

@@ -52,6 +52,12 @@ class Layout:
     def leader(self, region: str) -> str:
         return f"{self._prefix}:region:{region}:applier"
 
+    def purge_channel(self, region: str) -> str:
+        return f"{self._prefix}:region:{region}:purges"
+
+    def members(self, region: str) -> str:
+        return f"{self._prefix}:region:{region}:members"
+
     def state_keys(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[str]:
         """The sync lease and tag versions an entry is judged by, in its own slot."""
         shard = self.shard_of(signature)

@@ -7,7 +7,9 @@ open-circuited for ``retry_after`` seconds so requests stop paying its timeout.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -166,6 +168,55 @@ class RedisTier:
                 await pipe.execute()
         except _ERRORS as exc:
             raise self._failed(exc) from None
+
+    # ------------------------------------------------- the region's purge feed
+
+    async def publish_purges(self, region: str, message: bytes) -> None:
+        try:
+            await self._redis.publish(self.keys.purge_channel(region), message)
+        except _ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def purge_messages(self, region: str) -> AsyncIterator[bytes]:
+        """Messages on the region's purge channel, in order, until the connection fails."""
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.purge_channel(region))
+            async for message in pubsub.listen():
+                if message.get("type") == "message":
+                    yield message["data"]
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def ack_purges(self, region: str, member: str, seq: int, lease: float) -> None:
+        """Record that ``member`` applied purges up to ``seq``; the ack expires with it."""
+        expires_ms = int((time.time() + 3 * lease) * 1000)
+        try:
+            await self._redis.hset(self.keys.members(region), member, f"{seq}:{expires_ms}")
+        except _ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def purge_acks(self, region: str, tenant: str) -> list[int]:
+        """Applied seqs of the region's live processes for ``tenant``."""
+        try:
+            raw = await self._redis.hgetall(self.keys.members(region))
+        except _ERRORS as exc:
+            raise self._failed(exc) from None
+        now_ms = time.time() * 1000
+        out: list[int] = []
+        dead: list[bytes] = []
+        suffix = f":{tenant}".encode()
+        for member, value in raw.items():
+            seq, _, expires = value.decode().partition(":")
+            if float(expires) <= now_ms:
+                dead.append(member)  # a process that stopped acking (exited or cut off)
+            elif member.endswith(suffix):
+                out.append(int(seq))
+        if dead:
+            with contextlib.suppress(*_ERRORS):
+                await self._redis.hdel(self.keys.members(region), *dead)
+        return out
 
     async def lead(self, key: str, token: str, ttl_ms: int) -> bool:
         """Take or keep a leadership lease (SET NX, or extend if we already hold it)."""

@@ -317,3 +317,58 @@ async def test_cli_invalidate(
     assert (await post(http, b, read(key, tag), API_KEY_A)).body["rows"] == [[2]]
     bad = subprocess.run([*cmd[:-4], "--tag", "no spaces"], capture_output=True, text=True)
     assert bad.returncode == 1 and "bad_request" in bad.stderr
+
+
+async def test_two_origin_replicas_share_one_purge_log(
+    tmp_path: Path,
+    pg_databases: tuple[str, str],
+    http: aiohttp.ClientSession,
+    row: tuple[asyncpg.Connection, str],
+) -> None:
+    """Regions behind different origin instances (as behind a load balancer) see one purge."""
+    conn, key = row
+    await _flush(REGION_A_REDIS)
+    await _flush(REGION_B_REDIS)
+    st = new_stack(tmp_path, pg_databases, REGION_A_REDIS, node={"sync_grace": 2.0})
+    try:
+        first = st.start_origin()
+        second = Server("origin", free_port(), st.config).start()
+        st.servers.append(second)
+        a = st.start_node(region="replica-a", redis_url=REGION_A_REDIS, origin_url=first.url)
+        b = st.start_node(region="replica-b", redis_url=REGION_B_REDIS, origin_url=second.url)
+        await wait_live(http, a.url, {"replica-a", "replica-b"})
+        tag = marker("rep").replace("-", "_")
+        for node in (a, b):
+            assert (await post(http, node.url, read(key, tag), API_KEY_A)).cache_status == "miss"
+        await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+        done = await purge(http, b.url, {"tags": [tag], "wait": 10})  # recorded via origin 2
+        assert {"replica-a", "replica-b"} <= set(done.body["appliedRegions"]), done.body
+        for node in (a, b):
+            assert (await post(http, node.url, read(key, tag), API_KEY_A)).body["rows"] == [[2]]
+    finally:
+        st.stop_all()
+
+
+async def test_hot_tiers_of_every_process_honour_a_purge(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    """Two processes of region a answer from memory; once the purge returns, neither does."""
+    conn, key = row
+    second = world.start_node(region="region-a", redis_url=REGION_A_REDIS)
+    a1, a2 = nodes(world)[0].url, second.url
+    await wait_live(http, a1, {"region-a", "region-b"})
+    tag = marker("hot").replace("-", "_")
+    assert (await post(http, a1, read(key, tag), API_KEY_A)).cache_status == "miss"
+    for _ in range(5):
+        for url in (a1, a2):
+            assert (await post(http, url, read(key, tag), API_KEY_A)).body["rows"] == [[1]]
+    for url in (a1, a2):
+        async with http.get(url + "/metrics") as resp:
+            text = await resp.text()
+        hits = [ln for ln in text.splitlines() if ln.startswith("cache_edge_node_memory_hits ")]
+        assert hits and float(hits[0].split()[1]) >= 3, hits  # served from memory, not Redis
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    done = await purge(http, a2, {"tags": [tag], "wait": 10})
+    assert "region-a" in done.body["appliedRegions"]
+    replies = await asyncio.gather(*(post(http, u, read(key, tag), API_KEY_A) for u in (a1, a2)))
+    assert [r.body["rows"] for r in replies] == [[[2]], [[2]]]

@@ -1,0 +1,89 @@
+"""Package fairshare shares a fixed number of slots fairly among keys (tenants).
+
+Up to ``capacity`` callers hold a slot at once. When callers must wait, a freed
+slot goes to the waiting key that holds the fewest slots (the longest waiting
+first among equals), so a tenant that floods cannot keep another tenant from
+its turn: the newcomer is served at the next release, not after the flood.
+A caller cancelled while waiting leaves the queue; one cancelled just after it
+was granted a slot passes the slot on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Hashable
+from contextlib import asynccontextmanager
+
+__all__ = ["FairShare"]
+
+
+class FairShare:
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._in_use = 0
+        self._held: dict[Hashable, int] = {}
+        self._waiters: dict[Hashable, deque[tuple[int, asyncio.Future[None]]]] = {}
+        self._order = itertools.count()
+
+    def held(self, key: Hashable) -> int:
+        return self._held.get(key, 0)
+
+    def waiting(self) -> int:
+        return sum(len(q) for q in self._waiters.values())
+
+    @asynccontextmanager
+    async def slot(self, key: Hashable) -> AsyncIterator[None]:
+        await self._acquire(key)
+        try:
+            yield
+        finally:
+            self._release(key)
+
+    def _take(self, key: Hashable) -> None:
+        self._in_use += 1
+        self._held[key] = self._held.get(key, 0) + 1
+
+    async def _acquire(self, key: Hashable) -> None:
+        if self._in_use < self.capacity and not self._waiters:
+            self._take(key)
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        entry = (next(self._order), fut)
+        self._waiters.setdefault(key, deque()).append(entry)
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():
+                self._release(key)  # granted, then cancelled before it could run
+            else:
+                queue = self._waiters.get(key)
+                if queue is not None and entry in queue:
+                    queue.remove(entry)
+                    if not queue:
+                        del self._waiters[key]
+            raise
+
+    def _release(self, key: Hashable) -> None:
+        self._in_use -= 1
+        left = self._held[key] - 1
+        if left:
+            self._held[key] = left
+        else:
+            del self._held[key]
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._in_use < self.capacity and self._waiters:
+            key = min(self._waiters, key=lambda k: (self.held(k), self._waiters[k][0][0]))
+            queue = self._waiters[key]
+            _, fut = queue.popleft()
+            if not queue:
+                del self._waiters[key]
+            if fut.done():
+                continue  # cancelled while queued
+            self._take(key)
+            fut.set_result(None)
