@@ -19,11 +19,12 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cache_edge.auth import ApiKeys, Principal
-from cache_edge.bodies import BodyTimeout, read_capped
+from cache_edge.bodies import BodyTimeout, answer_and_close, read_capped
 from cache_edge.cache import Answer, QueryCache
 from cache_edge.config import Settings
 from cache_edge.entry import result_json, result_msgpack
 from cache_edge.errors import BadRequest, CacheEdgeError, InternalError, NotFound, PayloadTooLarge
+from cache_edge.httplog import quiet_client_errors
 from cache_edge.invalidation import Applier
 from cache_edge.logs import get_logger
 from cache_edge.node_metrics import NodeMetrics
@@ -82,12 +83,7 @@ def _error_response(exc: CacheEdgeError, request: web.Request) -> web.Response:
     if exc.retry_after is not None:
         # Rounded up: a client that waits as told finds a token (or a connection) free.
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    response = web.Response(
-        status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers
-    )
-    if isinstance(exc, BodyTimeout):
-        response.force_close()  # the client is still (not) sending: do not wait for it
-    return response
+    return web.Response(status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers)
 
 
 @web.middleware
@@ -98,6 +94,11 @@ async def error_middleware(
     metrics = request.app[METRICS]
     try:
         return await handler(request)
+    except BodyTimeout as exc:
+        metrics.errors.labels(exc.code).inc()
+        response = _error_response(exc, request)
+        await answer_and_close(request, response)  # the client stalled: no lingering for it
+        return response
     except CacheEdgeError as exc:
         metrics.errors.labels(exc.code).inc()
         return _error_response(exc, request)
@@ -365,6 +366,7 @@ def run_node(settings: Settings) -> None:
     from cache_edge.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format, service="cache-edge-node")
+    quiet_client_errors()
     try:
         import uvloop
 

@@ -4,6 +4,8 @@ Up to ``capacity`` callers hold a slot at once. When callers must wait, a freed
 slot goes to the waiting key that holds the fewest slots (the longest waiting
 first among equals), so a tenant that floods cannot keep another tenant from
 its turn: the newcomer is served at the next release, not after the flood.
+No single key may hold more than ``capacity - reserve`` slots, so a newcomer
+does not even wait for that release while one key floods with slow calls.
 A caller cancelled while waiting leaves the queue; one cancelled just after it
 was granted a slot passes the slot on.
 """
@@ -20,10 +22,14 @@ __all__ = ["FairShare"]
 
 
 class FairShare:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, reserve: int | None = None) -> None:
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         self.capacity = capacity
+        # Default: a tenth of the slots stay free for keys other than the busiest.
+        self.per_key = capacity - (capacity // 10 if reserve is None else reserve)
+        if not 1 <= self.per_key <= capacity:
+            raise ValueError("reserve must leave at least one slot per key")
         self._in_use = 0
         self._held: dict[Hashable, int] = {}
         self._waiters: dict[Hashable, deque[tuple[int, asyncio.Future[None]]]] = {}
@@ -48,12 +54,13 @@ class FairShare:
         self._held[key] = self._held.get(key, 0) + 1
 
     async def _acquire(self, key: Hashable) -> None:
-        if self._in_use < self.capacity and not self._waiters:
+        if self._in_use < self.capacity and not self._waiters and self.held(key) < self.per_key:
             self._take(key)
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (next(self._order), fut)
         self._waiters.setdefault(key, deque()).append(entry)
+        self._wake()  # others may be queued only for their own per-key cap: we may go now
         try:
             await fut
         except asyncio.CancelledError:
@@ -77,8 +84,11 @@ class FairShare:
         self._wake()
 
     def _wake(self) -> None:
-        while self._in_use < self.capacity and self._waiters:
-            key = min(self._waiters, key=lambda k: (self.held(k), self._waiters[k][0][0]))
+        while self._in_use < self.capacity:
+            eligible = [k for k in self._waiters if self.held(k) < self.per_key]
+            if not eligible:
+                return
+            key = min(eligible, key=lambda k: (self.held(k), self._waiters[k][0][0]))
             queue = self._waiters[key]
             _, fut = queue.popleft()
             if not queue:

@@ -10,6 +10,7 @@ behind it. With an https origin URL the origin's certificate is verified.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ssl
 from typing import Any
 
@@ -51,7 +52,6 @@ class OriginClient:
         self._base = base_url.rstrip("/")
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
-        self._max_connections = max_connections
         self._ssl = ssl_context
         self._share = FairShare(max_connections)
         self._session: aiohttp.ClientSession | None = None
@@ -63,8 +63,11 @@ class OriginClient:
     def _client(self) -> aiohttp.ClientSession:
         # Created lazily so it binds to the running loop.
         if self._session is None or self._session.closed:
+            # No limit here: the fair share bounds requests to max_connections, and the
+            # purge long-polls outside it are one per tenant. A connector limit would
+            # queue everyone FIFO again, behind whichever tenant floods.
             connector = aiohttp.TCPConnector(
-                limit=self._max_connections, keepalive_timeout=60, ttl_dns_cache=60, ssl=self._ssl
+                limit=0, keepalive_timeout=60, ttl_dns_cache=60, ssl=self._ssl
             )
             self._session = aiohttp.ClientSession(
                 connector=connector, timeout=self._timeout, raise_for_status=False
@@ -107,7 +110,8 @@ class OriginClient:
         self, tenant: str, region: str, after: int, wait: float, lease: float
     ) -> dict[str, Any]:
         body = {"region": region, "after": after, "wait": wait, "lease": lease}
-        result = await self._post("/v1/invalidations/poll", tenant, body, "applier")
+        # Long-polls wait for seconds by design: they must not hold a tenant's fair share.
+        result = await self._post("/v1/invalidations/poll", tenant, body, "applier", fair=False)
         return dict(unpackb(result.body))
 
     async def transaction(
@@ -129,12 +133,13 @@ class OriginClient:
             return False
 
     async def _post(
-        self, path: str, tenant: str, payload: dict[str, Any], request_id: str
+        self, path: str, tenant: str, payload: dict[str, Any], request_id: str, fair: bool = True
     ) -> OriginResult:
         data = packb(payload)
+        turn = self._share.slot(tenant) if fair else contextlib.nullcontext()
         try:
             # One deadline for waiting our turn and for the request itself.
-            async with asyncio.timeout(self._timeout.total), self._share.slot(tenant):
+            async with asyncio.timeout(self._timeout.total), turn:
                 # Signed once it may go: the signature's time window starts now.
                 headers = sign_headers(self._secret, "POST", path, tenant, data)
                 headers["Content-Type"] = MSGPACK_TYPE

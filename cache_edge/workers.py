@@ -72,9 +72,16 @@ class Supervisor:
             log.info("supervisor_stopping", signal=signal.Signals(signum).name)
         self._stopping = True
 
+    def _forward_hup(self, _signum: int, _frame: object) -> None:
+        # Config reload: every worker re-reads the file itself.
+        for slot in self._slots:
+            if slot.proc is not None and slot.proc.poll() is None:
+                slot.proc.send_signal(signal.SIGHUP)
+
     def run(self) -> int:
         signal.signal(signal.SIGTERM, self._on_signal)
         signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, self._forward_hup)
         for slot in self._slots:
             self._spawn(slot)
         while not self._stopping:

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 
 from cache_edge.config import Settings
+from cache_edge.httplog import quiet_client_errors
 from cache_edge.logs import configure_logging, get_logger
 from cache_edge.protocol import parse_query, parse_transaction
 from cache_edge.reload import ConfigWatcher, LiveSettings
@@ -195,6 +196,7 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
 def run_origin(settings: Settings) -> None:
     """Entry point of ``cache-edge origin``: logging, uvloop, serve until SIGTERM."""
     configure_logging(settings.log_level, settings.log_format, service="cache-edge-origin")
+    quiet_client_errors()
     try:
         import uvloop
     except ImportError:  # uvloop is optional (not on Windows)

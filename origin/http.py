@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from cache_edge.bodies import BodyTimeout, read_capped
+from cache_edge.bodies import BodyTimeout, answer_and_close, read_capped
 from cache_edge.config import Settings
 from cache_edge.errors import (
     BadRequest,
@@ -104,8 +104,6 @@ def _error_response(
     )
     if exc.retry_after is not None:
         resp.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    if isinstance(exc, BodyTimeout):
-        resp.force_close()
     return resp
 
 
@@ -144,11 +142,13 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
     request[REQUEST_ID] = rid = _request_id(request.headers.get(REQUEST_ID_HEADER))
     started = time.monotonic()
     code = "ok"
+    stalled = False
     response: web.StreamResponse
     try:
         response = await handler(request)
     except CacheEdgeError as exc:
         code = exc.code
+        stalled = isinstance(exc, BodyTimeout)
         if isinstance(exc, InternalError):
             log.error("internal_error", request_id=rid, exc_info=exc.__cause__ or exc)
         response = _error_response(exc, request)
@@ -163,6 +163,8 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         log.error("internal_error", request_id=rid, exc_info=exc)
         response = _error_response(InternalError("internal error in the origin"), request)
     response.headers[REQUEST_ID_HEADER] = rid
+    if stalled:
+        await answer_and_close(request, response)  # the client stalled: no lingering for it
     elapsed = time.monotonic() - started
     tenant = request.get(TENANT)
     metrics = request.app[METRICS]
