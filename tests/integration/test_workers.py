@@ -26,6 +26,19 @@ def children(pid: int) -> set[int]:
     return {int(p) for p, stat in rows if not stat.startswith("Z")}
 
 
+def wait_listeners(port: int, n: int, timeout: float = 15.0) -> None:
+    """Until ``n`` sockets listen on ``port`` (every worker has bound it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True
+        ).stdout
+        if len([ln for ln in out.splitlines() if ln.strip()]) == n:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"expected {n} listeners on {port}")
+
+
 def wait_children(pid: int, n: int, timeout: float = 15.0) -> set[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -58,6 +71,7 @@ async def test_node_workers_restart_and_drain(stack: Stack) -> None:
     stack.servers.append(node)
     assert node.proc is not None
     first = wait_children(node.proc.pid, 2)
+    wait_listeners(node.port, 2)
     async with aiohttp.ClientSession() as http:
         m = marker()
         body = {"sql": "SELECT $1::text AS m", "params": [m], "cacheStrategy": {"ttl": 60}}
@@ -67,6 +81,9 @@ async def test_node_workers_restart_and_drain(stack: Stack) -> None:
         # A worker crashes: the others keep serving and the supervisor replaces it.
         victim = sorted(first)[0]
         subprocess.run(["kill", "-9", str(victim)], check=True)
+        deadline = time.monotonic() + 5
+        while victim in children(node.proc.pid) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)  # until its listening socket is really gone
         # Connections the dead worker held die with it; new ones reach the survivor.
         fresh = aiohttp.TCPConnector(force_close=True)
         async with aiohttp.ClientSession(connector=fresh) as new_http:
