@@ -7,6 +7,8 @@ caching lives in :mod:`cache_edge.cache`.
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import math
 import re
 import ssl
@@ -66,12 +68,22 @@ _RID = "request_id"
 _FMT = "wire_format"
 
 
+# Request ids: a random per-process prefix and a counter. Unique without a uuid4()
+# (an os.urandom call) on every request of the hit path.
+_RID_PREFIX = uuid.uuid4().hex[:16]
+_RID_COUNTER = itertools.count(1)
+
+
 def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id", "")
-    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    given = request.headers.get("X-Request-Id")
+    if given and _REQUEST_ID.match(given):
+        return given
+    return f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
 
 
+@functools.lru_cache(maxsize=65536)
 def _iso_ms(epoch_ms: int) -> str:
+    # Cached: every hit of an entry formats the same producedAt.
     stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -160,8 +172,7 @@ def _answer_response(request: web.Request, answer: Answer, started: float) -> we
     fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
     body = result_msgpack(answer.core, info) if fmt == "msgpack" else result_json(answer.core, info)
     metrics = request.app[METRICS]
-    metrics.requests.labels(answer.status).inc()
-    metrics.latency.labels(answer.status).observe(time.perf_counter() - started)
+    metrics.answered(answer.status, time.perf_counter() - started)
     if answer.cache_error:
         metrics.redis_errors.inc()
     return web.Response(

@@ -30,8 +30,17 @@ async def read_capped(request: web.Request, cap: int, timeout: float) -> bytes:
         raise PayloadTooLarge(
             f"request body of {request.content_length} bytes exceeds the limit of {cap}"
         )
-    chunks: list[bytes] = []
-    size = 0
+    # Fast path: a small body usually arrives with the headers and is already buffered;
+    # then there is nothing to wait for and no deadline to arm.
+    if request.content_length is not None:
+        ready = request.content.read_nowait()
+        if request.content.is_eof() and len(ready) == request.content_length:
+            return ready
+        chunks: list[bytes] = [ready] if ready else []
+        size = len(ready)
+    else:
+        chunks = []
+        size = 0
     try:
         async with asyncio.timeout(timeout):
             async for chunk in request.content.iter_chunked(_CHUNK):

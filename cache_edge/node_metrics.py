@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["NodeMetrics"]
@@ -61,3 +63,14 @@ class NodeMetrics:
             "cache_edge_node_info", "Node identity", ["region"], registry=self.registry
         )
         self.info.labels(**labels).set(1)
+        # labels() costs a lock and a dict lookup per call: bind each status once.
+        self._answered: dict[str, tuple[Any, Any]] = {}
+
+    def answered(self, status: str, seconds: float) -> None:
+        """Count one answer with its cache status and latency (the hit path's metrics)."""
+        children = self._answered.get(status)
+        if children is None:
+            children = (self.requests.labels(status), self.latency.labels(status))
+            self._answered[status] = children
+        children[0].inc()
+        children[1].observe(seconds)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,12 +71,11 @@ class CacheStrategy:
             raise BadRequest(
                 "cacheStrategy.tags must be an array of strings", field="cacheStrategy.tags"
             )
-        return cls(
-            ttl=raw.get("ttl", 0),
-            swr=raw.get("swr", 0),
-            tags=tuple(tags),
-            stale_if_error=raw.get("staleIfError", 0),
-        )
+        args = (raw.get("ttl", 0), raw.get("swr", 0), tuple(tags), raw.get("staleIfError", 0))
+        try:
+            return _interned(*args)
+        except TypeError:  # an unhashable value: let validation name the field
+            return cls(*args)
 
     def to_wire(self) -> dict[str, Any]:
         out: dict[str, Any] = {"ttl": self.ttl, "swr": self.swr}
@@ -104,6 +104,13 @@ def parse_tags(tags: list[Any], name: str, limit: int) -> list[str]:
             shown = repr(tag)[:80]
             raise BadRequest(f"{name}: invalid tag {shown}: use 1-64 of A-Z a-z 0-9 _", field=name)
     return tags
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _interned(ttl: Any, swr: Any, tags: tuple[Any, ...], stale_if_error: Any) -> CacheStrategy:
+    """Applications repeat a handful of strategies: validate each once. ``typed`` keeps
+    ``True``/``1``/``1.0`` apart, so a cached valid ``1`` never admits an invalid ``True``."""
+    return CacheStrategy(ttl, swr, tags, stale_if_error)
 
 
 NO_CACHE = CacheStrategy()
