@@ -18,8 +18,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from cache_edge.auth import Principal
 from cache_edge.config import RateLimit
 from cache_edge.errors import RateLimited
@@ -56,7 +54,10 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return {allowed, wait}
 """
 
-_ERRORS = (RedisError, OSError, TimeoutError)
+# Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
+# OSError and timeouts, redis-py's cluster client has raised AttributeError while a
+# connection was being (re)established concurrently. Falling back is always safe here.
+_ERRORS: tuple[type[BaseException], ...] = (Exception,)
 _MAX_LOCAL_BUCKETS = 100_000
 
 

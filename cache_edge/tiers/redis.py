@@ -34,7 +34,10 @@ return 0
 """
 
 
-_ERRORS = (RedisError, OSError, TimeoutError)
+# Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
+# OSError and timeouts, redis-py's cluster client has raised AttributeError while a
+# connection was being (re)established concurrently. Falling back is always safe here.
+_ERRORS: tuple[type[BaseException], ...] = (Exception,)
 
 
 def _as_bytes(values: list[bytes | str | None]) -> list[bytes | None]:

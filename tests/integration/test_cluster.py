@@ -214,3 +214,46 @@ async def test_master_failover_keeps_answering(stack: Stack, cluster: Cluster) -
             await asyncio.sleep(0.2)
         assert statuses[-3:] == ["ttl"] * 3, statuses  # caching resumed on the new master
         cluster.wait_ok()
+
+
+async def test_swr_lock_and_rate_limit_on_cluster(
+    tmp_path: Path, pg_databases: tuple[str, str], cluster: Cluster
+) -> None:
+    url = f"redis://127.0.0.1:{cluster.ports[0]}"
+    st = new_stack(
+        tmp_path,
+        pg_databases,
+        url,
+        node={"redis_cluster": True, "sync_grace": 3.0},
+        rate_limit={"rate": 0.5, "burst": 40},
+    )
+    st.start_origin()
+    st.start_node(region="clustered")
+    st.start_node(region="clustered")
+    try:
+        a, b = nodes(st)
+        m = marker()
+        body = {
+            "sql": "SELECT ce_mark($1) AS m",
+            "params": [m],
+            "cacheStrategy": {"ttl": 1, "swr": 60},
+        }
+        async with aiohttp.ClientSession() as http:
+            assert (await post(http, a, body, API_KEY_A)).cache_status == "miss"
+            await asyncio.sleep(1.2)
+            replies = await asyncio.gather(
+                *(post(http, (a, b)[i % 2], body, API_KEY_A) for i in range(20))
+            )
+            assert {r.cache_status for r in replies} <= {"swr", "ttl"}
+            await asyncio.sleep(0.5)
+            assert await executions(m) == 2  # one refresh for the region, over the cluster
+            # The rate limit bucket is one per key for the whole region, on the cluster too.
+            # (Wait out any fallback period: redis-py's cluster client can fail a command
+            # while it opens connections under a burst; the limiter then counts locally.)
+            await asyncio.sleep(1.2)
+            statuses = [
+                (await post(http, (a, b)[i % 2], body, API_KEY_A)).status for i in range(30)
+            ]
+            assert 429 in statuses
+    finally:
+        st.stop_all()
