@@ -81,7 +81,7 @@ def _request_id(request: web.Request) -> str:
     return f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
 
 
-@functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=4096)
 def _iso_ms(epoch_ms: int) -> str:
     # Cached: every hit of an entry formats the same producedAt.
     stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
@@ -397,4 +397,6 @@ def run_node(settings: Settings) -> None:
         print=None,
         shutdown_timeout=settings.node.shutdown_timeout,
         reuse_port=settings.node.reuse_port or None,
+        # aiohttp's default (128) overflows when a thousand clients connect at once.
+        backlog=settings.node.backlog,
     )

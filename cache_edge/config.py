@@ -135,6 +135,8 @@ class OriginConfig:
     shutdown_timeout: float = 10.0
     # Set by `--workers N`: every worker binds the same port (SO_REUSEPORT).
     reuse_port: bool = False
+    # Pending-connection queue of the listener: a connection storm must not overflow it.
+    backlog: int = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +165,7 @@ class NodeConfig:
     memory_lease: float = 1.0
     shutdown_timeout: float = 10.0
     reuse_port: bool = False
+    backlog: int = 4096
     keepalive_timeout: float = 75.0  # as OriginConfig's
     body_timeout: float = 30.0
     tls_cert: str = ""

@@ -183,7 +183,12 @@ async def serve(settings: Settings, stop: asyncio.Event | None = None) -> None:
         listen = settings.origin.listen
         reuse = settings.origin.reuse_port or None
         site = web.TCPSite(
-            runner, listen.host, listen.port, reuse_port=reuse, ssl_context=app.get(TLS)
+            runner,
+            listen.host,
+            listen.port,
+            reuse_port=reuse,
+            ssl_context=app.get(TLS),
+            backlog=settings.origin.backlog,  # aiohttp's 128 overflows in a connection storm
         )
         await site.start()
         log.info("origin_listening", listen=str(listen), tenants=len(settings.tenants))

@@ -14,7 +14,7 @@ from cache_edge.entry import Entry
 
 __all__ = ["MemoryTier"]
 
-_OVERHEAD = 256  # bytes of bookkeeping per entry (key, tuple, dict slot), roughly
+_OVERHEAD = 600  # measured: key string, slot, Entry, bytes header, OrderedDict node
 
 
 @dataclass(frozen=True, slots=True)
