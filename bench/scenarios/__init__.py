@@ -1,0 +1,27 @@
+"""Package bench.scenarios holds one module per scenario, each with ``TITLE`` and ``run(ctx)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from types import ModuleType
+
+from bench.context import Context
+from bench.scenarios import heavy, hit, memory, miss, purge, stampede, storm, wan, workers
+from bench.scenarios.base import ScenarioResult
+
+__all__ = ["SCENARIOS", "Runner"]
+
+Runner = Callable[[Context], ScenarioResult]
+
+# In the order they run and are reported.
+SCENARIOS: dict[str, ModuleType] = {
+    "hit": hit,
+    "miss": miss,
+    "heavy": heavy,
+    "storm": storm,
+    "stampede": stampede,
+    "wan": wan,
+    "purge": purge,
+    "memory": memory,
+    "workers": workers,
+}
