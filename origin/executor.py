@@ -13,6 +13,7 @@ idle in the pool); a single write is never retried, it might have run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -63,12 +64,14 @@ class TransactionResult:
 class _Progress:
     """How far an attempt got: decides whether a retry is safe and which statement failed."""
 
-    __slots__ = ("produced_at", "started", "statement_index")
+    __slots__ = ("fresh", "produced_at", "started", "statement_index")
 
-    def __init__(self) -> None:
+    def __init__(self, fresh: bool = False) -> None:
         self.started = False
         self.produced_at = 0
         self.statement_index: int | None = None
+        # A retry after a schema change prepares anew instead of trusting any cache.
+        self.fresh = fresh
 
     def start(self, clock: Callable[[], float]) -> None:
         self.produced_at = int(clock() * 1000)
@@ -135,10 +138,18 @@ class Executor:
         retry_before_start: bool,
     ) -> T:
         for attempt in (1, 2):
-            progress = _Progress()
+            progress = _Progress(fresh=attempt == 2)
             try:
                 async with self._pools.acquire(tenant) as conn:
-                    return await work(conn, progress)
+                    try:
+                        return await work(conn, progress)
+                    except Exception as exc:
+                        if is_stale_statement(exc):
+                            # Drop this connection's cached statements: they all predate
+                            # the schema change, and would fail (and cost a retry) again.
+                            with contextlib.suppress(Exception):
+                                await conn.reload_schema_state()
+                        raise
             except Exception as exc:
                 retry = attempt == 1 and (
                     is_stale_statement(exc)
@@ -172,8 +183,13 @@ class Executor:
             if len(chunk) < _CHUNK_ROWS:
                 return rows.finish()
 
-    async def _prepare(self, conn: asyncpg.Connection, stmt: Statement) -> tuple[Any, list[Any]]:
-        prepared = await _cached_prepare(conn, stmt.sql, self._timeout)
+    async def _prepare(
+        self, conn: asyncpg.Connection, stmt: Statement, fresh: bool = False
+    ) -> tuple[Any, list[Any]]:
+        if fresh:
+            prepared = await conn.prepare(stmt.sql, timeout=self._timeout)
+        else:
+            prepared = await _cached_prepare(conn, stmt.sql, self._timeout)
         return prepared, coerce_params(stmt.params, prepared.get_parameters())
 
     async def _in_transaction(
@@ -192,7 +208,7 @@ class Executor:
         self, conn: asyncpg.Connection, stmt: Statement, progress: _Progress
     ) -> QueryResult:
         async def run() -> ResultSet:
-            prepared, args = await self._prepare(conn, stmt)
+            prepared, args = await self._prepare(conn, stmt, progress.fresh)
             return await self._collect(prepared, args, SizeBudget(self._max_bytes), progress)
 
         result = await self._in_transaction(conn, "BEGIN READ ONLY", run)
@@ -201,7 +217,7 @@ class Executor:
     async def _write(
         self, conn: asyncpg.Connection, stmt: Statement, progress: _Progress
     ) -> QueryResult:
-        prepared, args = await self._prepare(conn, stmt)
+        prepared, args = await self._prepare(conn, stmt, progress.fresh)
         budget = SizeBudget(self._max_bytes)
         if not prepared.get_attributes():
             # No rows to stream: run it like a single auto-committed statement (VACUUM works too).
@@ -222,7 +238,7 @@ class Executor:
             results = []
             for index, stmt in enumerate(request.statements):
                 progress.statement_index = index
-                prepared, args = await self._prepare(conn, stmt)
+                prepared, args = await self._prepare(conn, stmt, progress.fresh)
                 results.append(await self._collect(prepared, args, budget, progress))
             progress.statement_index = None  # a failing COMMIT belongs to no single statement
             return results

@@ -245,3 +245,26 @@ async def test_readiness_names_failing_tenants_only(pg_databases: tuple[str, str
         assert reply.status == 503 and reply.error["code"] == "database_unavailable"
         assert "Retry-After" in reply.headers
         assert "pw-s3cret" not in reply.raw.decode(errors="replace")
+
+
+async def test_cached_statements_survive_schema_changes(
+    origin: OriginClient, pg_databases: tuple[str, str]
+) -> None:
+    """Prepared statements come from the connection's cache; a schema change in between
+    must not turn into an error (asyncpg invalidates, the executor retries once)."""
+    table = "origin_schema_change"
+    conn = await asyncpg.connect(pg_databases[0])
+    try:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}; CREATE TABLE {table} (a int)")
+        await conn.execute(f"INSERT INTO {table} VALUES (1)")
+        for read_only in (True, False):
+            assert await origin.rows(f"SELECT * FROM {table}", read_only=read_only) == [[1]]
+        await conn.execute(f"ALTER TABLE {table} ADD COLUMN b text DEFAULT 'x'")
+        for read_only in (True, False, True, False, True, False):
+            reply = await origin.query(f"SELECT * FROM {table}", read_only=read_only)
+            assert reply.status == 200, reply.body
+            assert reply.body["rows"] == [[1, "x"]]
+            assert [c["name"] for c in reply.body["columns"]] == ["a", "b"]
+    finally:
+        await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
