@@ -44,12 +44,6 @@ async def world(tmp_path: Path, pg_databases: tuple[str, str]) -> AsyncIterator[
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
-@pytest.fixture
 async def row() -> AsyncIterator[tuple[asyncpg.Connection, str]]:
     """A row whose value the test changes directly in PostgreSQL."""
     conn = await asyncpg.connect(dsn_for(TEST_DB))

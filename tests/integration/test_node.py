@@ -32,12 +32,6 @@ async def stack(
         st.stop_all()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as s:
-        yield s
-
-
 def node_url(stack: Stack, i: int = 0) -> str:
     return [s for s in stack.servers if s.kind == "node"][i].url
 

@@ -58,12 +58,6 @@ async def stack(
         st.stop_all()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
-
-
 def node(stack: Stack) -> Server:
     return next(s for s in stack.servers if s.kind == "node")
 

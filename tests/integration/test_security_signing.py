@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +21,6 @@ NEW = "rotation-new-secret-0123456789"
 THIRD = "some-other-secret-0123456789ab"
 REDIS_URL = "redis://127.0.0.1:6379/10"
 QUERY = {"sql": "SELECT 1 AS one"}
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as s:
-        yield s
 
 
 def _doc(pg: tuple[str, str], **secrets: Any) -> dict[str, Any]:
