@@ -169,6 +169,8 @@ def _answer_response(request: web.Request, answer: Answer, started: float) -> we
         info["error"] = answer.error
     if answer.cache_error:
         info["cacheError"] = answer.cache_error
+    if answer.warnings:
+        info["warnings"] = list(answer.warnings)
     fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
     body = result_msgpack(answer.core, info) if fmt == "msgpack" else result_json(answer.core, info)
     metrics = request.app[METRICS]

@@ -56,6 +56,7 @@ class Answer:
     signature: str | None = None
     error: str | None = None  # the origin error a stale answer stands in for
     cache_error: str | None = None  # why the shared tier was bypassed
+    warnings: tuple[str, ...] = ()  # what the result depends on besides table contents
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,10 +138,14 @@ class QueryCache:
                 age = entry.age(self._clock())
                 if age < strategy.ttl:
                     self._remember(flight, entry)
-                    return Answer(entry.core, "ttl", entry.produced_at_ms, sig)
+                    return Answer(
+                        entry.core, "ttl", entry.produced_at_ms, sig, warnings=entry.warnings
+                    )
                 if age < strategy.ttl + strategy.swr:
                     self._refresh_in_background(flight, entry, required_watermark(state))
-                    return Answer(entry.core, "swr", entry.produced_at_ms, sig)
+                    return Answer(
+                        entry.core, "swr", entry.produced_at_ms, sig, warnings=entry.warnings
+                    )
                 fallback = entry
             elif state and state[0] is None and strategy.stale_if_error:
                 fallback = entry
@@ -150,9 +155,23 @@ class QueryCache:
         except _STALE_OK as exc:
             if fallback is not None and fallback.age(self._clock()) < strategy.retention:
                 log.warning("serving_stale_on_error", code=exc.code, request_id=request_id)
-                return Answer(fallback.core, "stale", fallback.produced_at_ms, sig, error=exc.code)
+                return Answer(
+                    fallback.core,
+                    "stale",
+                    fallback.produced_at_ms,
+                    sig,
+                    error=exc.code,
+                    warnings=fallback.warnings,
+                )
             raise
-        return Answer(fresh.core, "miss", fresh.produced_at_ms, sig, cache_error=cache_error)
+        return Answer(
+            fresh.core,
+            "miss",
+            fresh.produced_at_ms,
+            sig,
+            cache_error=cache_error,
+            warnings=fresh.warnings,
+        )
 
     @property
     def memory(self) -> MemoryTier | None:
@@ -172,12 +191,16 @@ class QueryCache:
         age = entry.age(now)
         if age < strategy.ttl:
             self.stats.memory_hits += 1
-            return Answer(entry.core, "ttl", entry.produced_at_ms, flight.sig)
+            return Answer(
+                entry.core, "ttl", entry.produced_at_ms, flight.sig, warnings=entry.warnings
+            )
         if age < strategy.ttl + strategy.swr:
             self.stats.memory_hits += 1
             required = self._mirror.required(tenant, strategy.tags)
             self._refresh_in_background(flight, entry, required)
-            return Answer(entry.core, "swr", entry.produced_at_ms, flight.sig)
+            return Answer(
+                entry.core, "swr", entry.produced_at_ms, flight.sig, warnings=entry.warnings
+            )
         return None
 
     def _remember(self, flight: _Flight, entry: Entry) -> None:
@@ -268,7 +291,12 @@ class QueryCache:
             )
             self.stats.origin_calls += 1
             core, meta = split_origin_result(result.body)
-            entry = Entry(int(meta.get("producedAt", 0)), core, int(meta.get("watermark", 0)))
+            entry = Entry(
+                int(meta.get("producedAt", 0)),
+                core,
+                int(meta.get("watermark", 0)),
+                tuple(str(w) for w in meta.get("warnings", ())),
+            )
             try:
                 state = await self._tier.state(tenant, flight.sig, strategy.tags)
             except TierUnavailable:

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgpack
 
-from cache_edge.errors import OriginUnavailable
+from cache_edge.errors import CacheEdgeError, OriginUnavailable
 from cache_edge.wire import json_dumps, packb, unpackb
 
 __all__ = [
@@ -25,9 +25,11 @@ __all__ = [
     "split_origin_result",
 ]
 
-# version, producedAt (epoch ms, origin clock), origin invalidation watermark
-_HEADER = struct.Struct(">Bqq")
-_VERSION = 1
+# version 1: producedAt (epoch ms, origin clock), origin invalidation watermark
+_HEADER_V1 = struct.Struct(">Bqq")
+# version 2: the same, then the length of a msgpack map of extras (warnings) before the core
+_HEADER = struct.Struct(">BqqI")
+_VERSION = 2
 _CORE_KEYS = ("columns", "rows", "rowCount")
 _MAP4 = b"\x84"  # fixmap with 4 entries: columns, rows, rowCount, info
 _INFO_KEY = packb("info")
@@ -40,23 +42,39 @@ class Entry:
     produced_at_ms: int
     core: bytes
     watermark: int = 0
+    # What table changes cannot explain about this result (origin/dependencies.py).
+    warnings: tuple[str, ...] = ()
 
     def age(self, now: float) -> float:
         # Clamp: a node clock slightly behind the origin's must not report negative ages.
         return max(0.0, now - self.produced_at_ms / 1000.0)
 
     def encode(self) -> bytes:
-        return _HEADER.pack(_VERSION, self.produced_at_ms, self.watermark) + self.core
+        extras = packb({"w": list(self.warnings)}) if self.warnings else b""
+        header = _HEADER.pack(_VERSION, self.produced_at_ms, self.watermark, len(extras))
+        return header + extras + self.core
 
     @classmethod
     def decode(cls, data: bytes) -> Entry | None:
-        """Parse a stored entry; anything unreadable (old format, garbage) is a miss."""
-        if len(data) < _HEADER.size:
+        """Parse a stored entry; anything unreadable (unknown format, garbage) is a miss."""
+        if len(data) < _HEADER_V1.size:
             return None
-        version, produced, watermark = _HEADER.unpack_from(data)
-        if version != _VERSION:
+        version = data[0]
+        if version == 1:
+            _, produced, watermark = _HEADER_V1.unpack_from(data)
+            return cls(produced, data[_HEADER_V1.size :], watermark)
+        if version != _VERSION or len(data) < _HEADER.size:
             return None
-        return cls(produced, data[_HEADER.size :], watermark)
+        _, produced, watermark, extras_len = _HEADER.unpack_from(data)
+        start = _HEADER.size + extras_len
+        warnings: tuple[str, ...] = ()
+        if extras_len:
+            try:
+                extras = unpackb(data[_HEADER.size : start])
+                warnings = tuple(str(w) for w in extras.get("w", ()))
+            except (CacheEdgeError, AttributeError):
+                return None
+        return cls(produced, data[start:], watermark, warnings)
 
 
 def split_origin_result(raw: bytes) -> tuple[bytes, dict[str, Any]]:

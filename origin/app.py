@@ -56,7 +56,17 @@ async def handle_query(request: web.Request) -> web.Response:
     result = await request.app[EXECUTOR].query(
         signed.tenant, query, watermark if query.read_only else None
     )
-    body = encode_query_response(result.result, result.produced_at, signed.fmt, result.watermark)
+    deps = result.dependencies
+    if deps is not None and deps.warnings:
+        request.app[METRICS].count_nondeterministic(signed.tenant)
+    body = encode_query_response(
+        result.result,
+        result.produced_at,
+        signed.fmt,
+        result.watermark,
+        deps.tables if deps else (),
+        deps.warnings if deps else (),
+    )
     return binary_response(body, signed.fmt)
 
 

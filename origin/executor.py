@@ -28,6 +28,7 @@ from cache_edge.logs import get_logger
 from cache_edge.protocol import QueryRequest, Statement, TransactionRequest
 from cache_edge.singleflight import Group
 from origin.db_errors import is_connection_error, is_stale_statement, map_database_error
+from origin.dependencies import Dependencies, explain_dependencies
 from origin.pool import TenantPools
 from origin.results import ResultSet, RowBuffer, SizeBudget, row_count_from_status
 from origin.types import coerce_params, type_name
@@ -38,6 +39,7 @@ log = get_logger("origin.executor")
 
 T = TypeVar("T")
 
+_MAX_REMEMBERED = 10_000  # statement texts whose dependencies we keep
 _CHUNK_ROWS = 500  # rows per cursor round trip: few round trips, bounded overshoot past the limit
 _NETWORK_GRACE = 5.0  # client-side timeout beyond statement_timeout, for a silent network
 _ROLLBACK_TIMEOUT = 2.0
@@ -53,6 +55,7 @@ class QueryResult:
     result: ResultSet
     produced_at: int  # epoch ms on the origin's clock, just before the statement ran
     watermark: int = 0  # last purge known committed before the statement ran
+    dependencies: Dependencies | None = None  # what a read-only result depends on
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +100,7 @@ class Executor:
         self._on_coalesced = on_coalesced
         self._clock = clock
         self._flights: Group[QueryResult] = Group()
+        self._deps: dict[tuple[str, str], Dependencies] = {}
 
     async def query(
         self,
@@ -115,8 +119,8 @@ class Executor:
                 mark = await watermark() if watermark is not None else 0
             except Exception as exc:
                 raise map_database_error(exc) from exc
-            result = await self._attempt(tenant, lambda c, p: self._read(c, stmt, p), True)
-            return QueryResult(result.result, result.produced_at, mark)
+            result = await self._attempt(tenant, lambda c, p: self._read(c, tenant, stmt, p), True)
+            return QueryResult(result.result, result.produced_at, mark, result.dependencies)
 
         if request.min_watermark:
             # The caller needs rows newer than a purge: an older flight must not answer it.
@@ -205,14 +209,38 @@ class Executor:
         return result
 
     async def _read(
-        self, conn: asyncpg.Connection, stmt: Statement, progress: _Progress
+        self, conn: asyncpg.Connection, tenant: str, stmt: Statement, progress: _Progress
     ) -> QueryResult:
+        deps: list[Dependencies] = []
+
         async def run() -> ResultSet:
             prepared, args = await self._prepare(conn, stmt, progress.fresh)
+            deps.append(await self._dependencies(conn, tenant, stmt.sql, args))
             return await self._collect(prepared, args, SizeBudget(self._max_bytes), progress)
 
         result = await self._in_transaction(conn, "BEGIN READ ONLY", run)
-        return QueryResult(result, progress.produced_at)
+        return QueryResult(result, progress.produced_at, dependencies=deps[0])
+
+    async def _dependencies(
+        self, conn: asyncpg.Connection, tenant: str, sql: str, args: list[Any]
+    ) -> Dependencies:
+        """Tables and warnings of a cached statement, planned once per statement text."""
+        key = (tenant, sql)
+        known = self._deps.get(key)
+        if known is not None:
+            return known
+        # A savepoint, so a statement EXPLAIN cannot handle does not abort the transaction.
+        await conn.execute("SAVEPOINT cache_edge_deps", timeout=self._timeout)
+        try:
+            found = await explain_dependencies(conn, sql, args)
+            await conn.execute("RELEASE SAVEPOINT cache_edge_deps", timeout=self._timeout)
+        except asyncpg.PostgresError as exc:
+            await conn.execute("ROLLBACK TO SAVEPOINT cache_edge_deps", timeout=self._timeout)
+            found = Dependencies((), (f"could not determine what it reads ({exc.sqlstate})",))
+        if len(self._deps) >= _MAX_REMEMBERED:
+            self._deps.clear()  # statement texts are few in practice; a flush is cheap
+        self._deps[key] = found
+        return found
 
     async def _write(
         self, conn: asyncpg.Connection, stmt: Statement, progress: _Progress

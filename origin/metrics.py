@@ -69,6 +69,13 @@ class OriginMetrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.nondeterministic = Counter(
+            f"{_PREFIX}_nondeterministic_queries",
+            "Cached queries whose result depends on more than table contents (clock, "
+            "randomness, session, volatile functions): reported in info.warnings.",
+            ["tenant"],
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(pool_stats))
 
     def observe(self, tenant: str, kind: str, outcome: str, seconds: float) -> None:
@@ -77,6 +84,9 @@ class OriginMetrics:
 
     def count_coalesced(self, tenant: str) -> None:
         self.coalesced.labels(tenant).inc()
+
+    def count_nondeterministic(self, tenant: str) -> None:
+        self.nondeterministic.labels(tenant).inc()
 
     def render(self) -> tuple[bytes, str]:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST

@@ -128,19 +128,33 @@ def _json_result(result: ResultSet) -> dict[str, Any]:
 
 
 def encode_query_response(
-    result: ResultSet, produced_at: int, fmt: WireFormat, watermark: int = 0
+    result: ResultSet,
+    produced_at: int,
+    fmt: WireFormat,
+    watermark: int = 0,
+    tables: Sequence[str] = (),
+    warnings: Sequence[str] = (),
 ) -> bytes:
-    """``{"columns", "rows", "rowCount", "producedAt", "watermark"}`` in exactly that order.
+    """``{"columns", "rows", "rowCount", "producedAt", "watermark"[, "tables", "warnings"]}``,
+    the first three in exactly that order (the node splices them).
 
     ``watermark`` is the last purge known committed before the rows were produced
-    (see docs/invalidation.md).
+    (see docs/invalidation.md); ``tables`` and ``warnings`` say what a cached result
+    depends on (origin/dependencies.py).
     """
+    extra: dict[str, Any] = {}
+    if tables:
+        extra["tables"] = list(tables)
+    if warnings:
+        extra["warnings"] = list(warnings)
     if fmt == "json":
         return json_dumps(
-            {**_json_result(result), "producedAt": produced_at, "watermark": watermark}
+            {**_json_result(result), "producedAt": produced_at, "watermark": watermark, **extra}
         )
-    parts = [_PACKER.pack_map_header(5), *_pack_result_entries(result)]
+    parts = [_PACKER.pack_map_header(5 + len(extra)), *_pack_result_entries(result)]
     parts += [_K_PRODUCED_AT, packb(produced_at), _K_WATERMARK, packb(watermark)]
+    for key, value in extra.items():
+        parts += [packb(key), packb(value)]
     return b"".join(parts)
 
 

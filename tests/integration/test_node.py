@@ -362,3 +362,22 @@ async def test_redis_down_then_back(
         st.stop_all()
         redis_proc.terminate()
         redis_proc.wait(5)
+
+
+async def test_info_warns_when_a_result_depends_on_more_than_tables(
+    stack: Stack, http: aiohttp.ClientSession
+) -> None:
+    m = marker()
+    clocked = {
+        "sql": "SELECT now() AS t, $1::text AS m",
+        "params": [m],
+        "cacheStrategy": {"ttl": 60},
+    }
+    for expected in ("miss", "ttl"):  # the warning travels with the cached entry
+        reply = await post(http, node_url(stack), clocked, API_KEY_A)
+        assert reply.cache_status == expected
+        assert any("now()" in w for w in reply.info["warnings"]), reply.info
+    plain = {"sql": "SELECT $1::text AS m", "params": [marker()], "cacheStrategy": {"ttl": 60}}
+    assert "warnings" not in (await post(http, node_url(stack), plain, API_KEY_A)).info
+    volatile = await post(http, node_url(stack), q(marker(), ttl=60), API_KEY_A)
+    assert any("ce_mark()" in w for w in volatile.info["warnings"])  # a volatile function

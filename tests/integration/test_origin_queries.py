@@ -49,8 +49,11 @@ async def test_select_answer_and_raw_key_order(origin: OriginClient) -> None:
     assert reply.body["rows"] == [[1, "one"], [2, "two"]]
     assert reply.body["rowCount"] == 2
     assert before <= reply.body["producedAt"] <= int(time.time() * 1000)
-    assert list(reply.body) == ["columns", "rows", "rowCount", "producedAt", "watermark"]
-    assert reply.raw.startswith(b"\x85" + packb("columns"))
+    assert list(reply.body) == [
+        "columns", "rows", "rowCount", "producedAt", "watermark", "tables"
+    ]  # fmt: skip
+    assert reply.body["tables"] == [f"public.{TABLE}"]
+    assert reply.raw.startswith(b"\x86" + packb("columns"))
     assert reply.headers["Content-Type"] == "application/msgpack"
 
 
@@ -215,8 +218,9 @@ async def test_json_request_and_answer(origin: OriginClient) -> None:
         "rowCount": 1,
         "producedAt": reply.body["producedAt"],
         "watermark": reply.body["watermark"],
+        "tables": [f"public.{TABLE}"],
     }
-    assert list(reply.body) == ["columns", "rows", "rowCount", "producedAt", "watermark"]
+    assert list(reply.body)[:5] == ["columns", "rows", "rowCount", "producedAt", "watermark"]
 
 
 async def test_health_readiness_and_metrics(origin: OriginClient) -> None:
@@ -267,4 +271,30 @@ async def test_cached_statements_survive_schema_changes(
             assert [c["name"] for c in reply.body["columns"]] == ["a", "b"]
     finally:
         await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await conn.close()
+
+
+async def test_cached_reads_report_tables_and_what_tables_cannot_explain(
+    origin: OriginClient, pg_databases: tuple[str, str]
+) -> None:
+    """Views are expanded to their base tables; clock, randomness and session are warned."""
+    conn = await asyncpg.connect(pg_databases[0])
+    try:
+        await conn.execute(
+            "DROP VIEW IF EXISTS deps_v; DROP TABLE IF EXISTS deps_a, deps_b;"
+            "CREATE TABLE deps_a (id int PRIMARY KEY, b int); CREATE TABLE deps_b (id int);"
+            "CREATE VIEW deps_v AS SELECT a.id FROM deps_a a JOIN deps_b b ON a.b = b.id"
+        )
+        reply = await origin.query("SELECT * FROM deps_v WHERE id > $1", 0)
+        assert reply.body["tables"] == ["public.deps_a", "public.deps_b"]
+        assert "warnings" not in reply.body
+        clock = await origin.query("SELECT now(), random(), current_user, id FROM deps_a")
+        assert clock.body["tables"] == ["public.deps_a"]
+        text = " ".join(clock.body["warnings"])
+        for word in ("now()", "random()", "current_user"):
+            assert word in text, clock.body["warnings"]
+        write = await origin.query("SELECT 1", read_only=False)
+        assert "tables" not in write.body and "warnings" not in write.body
+    finally:
+        await conn.execute("DROP VIEW IF EXISTS deps_v; DROP TABLE IF EXISTS deps_a, deps_b")
         await conn.close()

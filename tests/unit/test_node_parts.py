@@ -127,3 +127,29 @@ def test_request_limits() -> None:
     ):
         with pytest.raises(BadRequest):
             parse_transaction(body, limits)
+
+
+def test_entry_keeps_warnings_and_reads_the_old_format() -> None:
+    core, _ = split_origin_result(packb(ORIGIN_ANSWER))
+    warned = Entry.decode(Entry(5, core, 3, ("depends on now()",)).encode())
+    assert warned is not None and warned.warnings == ("depends on now()",)
+    assert warned.core == core and warned.watermark == 3
+    import struct
+
+    old = struct.pack(">Bqq", 1, 5, 3) + core  # written by a node of the first format
+    legacy = Entry.decode(old)
+    assert legacy is not None and legacy.core == core and legacy.warnings == ()
+
+
+def test_plan_dependencies_walks_subplans() -> None:
+    from origin.dependencies import plan_dependencies
+
+    plan = {
+        "Relation Name": "orders", "Schema": "shop", "Output": ["orders.id", "now()"],
+        "Filter": "(orders.total > $0) AND (CURRENT_USER = 'x'::name)",
+        "Plans": [{"Relation Name": "users", "Schema": "public", "Output": ["count(*)"]}],
+    }  # fmt: skip
+    tables, functions, keywords = plan_dependencies(plan)
+    assert tables == {"shop.orders", "public.users"}
+    assert {"now", "count"} <= functions
+    assert keywords == {"current_user"}

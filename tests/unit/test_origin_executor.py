@@ -82,6 +82,13 @@ class FakeConn:
             raise self.error
         return FakeStatement(self, sql)
 
+    async def fetchval(self, sql: str, *args: Any) -> Any:
+        # Only EXPLAIN (the dependency probe) is run through fetchval.
+        return [{"Plan": {"Node Type": "Result", "Output": ["1"]}}]
+
+    async def fetch(self, sql: str, *args: Any) -> list[Any]:
+        return []
+
     def is_closed(self) -> bool:
         return False
 

@@ -1,0 +1,98 @@
+"""What a cached query's result depends on: the tables in its plan, and anything else.
+
+The planner has already expanded views and inlined SQL functions, so the relations
+in ``EXPLAIN (VERBOSE, FORMAT JSON)`` are the base tables the rows come from. What
+table contents cannot explain — the clock, randomness, the session, functions the
+planner cannot see into — is reported as a warning, so nobody mistakes such a
+result for one that only changes when tables do (docs/auto-invalidation.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Dependencies", "explain_dependencies", "plan_dependencies"]
+
+# Stable (not volatile) in PostgreSQL, yet their results change with time or session.
+_TIME_OR_SESSION = frozenset(
+    {
+        "now", "statement_timestamp", "transaction_timestamp", "current_setting",
+        "current_schema", "current_schemas", "current_database", "inet_client_addr",
+        "pg_backend_pid", "current_query", "to_char", "timeofday",
+    }
+)  # fmt: skip
+# SQL-standard keywords that VERBOSE output prints without parentheses.
+_KEYWORDS = re.compile(
+    r"\b(CURRENT_USER|SESSION_USER|CURRENT_ROLE|CURRENT_TIMESTAMP|CURRENT_DATE|CURRENT_TIME"
+    r"|LOCALTIMESTAMP|LOCALTIME|CURRENT_CATALOG|CURRENT_SCHEMA)\b"
+)
+_CALL = re.compile(r"\b([A-Za-z_][A-Za-z0-9_]*)\(")
+_EXPRESSION_KEYS = (
+    "Output", "Filter", "Index Cond", "Recheck Cond", "Join Filter", "Hash Cond",
+    "Merge Cond", "One-Time Filter", "Function Call", "Sort Key", "Group Key",
+    "Table Function Call",
+)  # fmt: skip
+# Words before "(" in plan text that are syntax, not functions.
+_NOT_FUNCTIONS = frozenset({"ANY", "ALL", "ARRAY", "ROW", "CASE", "SubPlan", "InitPlan"})
+
+
+@dataclass(frozen=True, slots=True)
+class Dependencies:
+    tables: tuple[str, ...]  # "schema.name", sorted
+    warnings: tuple[str, ...] = ()
+
+
+def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    yield plan
+    for child in plan.get("Plans", ()):
+        yield from _nodes(child)
+
+
+def _texts(node: dict[str, Any]) -> Iterator[str]:
+    for key in _EXPRESSION_KEYS:
+        value = node.get(key)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            yield from (v for v in value if isinstance(v, str))
+
+
+def plan_dependencies(plan: dict[str, Any]) -> tuple[set[str], set[str], set[str]]:
+    """(tables, called function names, SQL keywords) of one plan tree."""
+    tables: set[str] = set()
+    functions: set[str] = set()
+    keywords: set[str] = set()
+    for node in _nodes(plan):
+        if "Relation Name" in node:
+            tables.add(f"{node.get('Schema', 'public')}.{node['Relation Name']}")
+        if "Function Name" in node:
+            functions.add(str(node["Function Name"]))
+        for text in _texts(node):
+            functions.update(m for m in _CALL.findall(text) if m not in _NOT_FUNCTIONS)
+            keywords.update(k.lower() for k in _KEYWORDS.findall(text))
+    return tables, functions, keywords
+
+
+async def explain_dependencies(conn: Any, sql: str, args: list[Any]) -> Dependencies:
+    """Plan ``sql`` with its real arguments (inside the caller's transaction) and read it."""
+    raw = await conn.fetchval("EXPLAIN (VERBOSE, FORMAT JSON) " + sql, *args)
+    doc = raw if isinstance(raw, list) else json.loads(raw)
+    tables, functions, keywords = plan_dependencies(doc[0]["Plan"])
+    volatile: set[str] = set()
+    if functions:
+        rows = await conn.fetch(
+            "SELECT DISTINCT proname FROM pg_proc "
+            "WHERE proname = ANY($1::text[]) AND provolatile = 'v'",
+            sorted(functions),
+        )
+        volatile = {r["proname"] for r in rows}
+    warnings = [
+        f"depends on {name}(), which changes without any table changing"
+        for name in sorted(volatile | (functions & _TIME_OR_SESSION))
+    ]
+    warnings += [f"depends on {kw}, which is not table data" for kw in sorted(keywords)]
+    return Dependencies(tuple(sorted(tables)), tuple(warnings))
