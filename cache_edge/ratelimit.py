@@ -22,6 +22,7 @@ from cache_edge.auth import Principal
 from cache_edge.config import RateLimit
 from cache_edge.errors import RateLimited
 from cache_edge.logs import get_logger
+from cache_edge.tiers.redis import REDIS_ERRORS, redis_client
 
 __all__ = ["LocalBuckets", "RateLimiter"]
 
@@ -54,10 +55,7 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst * 1000 / rate) + 1000)
 return {allowed, wait}
 """
 
-# Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
-# OSError and timeouts, redis-py's cluster client has raised AttributeError while a
-# connection was being (re)established concurrently. Falling back is always safe here.
-_ERRORS: tuple[type[BaseException], ...] = (Exception,)
+_MAX_CONNECTIONS = 50  # one small bucket update per request; Redis answers fast
 _MAX_LOCAL_BUCKETS = 100_000
 
 
@@ -93,19 +91,9 @@ class RateLimiter:
         prefix: str = "ce",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._redis: Any
-        if cluster:
-            from redis.asyncio.cluster import RedisCluster
-
-            self._redis = RedisCluster.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-        else:
-            import redis.asyncio as aioredis
-
-            self._redis = aioredis.Redis.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout, max_connections=50
-            )
+        self._redis: Any = redis_client(
+            url, timeout=timeout, max_connections=_MAX_CONNECTIONS, cluster=cluster
+        )
         self._take = self._redis.register_script(_TAKE)
         self._retry_after = retry_after
         self._open_until = 0.0
@@ -140,7 +128,7 @@ class RateLimiter:
             allowed, wait_ms = await self._take(
                 keys=[self._key(who)], args=[repr(limit.rate), limit.burst, 1]
             )
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             self._open_until = self._clock() + self._retry_after
             log.warning("rate_limit_redis_unavailable", error=type(exc).__name__)
             return None

@@ -13,11 +13,10 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from cache_edge.tiers.layout import CLUSTER_SHARDS, Layout
 
-__all__ = ["RedisTier", "TierUnavailable"]
+__all__ = ["REDIS_ERRORS", "RedisTier", "TierUnavailable", "redis_client"]
 
 # Delete the lock only if we still own it (the token), so a slow holder whose
 # lock expired cannot release a lock that another process has taken since.
@@ -37,11 +36,32 @@ return 0
 # Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
 # OSError and timeouts, redis-py's cluster client has raised AttributeError while a
 # connection was being (re)established concurrently. Falling back is always safe here.
-_ERRORS: tuple[type[BaseException], ...] = (Exception,)
+REDIS_ERRORS: tuple[type[BaseException], ...] = (Exception,)
 
 
 def _as_bytes(values: list[bytes | str | None]) -> list[bytes | None]:
     return [v.encode() if isinstance(v, str) else v for v in values]
+
+
+def redis_client(url: str, *, timeout: float, max_connections: int, cluster: bool) -> Any:
+    """A region's Redis client: standalone with a bounded, blocking pool, or Redis Cluster."""
+    if cluster:
+        from redis.asyncio.cluster import RedisCluster
+
+        return RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 class TierUnavailable(Exception):
@@ -59,25 +79,9 @@ class RedisTier:
         cluster: bool = False,
         layout: Layout | None = None,
     ) -> None:
-        self._redis: Any
-        if cluster:
-            from redis.asyncio.cluster import RedisCluster
-
-            self._redis = RedisCluster.from_url(
-                url,
-                max_connections=max_connections,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-        else:
-            pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=timeout,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-            )
-            self._redis = aioredis.Redis(connection_pool=pool)
+        self._redis = redis_client(
+            url, timeout=timeout, max_connections=max_connections, cluster=cluster
+        )
         self.keys = layout or Layout(CLUSTER_SHARDS if cluster else 1)
         self._unlock = self._redis.register_script(_UNLOCK)
         self._lead = self._redis.register_script(_LEAD)
@@ -108,7 +112,7 @@ class RedisTier:
         self._check()
         try:
             value = await self._redis.get(key)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         return value if isinstance(value, bytes) else None
 
@@ -121,7 +125,7 @@ class RedisTier:
         keys = [self.keys.entry(tenant, signature), *self.keys.state_keys(tenant, signature, tags)]
         try:
             values = await self._redis.mget(keys)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         got = _as_bytes(values)
         return got[0], got[1:]
@@ -131,7 +135,7 @@ class RedisTier:
         self._check()
         try:
             return _as_bytes(await self._redis.mget(self.keys.state_keys(tenant, signature, tags)))
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def progress(self, tenant: str) -> tuple[int | None, int]:
@@ -140,7 +144,7 @@ class RedisTier:
             applied, floor = await self._redis.mget(
                 [self.keys.applied(tenant), self.keys.floor(tenant)]
             )
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         return (int(applied) if applied is not None else None, int(floor or 0))
 
@@ -169,7 +173,7 @@ class RedisTier:
                 for shard in shards:
                     pipe.set(self.keys.sync(tenant, shard), floor, px=lease_ms)
                 await pipe.execute()
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     # ------------------------------------------------- the region's purge feed
@@ -177,7 +181,7 @@ class RedisTier:
     async def publish_purges(self, region: str, message: bytes) -> None:
         try:
             await self._redis.publish(self.keys.purge_channel(region), message)
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def purge_messages(self, region: str) -> AsyncIterator[bytes]:
@@ -197,14 +201,14 @@ class RedisTier:
         expires_ms = int((time.time() + 3 * lease) * 1000)
         try:
             await self._redis.hset(self.keys.members(region), member, f"{seq}:{expires_ms}")
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def purge_acks(self, region: str, tenant: str) -> list[int]:
         """Applied seqs of the region's live processes for ``tenant``."""
         try:
             raw = await self._redis.hgetall(self.keys.members(region))
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
         now_ms = time.time() * 1000
         out: list[int] = []
@@ -217,7 +221,7 @@ class RedisTier:
             elif member.endswith(suffix):
                 out.append(int(seq))
         if dead:
-            with contextlib.suppress(*_ERRORS):
+            with contextlib.suppress(*REDIS_ERRORS):
                 await self._redis.hdel(self.keys.members(region), *dead)
         return out
 
@@ -225,27 +229,27 @@ class RedisTier:
         """Take or keep a leadership lease (SET NX, or extend if we already hold it)."""
         try:
             return bool(await self._lead(keys=[key], args=[token, ttl_ms]))
-        except _ERRORS as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
         self._check()
         try:
             await self._redis.set(key, value, ex=max(1, ttl_seconds))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def try_lock(self, key: str, token: str, ttl_ms: int) -> bool:
         self._check()
         try:
             return bool(await self._redis.set(key, token, nx=True, px=ttl_ms))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def unlock(self, key: str, token: str) -> None:
         try:
             await self._unlock(keys=[key], args=[token])
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             # The lock expires by itself; failing to release it early only delays others.
             raise self._failed(exc) from None
 
@@ -253,13 +257,13 @@ class RedisTier:
         self._check()
         try:
             return bool(await self._redis.exists(key))
-        except (TimeoutError, RedisError, OSError) as exc:
+        except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except (TimeoutError, RedisError, OSError):
+        except REDIS_ERRORS:
             return False
 
     async def close(self) -> None:
