@@ -35,6 +35,8 @@ from cache_edge.protocol import parse_invalidate, parse_query, parse_transaction
 from cache_edge.purge_mirror import PurgeMirror
 from cache_edge.ratelimit import RateLimiter
 from cache_edge.reload import ConfigWatcher, LiveSettings
+from cache_edge.stream_http import serve_stream
+from cache_edge.streams import StreamHub
 from cache_edge.tiers.memory import MemoryTier
 from cache_edge.tiers.redis import RedisTier
 from cache_edge.tls import client_context, reload_server_context, server_context
@@ -62,6 +64,7 @@ APPLIER = web.AppKey("applier", Applier)
 LIVE = web.AppKey("live", LiveSettings)  # the reloadable part of the settings, current
 LIMITER = web.AppKey("limiter", RateLimiter)
 TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
+STREAMS = web.AppKey("streams", StreamHub)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _RID = "request_id"
@@ -171,6 +174,8 @@ def _answer_response(request: web.Request, answer: Answer, started: float) -> we
         info["cacheError"] = answer.cache_error
     if answer.warnings:
         info["warnings"] = list(answer.warnings)
+    if answer.invalidation:
+        info["invalidation"] = answer.invalidation
     fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
     body = result_msgpack(answer.core, info) if fmt == "msgpack" else result_json(answer.core, info)
     metrics = request.app[METRICS]
@@ -212,6 +217,9 @@ async def handle_transaction(request: web.Request) -> web.Response:
         "requestId": request[_RID],
         "signature": None,
     }
+    invalidation = body.pop("invalidation", None)
+    if invalidation:
+        body["info"]["invalidation"] = invalidation
     fmt = response_format(request.headers.get("Accept"), request[_FMT])
     request.app[METRICS].requests.labels("none").inc()
     return web.Response(
@@ -249,6 +257,11 @@ async def handle_invalidation_status(request: web.Request) -> web.Response:
         tenant, request.match_info["id"], request[_RID]
     )
     return _plain_response(request, result)
+
+
+async def handle_stream(request: web.Request) -> web.StreamResponse:
+    tenant = (await _authenticate(request)).tenant
+    return await serve_stream(request, request.app[STREAMS], tenant, request.app[SETTINGS].node)
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
@@ -323,6 +336,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     app[APPLIER] = applier
     applier.start()
+    app[STREAMS] = StreamHub(origin, buffer=node.stream_buffer, ring=node.stream_ring)
     watcher = _watch_config(app, origin)
     log.info("node_started", region=node.region, listen=str(node.listen))
     yield
@@ -334,6 +348,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await origin.close()
     await limiter.close()
     await tier.close()
+
+
+async def _end_streams(app: web.Application) -> None:
+    # Before the graceful drain: open streams would otherwise hold it for its whole timeout.
+    if STREAMS in app:
+        await app[STREAMS].close()
 
 
 def _watch_config(app: web.Application, origin: OriginClient) -> ConfigWatcher | None:
@@ -365,10 +385,12 @@ def create_node_app(settings: Settings) -> web.Application:
     if tls is not None:
         app[TLS] = tls
     app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_end_streams)
     app.router.add_post("/v1/query", handle_query)
     app.router.add_post("/v1/transaction", handle_transaction)
     app.router.add_post("/v1/invalidate", handle_invalidate)
     app.router.add_get("/v1/invalidations/{id}", handle_invalidation_status)
+    app.router.add_get("/v1/stream", handle_stream)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

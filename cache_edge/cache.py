@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from cache_edge.config import NodeConfig
 from cache_edge.entry import Entry, split_origin_result
@@ -57,6 +58,8 @@ class Answer:
     error: str | None = None  # the origin error a stale answer stands in for
     cache_error: str | None = None  # why the shared tier was bypassed
     warnings: tuple[str, ...] = ()  # what the result depends on besides table contents
+    # A write's purge under automatic invalidation: {id, seq, recorded} (origin/app.py).
+    invalidation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +71,17 @@ class _Flight:
     stmt: Statement
     strategy: CacheStrategy
     request_id: str
+    # The strategy's tags plus the implicit table tags last seen for this statement text.
+    tags: tuple[str, ...]
+
+
+def _merged(tags: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+    missing = tuple(t for t in extra if t not in tags)
+    return tags + missing if missing else tags
+
+
+# Statement texts whose implicit tags a process remembers (a flush past it is harmless).
+_MAX_IMPLICIT = 10_000
 
 
 @dataclass(slots=True)
@@ -101,6 +115,9 @@ class QueryCache:
         self._flights: Group[Entry] = Group()
         self._background: set[asyncio.Task[None]] = set()
         self._lock_ttl_ms = int((config.origin_timeout + 2) * 1000)
+        # (tenant, sql) -> the implicit tags (tables) its entries carry, so a hit can read
+        # their purge state in the same round trip as the entry (docs/auto-invalidation.md).
+        self._implicit: dict[tuple[str, str], tuple[str, ...]] = {}
         self.stats = Stats()
 
     async def query(self, tenant: str, req: QueryRequest, request_id: str) -> Answer:
@@ -111,11 +128,19 @@ class QueryCache:
             )
             self.stats.origin_calls += 1
             core, meta = split_origin_result(result.body)
-            return Answer(core, "none", int(meta.get("producedAt", 0)))
+            inv = meta.get("invalidation")
+            return Answer(
+                core,
+                "none",
+                int(meta.get("producedAt", 0)),
+                invalidation=inv if isinstance(inv, dict) else None,
+            )
 
         stmt = req.statement
         sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
-        flight = _Flight(tenant, sig, stmt, strategy, request_id)
+        implicit = self._implicit.get((tenant, stmt.sql))
+        tags = _merged(strategy.tags, implicit) if implicit else strategy.tags
+        flight = _Flight(tenant, sig, stmt, strategy, request_id, tags)
         hot = self._hot(flight)
         if hot is not None:
             return hot
@@ -123,8 +148,10 @@ class QueryCache:
         entry: Entry | None = None
         state: list[bytes | None] = []
         try:
-            raw, state = await self._tier.lookup(tenant, sig, strategy.tags)
+            raw, state = await self._tier.lookup(tenant, sig, tags)
             entry = Entry.decode(raw) if raw is not None else None
+            if entry is not None:
+                state = await self._state_covering(flight, entry, state)
         except TierUnavailable as exc:
             cache_error = "redis_unavailable"
             log.warning("cache_tier_unavailable", error=str(exc), request_id=request_id)
@@ -177,6 +204,27 @@ class QueryCache:
     def memory(self) -> MemoryTier | None:
         return self._memory
 
+    async def _state_covering(
+        self, flight: _Flight, entry: Entry, state: list[bytes | None]
+    ) -> list[bytes | None]:
+        """The purge state for every tag of ``entry``: a second read only when the entry
+        carries implicit tags this process did not know yet (first hit, schema change)."""
+        if not entry.tags:
+            return state
+        self._learn(flight, entry)
+        if all(t in flight.tags for t in entry.tags):
+            return state
+        return await self._tier.state(
+            flight.tenant, flight.sig, _merged(flight.strategy.tags, entry.tags)
+        )
+
+    def _learn(self, flight: _Flight, entry: Entry) -> None:
+        key = (flight.tenant, flight.stmt.sql)
+        if self._implicit.get(key) != entry.tags:
+            if len(self._implicit) >= _MAX_IMPLICIT:
+                self._implicit.clear()
+            self._implicit[key] = entry.tags
+
     # ------------------------------------------------------------- hot tier
 
     def _hot(self, flight: _Flight) -> Answer | None:
@@ -186,7 +234,10 @@ class QueryCache:
         tenant, strategy = flight.tenant, flight.strategy
         now = self._clock()
         entry = self._memory.get(self._tier.entry_key(tenant, flight.sig), now)
-        if entry is None or not self._mirror.is_current(tenant, entry.watermark, strategy.tags):
+        if entry is None:
+            return None
+        tags = _merged(strategy.tags, entry.tags) if entry.tags else strategy.tags
+        if not self._mirror.is_current(tenant, entry.watermark, tags):
             return None
         age = entry.age(now)
         if age < strategy.ttl:
@@ -196,7 +247,7 @@ class QueryCache:
             )
         if age < strategy.ttl + strategy.swr:
             self.stats.memory_hits += 1
-            required = self._mirror.required(tenant, strategy.tags)
+            required = self._mirror.required(tenant, tags)
             self._refresh_in_background(flight, entry, required)
             return Answer(
                 entry.core, "swr", entry.produced_at_ms, flight.sig, warnings=entry.warnings
@@ -207,7 +258,8 @@ class QueryCache:
         if self._memory is None or self._mirror is None:
             return
         tenant, strategy = flight.tenant, flight.strategy
-        if not self._mirror.is_current(tenant, entry.watermark, strategy.tags):
+        tags = _merged(strategy.tags, entry.tags) if entry.tags else strategy.tags
+        if not self._mirror.is_current(tenant, entry.watermark, tags):
             return  # the mirror is behind, cut off, or knows of a purge: keep it in Redis only
         expires = entry.produced_at_ms / 1000 + strategy.ttl + strategy.swr
         self._memory.put(self._tier.entry_key(tenant, flight.sig), tenant, entry, expires)
@@ -265,9 +317,12 @@ class QueryCache:
 
     async def _newer_entry(self, flight: _Flight, seen: Entry | None) -> Entry | None:
         """A servable entry produced after ``seen`` (someone else refreshed it), if any."""
-        raw, state = await self._tier.lookup(flight.tenant, flight.sig, flight.strategy.tags)
+        raw, state = await self._tier.lookup(flight.tenant, flight.sig, flight.tags)
         got = Entry.decode(raw) if raw is not None else None
-        if got is None or not is_current(got.watermark, state):
+        if got is None:
+            return None
+        state = await self._state_covering(flight, got, state)
+        if not is_current(got.watermark, state):
             return None
         if seen is not None and got.produced_at_ms <= seen.produced_at_ms:
             return None
@@ -296,9 +351,13 @@ class QueryCache:
                 core,
                 int(meta.get("watermark", 0)),
                 tuple(str(w) for w in meta.get("warnings", ())),
+                tuple(str(t) for t in meta.get("tags", ())),
             )
+            if entry.tags:
+                self._learn(flight, entry)
             try:
-                state = await self._tier.state(tenant, flight.sig, strategy.tags)
+                tags = _merged(strategy.tags, entry.tags)
+                state = await self._tier.state(tenant, flight.sig, tags)
             except TierUnavailable:
                 return entry  # nothing to check against, and nowhere to store it
             if state[0] is not None and not is_current(entry.watermark, state):

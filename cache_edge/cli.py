@@ -47,6 +47,10 @@ def _supervise(args: argparse.Namespace, settings: Any, shutdown_timeout: float)
 
 def cmd_origin(args: argparse.Namespace) -> int:
     settings = _load(args, {"origin.listen": args.listen, "origin.reuse_port": args.reuse_port})
+    if args.action != "run":
+        from origin.setup_cli import run_setup_command
+
+        return run_setup_command(settings, args)
     if args.workers > 1:
         return _supervise(args, settings, settings.origin.shutdown_timeout)
     from origin.app import run_origin
@@ -86,6 +90,12 @@ def cmd_invalidate(args: argparse.Namespace) -> int:
     return int(run_invalidate(args))
 
 
+def cmd_stream(args: argparse.Namespace) -> int:
+    from cache_edge.stream_cli import run_stream
+
+    return int(run_stream(args))
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from cache_edge.dev import run_dev
 
@@ -108,6 +118,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_keygen)
 
     p = sub.add_parser("origin", help="run the origin pooler next to PostgreSQL")
+    p.add_argument(
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "setup-auto-invalidation", "remove-auto-invalidation"),
+        help="run the server (default), or set up / remove automatic invalidation for --tenant",
+    )
+    p.add_argument("--tenant", help="tenant id (setup-/remove-auto-invalidation)")
+    p.add_argument(
+        "--admin-database-url",
+        help="superuser DSN for the setup, if the tenant's own role is not one",
+    )
     _config_args(p)
     p.add_argument("--listen", help="HOST:PORT (overrides origin.listen)")
     _worker_args(p)
@@ -140,6 +162,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="everything of this tenant")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for regions (0-30)")
     p.set_defaults(func=cmd_invalidate)
+
+    p = sub.add_parser("stream", help="print committed row changes as they arrive (Ctrl-C stops)")
+    p.add_argument("--url", default="http://127.0.0.1:7410", help="any node's URL")
+    p.add_argument("--api-key", required=True)
+    p.add_argument(
+        "--table", action="append", default=[], dest="tables", help="schema.name, repeatable"
+    )
+    p.add_argument(
+        "--op",
+        action="append",
+        choices=("insert", "update", "delete", "truncate"),
+        dest="ops",
+        help="only these operations (repeatable; default all)",
+    )
+    p.add_argument("--cursor", help="resume after this event's cursor")
+    p.add_argument("--json", action="store_true", help="print events as JSON lines")
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("dev", help="run origin + regions + a demo table locally")
     p.add_argument("--regions", type=int, default=2)

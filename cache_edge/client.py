@@ -7,6 +7,9 @@
                               cache=CacheStrategy(ttl=60, swr=30, tags=("products",)))
         rows[0]["name"], rows.info.cache_status
 
+        async for event in db.stream(["public.orders"], ops=["insert", "update"]):
+            event.op, event.new, event.cursor        # a ChangeEvent; resumes by itself
+
 ``Client`` is the blocking twin with the same methods. The SDK needs only the base
 dependencies (aiohttp, msgpack, orjson): never asyncpg, redis or the server stack,
 so it loads fast in a serverless function. ``AsyncClient`` is imported on first use,
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cache_edge._results import Column, Info, InvalidationResult, Result, Row, Rows
+from cache_edge._stream import Backoff, ChangeEvent
 from cache_edge._sync_client import Client
 from cache_edge.errors import CacheEdgeError, OriginUnavailable, QueryError
 from cache_edge.protocol import Statement
@@ -28,8 +32,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AsyncClient",
+    "Backoff",
     "CacheEdgeError",
     "CacheStrategy",
+    "ChangeEvent",
     "Client",
     "Column",
     "Info",

@@ -105,6 +105,16 @@ class TenantConfig:
     # Requests admitted at once per origin replica (holding or awaiting a connection);
     # None: origin.max_concurrency.
     max_concurrency: int | None = None
+    # Opt-in: capture every committed write from the database's WAL and purge the tables it
+    # changed in every region (docs/auto-invalidation.md; needs `setup-auto-invalidation`).
+    auto_invalidation: bool = False
+    # Opt-in: serve committed row changes at GET /v1/stream (docs/change-streams.md; the
+    # same capture and setup as automatic invalidation).
+    change_streams: bool = False
+
+    @property
+    def captured(self) -> bool:
+        return self.auto_invalidation or self.change_streams
 
     @property
     def safe_dsn(self) -> str:
@@ -137,6 +147,16 @@ class OriginConfig:
     reuse_port: bool = False
     # Pending-connection queue of the listener: a connection storm must not overflow it.
     backlog: int = 4096
+    # Automatic invalidation: how often the WAL capture looks for new commits when nothing
+    # woke it (a write through this origin wakes it at once).
+    capture_interval: float = 0.05
+    # Past this much WAL retained for a tenant's slot the capture gives up on it: purges
+    # everything of the tenant and starts a new slot, so a stuck slot cannot fill the disk.
+    capture_max_lag_mb: int = 1024
+    # How long a write through the origin waits for its invalidation to be recorded.
+    write_invalidation_wait: float = 2.0
+    # Change streams: seconds of history a resuming subscriber may ask for.
+    stream_retention: float = 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +183,11 @@ class NodeConfig:
     # The in-process hot tier (0 disables it) and how long it trusts the purge feed.
     memory_cache_mb: int = 64
     memory_lease: float = 1.0
+    # Change streams: events buffered per subscriber before it is cut off as too slow,
+    # recent events a process keeps for resuming subscribers, and the keepalive interval.
+    stream_buffer: int = 1000
+    stream_ring: int = 10000
+    stream_heartbeat: float = 15.0
     shutdown_timeout: float = 10.0
     reuse_port: bool = False
     backlog: int = 4096
@@ -331,11 +356,23 @@ def _tenant(raw: Any, index: int) -> TenantConfig:
         if name in table:
             sizes[name] = _pop(table, name, where, int)
             _positive(sizes[name], where + name, allow_zero=name == "pool_min_size")
+    flags = {
+        name: bool(_pop(table, name, where, bool)) if name in table else False
+        for name in ("auto_invalidation", "change_streams")
+    }
     rate_limit = None
     if "rate_limit" in table:
         rate_limit = _rate_limit(table.pop("rate_limit"), where + "rate_limit")
     _reject_unknown(table, where)
-    return TenantConfig(tenant_id, keys, dsn, rate_limit=rate_limit, **sizes)
+    return TenantConfig(
+        tenant_id,
+        keys,
+        dsn,
+        rate_limit=rate_limit,
+        auto_invalidation=flags["auto_invalidation"],
+        change_streams=flags["change_streams"],
+        **sizes,
+    )
 
 
 def _rate_limit(raw: Any, key: str) -> RateLimit:

@@ -27,7 +27,8 @@ __all__ = [
 
 # version 1: producedAt (epoch ms, origin clock), origin invalidation watermark
 _HEADER_V1 = struct.Struct(">Bqq")
-# version 2: the same, then the length of a msgpack map of extras (warnings) before the core
+# version 2: the same, then the length of a msgpack map of extras before the core
+# ({"w": warnings, "t": implicit tags}; absent keys are empty)
 _HEADER = struct.Struct(">BqqI")
 _VERSION = 2
 _CORE_KEYS = ("columns", "rows", "rowCount")
@@ -44,13 +45,20 @@ class Entry:
     watermark: int = 0
     # What table changes cannot explain about this result (origin/dependencies.py).
     warnings: tuple[str, ...] = ()
+    # Implicit tags the origin gave it (``table:<schema>.<name>``, automatic invalidation).
+    tags: tuple[str, ...] = ()
 
     def age(self, now: float) -> float:
         # Clamp: a node clock slightly behind the origin's must not report negative ages.
         return max(0.0, now - self.produced_at_ms / 1000.0)
 
     def encode(self) -> bytes:
-        extras = packb({"w": list(self.warnings)}) if self.warnings else b""
+        fields: dict[str, list[str]] = {}
+        if self.warnings:
+            fields["w"] = list(self.warnings)
+        if self.tags:
+            fields["t"] = list(self.tags)
+        extras = packb(fields) if fields else b""
         header = _HEADER.pack(_VERSION, self.produced_at_ms, self.watermark, len(extras))
         return header + extras + self.core
 
@@ -68,13 +76,15 @@ class Entry:
         _, produced, watermark, extras_len = _HEADER.unpack_from(data)
         start = _HEADER.size + extras_len
         warnings: tuple[str, ...] = ()
+        tags: tuple[str, ...] = ()
         if extras_len:
             try:
                 extras = unpackb(data[_HEADER.size : start])
                 warnings = tuple(str(w) for w in extras.get("w", ()))
-            except (CacheEdgeError, AttributeError):
+                tags = tuple(str(t) for t in extras.get("t", ()))
+            except (CacheEdgeError, AttributeError, TypeError):
                 return None
-        return cls(produced, data[start:], watermark, warnings)
+        return cls(produced, data[start:], watermark, warnings, tags)
 
 
 def split_origin_result(raw: bytes) -> tuple[bytes, dict[str, Any]]:

@@ -5,9 +5,12 @@
     │   └── NotCacheable                not_cacheable     400
     ├── Unauthorized                    unauthorized      401
     ├── NotFound                        not_found         404
+    ├── CaptureUnavailable              capture_unavailable 409
+    ├── StreamGap                       stream_gap        410
     ├── PayloadTooLarge                 payload_too_large 413
     ├── ResponseTooLarge                response_too_large 422
     ├── RateLimited                     rate_limited      429
+    ├── SubscriberTooSlow               subscriber_too_slow 429 (closes a change stream)
     ├── QueryError                      query_error       400  (+ sqlstate)
     ├── InternalError                   internal          500
     ├── OriginUnavailable               origin_unavailable 502
@@ -27,6 +30,7 @@ from typing import Any, ClassVar
 __all__ = [
     "BadRequest",
     "CacheEdgeError",
+    "CaptureUnavailable",
     "DatabaseUnavailable",
     "InternalError",
     "NotCacheable",
@@ -38,6 +42,8 @@ __all__ = [
     "QueryTimeout",
     "RateLimited",
     "ResponseTooLarge",
+    "StreamGap",
+    "SubscriberTooSlow",
     "Unauthorized",
     "error_from_body",
 ]
@@ -94,6 +100,21 @@ class NotFound(CacheEdgeError):
     status = 404
 
 
+class CaptureUnavailable(CacheEdgeError):
+    """The tenant's database cannot capture committed writes (automatic invalidation or
+    change streams not enabled or not set up, wal_level not logical, missing privileges)."""
+
+    code = "capture_unavailable"
+    status = 409
+
+
+class StreamGap(CacheEdgeError):
+    """A change-stream cursor is older than the retained history: events would be missing."""
+
+    code = "stream_gap"
+    status = 410
+
+
 class PayloadTooLarge(CacheEdgeError):
     """The request body exceeds the configured limit."""
 
@@ -117,6 +138,14 @@ class RateLimited(CacheEdgeError):
     def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
         super().__init__(message, **extra)
         self.retry_after = retry_after
+
+
+class SubscriberTooSlow(CacheEdgeError):
+    """A change-stream subscriber fell so far behind that its buffer filled; it is cut off
+    (reconnecting with its last cursor resumes without loss)."""
+
+    code = "subscriber_too_slow"
+    status = 429
 
 
 class QueryError(CacheEdgeError):
@@ -176,9 +205,12 @@ _BY_CODE: dict[str, type[CacheEdgeError]] = {
         NotCacheable,
         Unauthorized,
         NotFound,
+        CaptureUnavailable,
+        StreamGap,
         PayloadTooLarge,
         ResponseTooLarge,
         RateLimited,
+        SubscriberTooSlow,
         QueryError,
         InternalError,
         OriginUnavailable,

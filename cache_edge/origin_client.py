@@ -132,6 +132,26 @@ class OriginClient:
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
+    async def poll_changes(
+        self,
+        tenant: str,
+        after: str | None,
+        *,
+        tables: list[str] | None = None,
+        ops: list[str] | None = None,
+        wait: float = 0.0,
+        limit: int = 1000,
+        request_id: str = "stream",
+    ) -> dict[str, Any]:
+        """Change-stream events after ``after`` (None: just the current position)."""
+        body: dict[str, Any] = {"after": after, "wait": wait, "limit": limit}
+        if tables is not None:
+            body["tables"] = tables
+        if ops is not None:
+            body["ops"] = ops
+        result = await self._post("/v1/changes/poll", tenant, body, request_id, fair=False)
+        return dict(unpackb(result.body))
+
     async def _post(
         self, path: str, tenant: str, payload: dict[str, Any], request_id: str, fair: bool = True
     ) -> OriginResult:

@@ -3,19 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
 from cache_edge.config import Settings
+from cache_edge.errors import BadRequest, CacheEdgeError, CaptureUnavailable
 from cache_edge.httplog import quiet_client_errors
 from cache_edge.logs import configure_logging, get_logger
-from cache_edge.protocol import parse_query, parse_transaction
+from cache_edge.protocol import MAX_WAIT, parse_query, parse_transaction
 from cache_edge.reload import ConfigWatcher, LiveSettings
 from cache_edge.tls import reload_server_context, server_context
 from cache_edge.wire import encode_body, json_dumps
+from origin.capture import Capture, CaptureSink
+from origin.change_log import CHANGES_CHANNEL, MAX_POLL, ChangeLog, check_ops, check_tables
+from origin.db_errors import map_database_error
 from origin.executor import Executor
 from origin.http import (
     LIVE,
@@ -26,11 +32,14 @@ from origin.http import (
     middleware,
     read_signed,
 )
+from origin.listener import listen_forever
 from origin.metrics import OriginMetrics
+from origin.pgoutput import parse_lsn
 from origin.pool import TenantPools
 from origin.purges import Purges
 from origin.replay import ReplayCache
 from origin.results import encode_query_response, encode_transaction_response
+from origin.table_purges import TablePurges, table_tag
 
 __all__ = ["EXECUTOR", "POOLS", "create_origin_app", "run_origin"]
 
@@ -39,6 +48,8 @@ log = get_logger("origin.app")
 POOLS = web.AppKey("pools", TenantPools)
 EXECUTOR = web.AppKey("executor", Executor)
 PURGES = web.AppKey("purges", Purges)
+CAPTURES = web.AppKey("captures", dict[str, Capture])
+CHANGES = web.AppKey("changes", dict[str, ChangeLog])
 TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
 
 _READY_TIMEOUT = 2.0
@@ -59,15 +70,51 @@ async def handle_query(request: web.Request) -> web.Response:
     deps = result.dependencies
     if deps is not None and deps.warnings:
         request.app[METRICS].count_nondeterministic(signed.tenant)
+    capture = request.app[CAPTURES].get(signed.tenant)
+    warnings = list(deps.warnings) if deps else []
+    tables = deps.tables if deps else ()
+    tags: tuple[str, ...] = ()
+    invalidation = None
+    if capture is not None and capture.invalidates:
+        # Implicit tags only where writes purge them; elsewhere they would cost every hit.
+        tags = tuple(table_tag(t) for t in tables)
+    if capture is not None:
+        if query.read_only and capture.state == "not_set_up":
+            warnings.append(_NOT_SET_UP)
+        if not query.read_only:
+            invalidation = await _write_invalidation(request.app, signed.tenant, capture)
     body = encode_query_response(
         result.result,
         result.produced_at,
         signed.fmt,
         result.watermark,
-        deps.tables if deps else (),
-        deps.warnings if deps else (),
+        tables,
+        warnings,
+        invalidation,
+        tags,
     )
     return binary_response(body, signed.fmt)
+
+
+_NOT_SET_UP = (
+    "automatic invalidation is enabled for this tenant but not set up: writes will not "
+    "purge this result (run cache-edge origin setup-auto-invalidation)"
+)
+
+
+async def _write_invalidation(
+    app: web.Application, tenant: str, capture: Capture
+) -> dict[str, Any] | None:
+    """After a write through the origin committed: wait until the capture has turned it into
+    a purge, and name the newest purge (it covers the write), so the caller can wait for
+    every region. Never before commit: the WAL position is read after COMMIT returned."""
+    async with app[POOLS].acquire(tenant) as conn:
+        lsn = parse_lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+    recorded = await capture.wait_processed(lsn, app[SETTINGS].origin.write_invalidation_wait)
+    latest = await app[PURGES].log_for(tenant).latest()
+    if latest is None:
+        return {"recorded": recorded}
+    return {"id": latest.id, "seq": latest.seq, "recorded": recorded}
 
 
 async def handle_invalidate(request: web.Request) -> web.Response:
@@ -88,11 +135,56 @@ async def handle_invalidation_poll(request: web.Request) -> web.Response:
     return binary_response(encode_body(answer, signed.fmt), signed.fmt)
 
 
+async def handle_changes_poll(request: web.Request) -> web.Response:
+    """Change-stream history after a cursor, long-polled by nodes (docs/change-streams.md)."""
+    signed = await read_signed(request)
+    changes = request.app[CHANGES].get(signed.tenant)
+    capture = request.app[CAPTURES].get(signed.tenant)
+    if changes is None or capture is None:
+        raise CaptureUnavailable(
+            "change streams are not enabled for this tenant (change_streams = true in its "
+            "[[tenants]] entry, after cache-edge origin setup-auto-invalidation)"
+        )
+    if capture.state == "not_set_up":
+        raise CaptureUnavailable(
+            "change streams are enabled but not set up for this tenant: run "
+            f"cache-edge origin setup-auto-invalidation --tenant {signed.tenant}"
+        )
+    payload = signed.payload
+    if not isinstance(payload, dict):
+        raise BadRequest("the poll body must be an object")
+    unknown = set(payload) - {"after", "tables", "ops", "wait", "limit"}
+    if unknown:
+        raise BadRequest(f"unknown field {sorted(unknown)[0]}", field=sorted(unknown)[0])
+    after = payload.get("after")
+    if after is not None and not isinstance(after, str):
+        raise BadRequest("after must be a cursor or null", field="after")
+    tables = payload.get("tables")
+    tables = check_tables(tables) if tables is not None else None
+    ops = check_ops(payload.get("ops"))
+    wait, limit = payload.get("wait", 0), payload.get("limit", MAX_POLL)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
+        raise BadRequest("wait must be 0 to 30 seconds", field="wait")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_POLL:
+        raise BadRequest(f"limit must be 1 to {MAX_POLL}", field="limit")
+    try:
+        answer = await changes.poll(after, tables, ops, float(wait), limit)
+    except CacheEdgeError:
+        raise
+    except Exception as exc:
+        raise map_database_error(exc) from exc
+    return binary_response(encode_body(answer, signed.fmt), signed.fmt)
+
+
 async def handle_transaction(request: web.Request) -> web.Response:
     signed = await read_signed(request)
     tx = parse_transaction(signed.payload, request.app[SETTINGS].limits)
     result = await request.app[EXECUTOR].transaction(signed.tenant, tx)
-    body = encode_transaction_response(result.results, result.produced_at, signed.fmt)
+    capture = request.app[CAPTURES].get(signed.tenant)
+    invalidation = None
+    if capture is not None:
+        invalidation = await _write_invalidation(request.app, signed.tenant, capture)
+    body = encode_transaction_response(result.results, result.produced_at, signed.fmt, invalidation)
     return binary_response(body, signed.fmt)
 
 
@@ -117,12 +209,68 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
     app[PURGES].start()
+    for capture in app[CAPTURES].values():
+        capture.start()
+    settings = app[SETTINGS]
+    listeners = [
+        asyncio.create_task(
+            listen_forever(
+                settings.tenant(tenant).database_url,  # type: ignore[union-attr]
+                CHANGES_CHANNEL,
+                changes.notify_changed,
+            )
+        )
+        for tenant, changes in app[CHANGES].items()
+    ]
     watcher = _watch_config(app)
     yield
     if watcher is not None:
         await watcher.stop()
+    for capture in app[CAPTURES].values():
+        await capture.stop()
+    for task in listeners:
+        task.cancel()
+    await asyncio.gather(*listeners, return_exceptions=True)
     await app[PURGES].stop()
     await app[POOLS].close()
+
+
+def _captures(settings: Settings, app: web.Application) -> dict[str, Capture]:
+    """A WAL capture for every tenant that opted in to automatic invalidation or streams."""
+    out: dict[str, Capture] = {}
+    metrics = app[METRICS]
+    for tenant in settings.tenants:
+        sinks: list[CaptureSink] = []
+        if tenant.auto_invalidation:
+            sinks.append(
+                TablePurges(
+                    tenant.id,
+                    app[PURGES].log_for(tenant.id),
+                    app[EXECUTOR].forget_dependencies,
+                    metrics.capture_lag.labels(tenant.id).observe,
+                )
+            )
+        if tenant.change_streams:
+            sinks.append(app[CHANGES][tenant.id])
+        if sinks:
+            out[tenant.id] = Capture(
+                tenant,
+                settings.origin,
+                sinks,
+                want_rows=tenant.change_streams,
+                invalidates=tenant.auto_invalidation,
+            )
+    return out
+
+
+def _change_logs(settings: Settings, pools: TenantPools) -> dict[str, ChangeLog]:
+    return {
+        t.id: ChangeLog(
+            t.id, functools.partial(pools.acquire, t.id), retention=settings.origin.stream_retention
+        )
+        for t in settings.tenants
+        if t.change_streams
+    }
 
 
 def _watch_config(app: web.Application) -> ConfigWatcher | None:
@@ -151,7 +299,8 @@ def create_origin_app(settings: Settings) -> web.Application:
         middlewares=[middleware], client_max_size=settings.limits.max_body_bytes + 1
     )
     pools = TenantPools(settings)
-    metrics = OriginMetrics(pools.stats)
+    captures: dict[str, Capture] = {}
+    metrics = OriginMetrics(pools.stats, captures.values)
     app[SETTINGS] = settings
     app[LIVE] = LiveSettings(settings)
     app[REPLAY] = ReplayCache()
@@ -159,6 +308,9 @@ def create_origin_app(settings: Settings) -> web.Application:
     app[METRICS] = metrics
     app[EXECUTOR] = Executor(pools, settings.origin, on_coalesced=metrics.count_coalesced)
     app[PURGES] = Purges(settings, pools)
+    app[CHANGES] = _change_logs(settings, pools)
+    captures.update(_captures(settings, app))
+    app[CAPTURES] = captures
     tls = server_context(settings.origin.tls_cert, settings.origin.tls_key)
     if tls is not None:
         app[TLS] = tls
@@ -168,6 +320,7 @@ def create_origin_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/invalidations", handle_invalidate)
     app.router.add_post("/v1/invalidations/status", handle_invalidation_status)
     app.router.add_post("/v1/invalidations/poll", handle_invalidation_poll)
+    app.router.add_post("/v1/changes/poll", handle_changes_poll)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

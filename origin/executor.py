@@ -14,6 +14,7 @@ idle in the pool); a single write is never retried, it might have run.
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -39,8 +40,13 @@ log = get_logger("origin.executor")
 
 T = TypeVar("T")
 
-_MAX_REMEMBERED = 10_000  # statement texts whose dependencies we keep
+_MAX_REMEMBERED = 10_000  # statement texts whose dependencies (or write-ness) we keep
 _CHUNK_ROWS = 500  # rows per cursor round trip: few round trips, bounded overshoot past the limit
+_READ_WORDS = frozenset({"select", "values", "table", "with"})
+# Leading blanks, comments and parentheses, then the first word.
+_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/|\()*([A-Za-z]+)", re.DOTALL)
+# Functions a SELECT can change the session with (settings, locks, named dblink connections).
+_SESSION_CALLS = re.compile(r"set_config|advisory|dblink", re.IGNORECASE)
 _NETWORK_GRACE = 5.0  # client-side timeout beyond statement_timeout, for a silent network
 _ROLLBACK_TIMEOUT = 2.0
 _ISOLATION = {
@@ -101,6 +107,8 @@ class Executor:
         self._clock = clock
         self._flights: Group[QueryResult] = Group()
         self._deps: dict[tuple[str, str], Dependencies] = {}
+        # Uncached statements that looked like queries but wrote: they skip the read-only try.
+        self._writers: dict[tuple[str, str], None] = {}
 
     async def query(
         self,
@@ -112,7 +120,7 @@ class Executor:
         runs, so every caller sharing a result also shares the watermark it was made under."""
         stmt = request.statement
         if not request.read_only:
-            return await self._attempt(tenant, lambda c, p: self._write(c, stmt, p), False)
+            return await self._attempt(tenant, lambda c, p: self._write(c, tenant, stmt, p), False)
 
         async def read() -> QueryResult:
             try:
@@ -144,7 +152,7 @@ class Executor:
         for attempt in (1, 2):
             progress = _Progress(fresh=attempt == 2)
             try:
-                async with self._pools.acquire(tenant) as conn:
+                async with self._pools.acquire(tenant, read_only_session=True) as conn:
                     try:
                         return await work(conn, progress)
                     except Exception as exc:
@@ -169,23 +177,90 @@ class Executor:
                 raise map_database_error(exc, statement_index=progress.statement_index) from exc
         raise AssertionError("unreachable: the second attempt returns or raises")
 
-    async def _collect(
-        self, stmt: Any, args: list[Any], budget: SizeBudget, progress: _Progress
-    ) -> ResultSet:
-        """Run a prepared statement inside the open transaction and gather its rows."""
-        attributes = stmt.get_attributes()
+    async def _rows(
+        self,
+        conn: asyncpg.Connection,
+        prepared: Any,
+        args: list[Any],
+        budget: SizeBudget,
+        progress: _Progress,
+        *,
+        in_block: bool,
+    ) -> tuple[ResultSet, str] | None:
+        """Run a prepared statement, ``_CHUNK_ROWS`` rows per round trip, and gather them.
+
+        The first chunk comes with the Bind in one round trip. In a transaction block
+        (``in_block``) the unnamed portal outlives each Sync and the next chunks follow;
+        outside one it is gone, so more rows than one chunk give None (run it in a block).
+        Returns the result and the command tag.
+        """
+        attributes = prepared.get_attributes()
         if not progress.started:
             progress.start(self._clock)
         if not attributes:
-            await stmt.fetch(*args, timeout=self._timeout)
-            return ResultSet([], b"", 0, row_count_from_status(stmt.get_statusmsg()))
+            _, tag, _ = await _bind_execute(conn, prepared, args, 0, self._timeout)
+            return ResultSet([], b"", 0, row_count_from_status(tag)), tag
         rows = RowBuffer(_columns(attributes), budget)
-        cursor = await stmt.cursor(*args, timeout=self._timeout)
-        while True:
-            chunk = await cursor.fetch(_CHUNK_ROWS, timeout=self._timeout)
+        chunk, tag, done = await _bind_execute(conn, prepared, args, _CHUNK_ROWS, self._timeout)
+        rows.add(chunk)
+        while not done:
+            if not in_block:
+                return None
+            chunk, tag, done = await _execute_more(conn, prepared, _CHUNK_ROWS, self._timeout)
             rows.add(chunk)
-            if len(chunk) < _CHUNK_ROWS:
-                return rows.finish()
+        return rows.finish(), tag
+
+    async def _read_rows(
+        self,
+        conn: asyncpg.Connection,
+        prepared: Any,
+        args: list[Any],
+        progress: _Progress,
+        begin: str,
+    ) -> tuple[ResultSet, str]:
+        """A read: one round trip in a read-only session when the rows fit one chunk, else
+        the whole statement again in a ``begin`` transaction block."""
+        if await self._read_only_session(conn):
+            budget = SizeBudget(self._max_bytes)
+            found = await self._rows(conn, prepared, args, budget, progress, in_block=False)
+            if found is not None:
+                return found
+        return await self._in_block(
+            conn, begin, prepared, args, SizeBudget(self._max_bytes), progress
+        )
+
+    async def _in_block(
+        self,
+        conn: asyncpg.Connection,
+        begin: str,
+        prepared: Any,
+        args: list[Any],
+        budget: SizeBudget,
+        progress: _Progress,
+    ) -> tuple[ResultSet, str]:
+        async def run() -> tuple[ResultSet, str]:
+            found = await self._rows(conn, prepared, args, budget, progress, in_block=True)
+            assert found is not None  # in a block every chunk is read
+            return found
+
+        return await self._in_transaction(conn, begin, run)
+
+    async def _read_only_session(self, conn: asyncpg.Connection) -> bool:
+        """Make the session's transactions read-only by default (once per connection).
+
+        PostgreSQL >= 14 reports ``default_transaction_read_only`` to the client whenever it
+        changes (so a statement that switched it off is noticed); older servers do not, and
+        their reads run in explicit ``BEGIN READ ONLY`` blocks instead (False).
+        """
+        state = _reported_read_only(conn)
+        if state is None:
+            return False
+        if not state:
+            await conn.execute("SET default_transaction_read_only = on", timeout=self._timeout)
+            mark = getattr(conn, "set_session_read_only", None)
+            if mark is not None:
+                mark(True)
+        return _reported_read_only(conn) is True
 
     async def _prepare(
         self, conn: asyncpg.Connection, stmt: Statement, fresh: bool = False
@@ -211,15 +286,17 @@ class Executor:
     async def _read(
         self, conn: asyncpg.Connection, tenant: str, stmt: Statement, progress: _Progress
     ) -> QueryResult:
-        deps: list[Dependencies] = []
+        prepared, args = await self._prepare(conn, stmt, progress.fresh)
+        await self._read_only_session(conn)  # before EXPLAIN too, though it runs nothing
+        deps = await self._dependencies(conn, tenant, stmt.sql, args)
+        result, tag = await self._read_rows(conn, prepared, args, progress, "BEGIN READ ONLY")
+        _keep_session_if_untouched(conn, stmt.sql, tag)
+        return QueryResult(result, progress.produced_at, dependencies=deps)
 
-        async def run() -> ResultSet:
-            prepared, args = await self._prepare(conn, stmt, progress.fresh)
-            deps.append(await self._dependencies(conn, tenant, stmt.sql, args))
-            return await self._collect(prepared, args, SizeBudget(self._max_bytes), progress)
-
-        result = await self._in_transaction(conn, "BEGIN READ ONLY", run)
-        return QueryResult(result, progress.produced_at, dependencies=deps[0])
+    def forget_dependencies(self, tenant: str) -> None:
+        """Drop what EXPLAIN said about the tenant's statements (its schema changed)."""
+        for key in [k for k in self._deps if k[0] == tenant]:
+            del self._deps[key]
 
     async def _dependencies(
         self, conn: asyncpg.Connection, tenant: str, sql: str, args: list[Any]
@@ -229,13 +306,10 @@ class Executor:
         known = self._deps.get(key)
         if known is not None:
             return known
-        # A savepoint, so a statement EXPLAIN cannot handle does not abort the transaction.
-        await conn.execute("SAVEPOINT cache_edge_deps", timeout=self._timeout)
+        # Outside any transaction block, so a statement EXPLAIN cannot handle spoils nothing.
         try:
             found = await explain_dependencies(conn, sql, args)
-            await conn.execute("RELEASE SAVEPOINT cache_edge_deps", timeout=self._timeout)
         except asyncpg.PostgresError as exc:
-            await conn.execute("ROLLBACK TO SAVEPOINT cache_edge_deps", timeout=self._timeout)
             found = Dependencies((), (f"could not determine what it reads ({exc.sqlstate})",))
         if len(self._deps) >= _MAX_REMEMBERED:
             self._deps.clear()  # statement texts are few in practice; a flush is cheap
@@ -243,17 +317,43 @@ class Executor:
         return found
 
     async def _write(
-        self, conn: asyncpg.Connection, stmt: Statement, progress: _Progress
+        self, conn: asyncpg.Connection, tenant: str, stmt: Statement, progress: _Progress
     ) -> QueryResult:
         prepared, args = await self._prepare(conn, stmt, progress.fresh)
+        has_rows = bool(prepared.get_attributes())
+        key = (tenant, stmt.sql)
+        # Most uncached statements are plain SELECTs: try it read-only in one round trip.
+        # A write fails there before changing anything, and runs below (remembered).
+        if (
+            has_rows
+            and key not in self._writers
+            and _looks_like_read(stmt.sql)
+            and await self._read_only_session(conn)
+        ):
+            try:
+                result, tag = await self._read_rows(
+                    conn, prepared, args, progress, "BEGIN READ WRITE"
+                )
+            except asyncpg.ReadOnlySQLTransactionError:
+                if len(self._writers) >= _MAX_REMEMBERED:
+                    self._writers.clear()
+                self._writers[key] = None
+            else:
+                _keep_session_if_untouched(conn, stmt.sql, tag)
+                return QueryResult(result, progress.produced_at)
         budget = SizeBudget(self._max_bytes)
-        if not prepared.get_attributes():
+        if not has_rows:
             # No rows to stream: run it like a single auto-committed statement (VACUUM works too).
-            result = await self._collect(prepared, args, budget, progress)
+            if getattr(conn, "session_read_only", False) is True:
+                await conn.execute("RESET default_transaction_read_only", timeout=self._timeout)
+                conn.set_session_read_only(False)
+            found = await self._rows(conn, prepared, args, budget, progress, in_block=True)
+            assert found is not None
+            result = found[0]
         else:
-            # Cursors need a transaction; a refused oversized RETURNING also undoes the write.
-            result = await self._in_transaction(
-                conn, "BEGIN", lambda: self._collect(prepared, args, budget, progress)
+            # In a block: a refused oversized RETURNING also undoes the write.
+            result, _ = await self._in_block(
+                conn, "BEGIN READ WRITE", prepared, args, budget, progress
             )
         return QueryResult(result, progress.produced_at)
 
@@ -267,13 +367,69 @@ class Executor:
             for index, stmt in enumerate(request.statements):
                 progress.statement_index = index
                 prepared, args = await self._prepare(conn, stmt, progress.fresh)
-                results.append(await self._collect(prepared, args, budget, progress))
+                found = await self._rows(conn, prepared, args, budget, progress, in_block=True)
+                assert found is not None
+                results.append(found[0])
             progress.statement_index = None  # a failing COMMIT belongs to no single statement
             return results
 
-        begin = f"BEGIN ISOLATION LEVEL {_ISOLATION[request.isolation]}"
+        begin = f"BEGIN ISOLATION LEVEL {_ISOLATION[request.isolation]} READ WRITE"
         results = await self._in_transaction(conn, begin, run)
         return TransactionResult(tuple(results), progress.produced_at)
+
+
+def _reported_read_only(conn: asyncpg.Connection) -> bool | None:
+    """``default_transaction_read_only`` as the server last reported it (None: not reported)."""
+    value = getattr(conn.get_settings(), "default_transaction_read_only", None)
+    return None if value is None else value == "on"
+
+
+def _looks_like_read(sql: str) -> bool:
+    """Whether the statement starts like a query (a guess: a write still fails read-only)."""
+    match = _FIRST_WORD.match(sql)
+    return match is not None and match.group(1).lower() in _READ_WORDS
+
+
+def _keep_session_if_untouched(conn: asyncpg.Connection, sql: str, tag: str) -> None:
+    """Spare the reset on release when the request can only have read.
+
+    A query (tag ``SELECT n``) in a read-only session can still change the session
+    through a few functions; any mention of those, or the read-only default switched off,
+    and the pool resets as usual. (A user-defined function that sets a session variable
+    inside a plain SELECT is not seen; such a setting is reset when a write or any other
+    statement next runs on that connection.)
+    """
+    if not tag.startswith("SELECT") or _SESSION_CALLS.search(sql):
+        return
+    if _reported_read_only(conn) is not True:
+        return
+    keep = getattr(conn, "keep_session", None)
+    if keep is not None:
+        keep()
+
+
+async def _bind_execute(
+    conn: asyncpg.Connection, prepared: Any, args: list[Any], limit: int, timeout: float
+) -> tuple[list[Any], str, bool]:
+    """Bind the arguments to the unnamed portal and run it for up to ``limit`` rows (0: all),
+    in one round trip: (rows, command tag, whether it ran to completion).
+
+    asyncpg's public API has no call that returns whether a row-limited execution completed
+    (``fetchrow`` uses a limit and discards that), and its cursors cost a separate Bind
+    round trip and need a transaction block; so we use the protocol call those are built on.
+    """
+    rows, tag, done = await conn._protocol.bind_execute(
+        prepared._state, args, "", limit, True, timeout
+    )
+    return rows, tag.decode() if tag else "", bool(done)
+
+
+async def _execute_more(
+    conn: asyncpg.Connection, prepared: Any, limit: int, timeout: float
+) -> tuple[list[Any], str, bool]:
+    """The next rows of the unnamed portal (only inside a transaction block)."""
+    rows, tag, done = await conn._protocol.execute(prepared._state, "", limit, True, timeout)
+    return rows, tag.decode() if tag else "", bool(done)
 
 
 async def _cached_prepare(conn: asyncpg.Connection, sql: str, timeout: float) -> Any:

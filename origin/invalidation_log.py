@@ -147,6 +147,18 @@ class InvalidationLog:
         self.notify_changed()
         return Invalidation(int(seq), inv_id, tags, purge_all)
 
+    async def latest(self) -> Invalidation | None:
+        """The newest purge recorded (any replica), or None if there was none."""
+        async with self._acquire() as conn:
+            await self._ensure_schema(conn)
+            row = await conn.fetchrow(
+                "SELECT seq, id, tags, purge_all FROM cache_edge.invalidations "
+                "ORDER BY seq DESC LIMIT 1"
+            )
+        if row is None:
+            return None
+        return Invalidation(int(row["seq"]), str(row["id"]), list(row["tags"]), row["purge_all"])
+
     async def poll(
         self, region: str, after: int, wait: float, lease: float, limit: int = 1000
     ) -> dict[str, Any]:

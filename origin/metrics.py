@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 
 from origin.pool import PoolStats
@@ -41,8 +42,58 @@ class _PoolCollector:
         return list(families.values())
 
 
+class CaptureStatus(Protocol):
+    tenant: str
+    state: str
+    lag_bytes: int
+    transactions: int
+    resets: int
+
+
+class _CaptureCollector:
+    """WAL capture state per tenant (automatic invalidation), read at scrape time."""
+
+    def __init__(self, captures: Callable[[], Iterable[CaptureStatus]]) -> None:
+        self._captures = captures
+
+    def collect(self) -> Iterable[Metric]:
+        lag = GaugeMetricFamily(
+            f"{_PREFIX}_slot_lag_bytes",
+            "WAL retained for the tenant's replication slot and not yet confirmed (only the "
+            "replica reading the slot reports it). Alert well below capture_max_lag_mb.",
+            labels=["tenant"],
+        )
+        owner = GaugeMetricFamily(
+            f"{_PREFIX}_capture_owner",
+            "1 if this replica reads the tenant's slot; 0 standby; -1 not set up or failing.",
+            labels=["tenant"],
+        )
+        txns = CounterMetricFamily(
+            f"{_PREFIX}_captured_transactions",
+            "Committed transactions that wrote tables, read from the WAL by this replica.",
+            labels=["tenant"],
+        )
+        resets = CounterMetricFamily(
+            f"{_PREFIX}_capture_resets",
+            "Times the slot was lost, missing or too far behind and the tenant was purged.",
+            labels=["tenant"],
+        )
+        states = {"owner": 1.0, "standby": 0.0, "starting": 0.0}
+        for c in self._captures():
+            if c.state == "owner":
+                lag.add_metric([c.tenant], float(c.lag_bytes))
+            owner.add_metric([c.tenant], states.get(c.state, -1.0))
+            txns.add_metric([c.tenant], float(c.transactions))
+            resets.add_metric([c.tenant], float(c.resets))
+        return [lag, owner, txns, resets]
+
+
 class OriginMetrics:
-    def __init__(self, pool_stats: Callable[[], Iterable[PoolStats]]) -> None:
+    def __init__(
+        self,
+        pool_stats: Callable[[], Iterable[PoolStats]],
+        captures: Callable[[], Iterable[CaptureStatus]] = tuple,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.queries = Counter(
             f"{_PREFIX}_queries",
@@ -76,7 +127,15 @@ class OriginMetrics:
             ["tenant"],
             registry=self.registry,
         )
+        self.capture_lag = Histogram(
+            f"{_PREFIX}_capture_lag_seconds",
+            "Commit (database clock) to purge recorded (origin clock), automatic invalidation.",
+            ["tenant"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.registry.register(_PoolCollector(pool_stats))
+        self.registry.register(_CaptureCollector(captures))
 
     def observe(self, tenant: str, kind: str, outcome: str, seconds: float) -> None:
         self.queries.labels(tenant, kind, outcome).inc()

@@ -7,6 +7,11 @@ waits for a slot, so its acquire only ever waits on connecting, bounded by
 ``connect_timeout``. After a database restart asyncpg finds its connections
 closed and reconnects on the next acquire, so the pool recovers by itself.
 
+Sessions: a released connection is reset (``RESET ALL``, advisory locks, cursors,
+listeners: one round trip) unless the executor vouched that its request only read
+(:meth:`OriginConnection.keep_session`). The executor runs reads in a read-only session
+(``default_transaction_read_only``); everyone else acquires the connection switched back.
+
 Fairness: every tenant has its own pool, so no tenant can take another's
 connections; and at most ``max_concurrency`` of a tenant's requests may hold or
 wait for one at a time. Beyond that a request fails at once with ``pool_timeout``
@@ -30,11 +35,12 @@ from cache_edge.errors import DatabaseUnavailable, PoolTimeout
 from cache_edge.logs import get_logger
 from cache_edge.wire import json_dumps
 
-__all__ = ["PoolStats", "TenantPool", "TenantPools"]
+__all__ = ["OriginConnection", "PoolStats", "TenantPool", "TenantPools"]
 
 log = get_logger("origin.pool")
 
 _RELEASE_TIMEOUT = 5.0
+_RESET_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +64,36 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         await conn.set_type_codec(
             name, schema="pg_catalog", encoder=_encode_json, decoder=json.loads, format="text"
         )
+
+
+class OriginConnection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg's connection plus two facts about its session that the pool acts on.
+
+    Set through methods, because the pool lends a proxy that forwards calls, not assignments.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.session_kept = False  # this request only read: skip the reset on release
+        self.session_read_only = False  # the executor switched its transactions to read-only
+
+    def keep_session(self) -> None:
+        self.session_kept = True
+
+    def set_session_read_only(self, value: bool) -> None:
+        self.session_read_only = value
+
+
+async def _reset_session(conn: Any) -> None:
+    """Called on release (asyncpg has already rolled back an open transaction)."""
+    if getattr(conn, "session_kept", False):
+        conn.session_kept = False
+        return
+    query = conn.get_reset_query()
+    if query:
+        await conn.execute(query)
+    if isinstance(conn, OriginConnection):
+        conn.session_read_only = False  # RESET ALL restored the database's default
 
 
 class TenantPool:
@@ -101,6 +137,8 @@ class TenantPool:
                     max_size=self.max_size,
                     timeout=self._origin.connect_timeout,  # per connection attempt
                     init=_init_connection,
+                    reset=_reset_session,
+                    connection_class=OriginConnection,
                     server_settings={
                         "application_name": "cache-edge-origin",
                         "statement_timeout": str(int(self._origin.statement_timeout * 1000)),
@@ -142,7 +180,11 @@ class TenantPool:
             self._waiting -= 1
 
     @asynccontextmanager
-    async def acquire(self) -> AsyncIterator[asyncpg.Connection]:
+    async def acquire(
+        self, *, read_only_session: bool = False
+    ) -> AsyncIterator[asyncpg.Connection]:
+        """A connection; its session as the database configures it unless the caller (the
+        executor) accepts one whose transactions are read-only by default."""
         await self._wait_for_slot()
         try:
             pool = await self._get_pool()
@@ -159,6 +201,9 @@ class TenantPool:
             raise
         self._in_use += 1
         try:
+            if not read_only_session and getattr(conn, "session_read_only", False) is True:
+                await conn.execute("RESET default_transaction_read_only", timeout=_RESET_TIMEOUT)
+                conn.set_session_read_only(False)
             yield conn
         finally:
             self._in_use -= 1
@@ -201,9 +246,11 @@ class TenantPools:
             if pool is not None:
                 pool.configure(tenant, settings.max_concurrency_for(tenant))
 
-    def acquire(self, tenant_id: str) -> AbstractAsyncContextManager[asyncpg.Connection]:
+    def acquire(
+        self, tenant_id: str, *, read_only_session: bool = False
+    ) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """``async with pools.acquire(tenant) as conn``; raises PoolTimeout when exhausted."""
-        return self._pools[tenant_id].acquire()
+        return self._pools[tenant_id].acquire(read_only_session=read_only_session)
 
     def stats(self) -> list[PoolStats]:
         return [p.stats() for p in self._pools.values()]

@@ -8,14 +8,13 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-import asyncpg
-
 from cache_edge.config import Settings
 from cache_edge.errors import BadRequest, NotFound
 from cache_edge.logs import get_logger
 from cache_edge.protocol import MAX_WAIT, parse_invalidate
 from origin.db_errors import map_database_error
 from origin.invalidation_log import CHANNEL, InvalidationLog
+from origin.listener import listen_forever
 from origin.pool import TenantPools
 
 __all__ = ["Purges"]
@@ -99,8 +98,11 @@ class Purges:
 
     def start(self) -> None:
         for tenant in self._settings.tenants:
+            purge_log = self._logs[tenant.id]
             self._listeners.append(
-                asyncio.create_task(self._listen(tenant.id, tenant.database_url))
+                asyncio.create_task(
+                    listen_forever(tenant.database_url, CHANNEL, purge_log.notify_changed)
+                )
             )
 
     async def stop(self) -> None:
@@ -109,33 +111,3 @@ class Purges:
         for task in self._listeners:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-
-    async def _listen(self, tenant: str, dsn: str) -> None:
-        """Wake this process's long-polls when any replica records a purge or an ack.
-
-        Correctness never depends on it (waits re-check the database on a short timer);
-        it only makes propagation fast.
-        """
-        purge_log = self._logs[tenant]
-        while True:
-            conn: asyncpg.Connection | None = None
-            try:
-                conn = await asyncpg.connect(dsn, timeout=5)
-                lost = asyncio.Event()
-                conn.add_termination_listener(functools.partial(_set_event, lost))
-                await conn.add_listener(CHANNEL, lambda *_a: purge_log.notify_changed())
-                purge_log.notify_changed()  # anything missed while disconnected
-                await lost.wait()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("purge_listener_retry", tenant=tenant, error=type(exc).__name__)
-            finally:
-                if conn is not None:
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(conn.close(), 2)
-            await asyncio.sleep(1.0)
-
-
-def _set_event(event: asyncio.Event, *_args: object) -> None:
-    event.set()

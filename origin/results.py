@@ -9,7 +9,7 @@ the node splices the raw bytes of the first three entries into its cache entries
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,8 +134,11 @@ def encode_query_response(
     watermark: int = 0,
     tables: Sequence[str] = (),
     warnings: Sequence[str] = (),
+    invalidation: Mapping[str, Any] | None = None,
+    tags: Sequence[str] = (),
 ) -> bytes:
-    """``{"columns", "rows", "rowCount", "producedAt", "watermark"[, "tables", "warnings"]}``,
+    """``{"columns", "rows", "rowCount", "producedAt", "watermark"[, "tables", "warnings",
+    "invalidation", "tags"]}``,
     the first three in exactly that order (the node splices them).
 
     ``watermark`` is the last purge known committed before the rows were produced
@@ -147,6 +150,10 @@ def encode_query_response(
         extra["tables"] = list(tables)
     if warnings:
         extra["warnings"] = list(warnings)
+    if invalidation:
+        extra["invalidation"] = dict(invalidation)
+    if tags:
+        extra["tags"] = list(tags)
     if fmt == "json":
         return json_dumps(
             {**_json_result(result), "producedAt": produced_at, "watermark": watermark, **extra}
@@ -159,16 +166,28 @@ def encode_query_response(
 
 
 def encode_transaction_response(
-    results: Sequence[ResultSet], produced_at: int, fmt: WireFormat
+    results: Sequence[ResultSet],
+    produced_at: int,
+    fmt: WireFormat,
+    invalidation: Mapping[str, Any] | None = None,
 ) -> bytes:
-    """``{"results": [{"columns", "rows", "rowCount"}...], "producedAt"}``."""
+    """``{"results": [{"columns", "rows", "rowCount"}...], "producedAt"[, "invalidation"]}``;
+    ``invalidation`` names the purge that covers the transaction's writes (automatic
+    invalidation), so a caller can wait for it to be applied everywhere."""
+    tail: dict[str, Any] = {"invalidation": dict(invalidation)} if invalidation else {}
     if fmt == "json":
         return json_dumps(
-            {"results": [_json_result(r) for r in results], "producedAt": produced_at}
+            {"results": [_json_result(r) for r in results], "producedAt": produced_at, **tail}
         )
-    parts = [_PACKER.pack_map_header(2), _K_RESULTS, _PACKER.pack_array_header(len(results))]
+    parts = [
+        _PACKER.pack_map_header(2 + len(tail)),
+        _K_RESULTS,
+        _PACKER.pack_array_header(len(results)),
+    ]
     for result in results:
         parts.append(_PACKER.pack_map_header(3))
         parts.extend(_pack_result_entries(result))
     parts += [_K_PRODUCED_AT, packb(produced_at)]
+    for key, value in tail.items():
+        parts += [packb(key), packb(value)]
     return b"".join(parts)

@@ -80,8 +80,10 @@ def test_blocking_client_does_not_import_aiohttp() -> None:
 def test_public_names() -> None:
     assert sorted(cache_edge.client.__all__) == [
         "AsyncClient",
+        "Backoff",
         "CacheEdgeError",
         "CacheStrategy",
+        "ChangeEvent",
         "Client",
         "Column",
         "Info",

@@ -1,4 +1,5 @@
-"""Executor decisions with scripted fake connections: retry safety, coalescing, producedAt."""
+"""Executor decisions with scripted fake connections: retry safety, coalescing, producedAt,
+and how few round trips a statement costs."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from asyncpg import exceptions as pg
 from asyncpg.types import Attribute, Type
 
 from cache_edge.config import OriginConfig
-from cache_edge.errors import DatabaseUnavailable, QueryError
+from cache_edge.errors import DatabaseUnavailable, NotCacheable, QueryError
 from cache_edge.protocol import QueryRequest, Statement, TransactionRequest
 from cache_edge.wire import unpackb
 from origin.executor import Executor
@@ -20,23 +21,11 @@ from origin.executor import Executor
 INT4 = Type(oid=23, name="int4", kind="scalar", schema="pg_catalog")
 
 
-class FakeCursor:
-    def __init__(self, rows: list[tuple[Any, ...]], fail: BaseException | None) -> None:
-        self.rows = rows
-        self.fail = fail
-
-    async def fetch(self, n: int, timeout: float) -> list[tuple[Any, ...]]:
-        await asyncio.sleep(0.05)  # long enough for concurrent callers to pile up
-        if self.fail is not None:
-            raise self.fail
-        out, self.rows = self.rows[:n], self.rows[n:]
-        return out
-
-
 class FakeStatement:
     def __init__(self, conn: FakeConn, sql: str) -> None:
         self.conn = conn
         self.sql = sql
+        self._state = self  # what the executor hands to the protocol
 
     def get_parameters(self) -> tuple[Type, ...]:
         return (INT4,) * self.sql.count("$")
@@ -44,37 +33,105 @@ class FakeStatement:
     def get_attributes(self) -> tuple[Attribute, ...]:
         return (Attribute("n", INT4),) if self.sql.startswith("SELECT") else ()
 
-    def get_statusmsg(self) -> str:
-        return "INSERT 0 1"
 
-    async def fetch(self, *args: Any, timeout: float) -> list[Any]:
-        self.conn.log.append(("run", self.sql, args))
-        if self.conn.fail_at == "run":
-            raise self.conn.error
-        return []
+class FakeProtocol:
+    """The two protocol calls the executor uses: Bind+Execute(limit)+Sync, Execute(limit)."""
 
-    def cursor(self, *args: Any, timeout: float) -> Any:
-        self.conn.log.append(("run", self.sql, args))
-        fail = self.conn.error if self.conn.fail_at == "run" else None
+    def __init__(self, conn: FakeConn) -> None:
+        self.conn = conn
+        self.pending: list[tuple[Any, ...]] = []
 
-        async def make() -> FakeCursor:
-            return FakeCursor([(a,) for a in args], fail)
+    async def bind_execute(
+        self,
+        state: FakeStatement,
+        args: list[Any],
+        portal: str,
+        limit: int,
+        extra: bool,
+        timeout: float,
+    ) -> tuple[list[Any], bytes | None, bool]:
+        conn = self.conn
+        conn.log.append(("run", state.sql, tuple(args)))
+        await asyncio.sleep(0.05)  # long enough for concurrent callers to pile up
+        if conn.fail_at == "run" and conn.fail_count > 0:
+            conn.fail_count -= 1
+            raise conn.error
+        if conn.read_only_now() and state.sql.startswith(("INSERT", "SELECT nextval")):
+            raise pg.ReadOnlySQLTransactionError("cannot execute INSERT in a read-only transaction")
+        if not state.get_attributes():
+            return [], b"INSERT 0 1", True
+        self.pending = [(a,) for a in args] * conn.rows_per_arg
+        return self._take(limit)
 
-        return make()
+    async def execute(
+        self, state: FakeStatement, portal: str, limit: int, extra: bool, timeout: float
+    ) -> tuple[list[Any], bytes | None, bool]:
+        assert self.conn.in_tx, "a portal survives the Sync only inside a transaction block"
+        self.conn.log.append(("more", state.sql))
+        return self._take(limit)
+
+    def _take(self, limit: int) -> tuple[list[Any], bytes | None, bool]:
+        n = limit or len(self.pending)
+        out, self.pending = self.pending[:n], self.pending[n:]
+        if len(out) == n and limit:
+            return out, None, False  # PortalSuspended, as PostgreSQL answers an exact fit too
+        return out, f"SELECT {len(out)}".encode(), True
+
+
+class FakeSettings:
+    def __init__(self, conn: FakeConn) -> None:
+        self.conn = conn
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "default_transaction_read_only" and self.conn.reports_read_only:
+            return "on" if self.conn.session_ro else "off"
+        raise AttributeError(name)
 
 
 class FakeConn:
-    def __init__(self, fail_at: str | None = None, error: BaseException | None = None) -> None:
+    def __init__(
+        self,
+        fail_at: str | None = None,
+        error: BaseException | None = None,
+        *,
+        reports_read_only: bool = True,
+        rows_per_arg: int = 1,
+    ) -> None:
         self.fail_at = fail_at
+        self.fail_count = 1 if fail_at == "run" and error is not None else 99
         self.error = error or pg.ConnectionDoesNotExistError("connection was closed")
         self.log: list[Any] = []
         self.in_tx = False
+        self.tx_ro = False
+        self.session_ro = False
+        self.reports_read_only = reports_read_only
+        self.rows_per_arg = rows_per_arg
+        self.kept = False
+        self._protocol = FakeProtocol(self)
+
+    def read_only_now(self) -> bool:
+        return self.tx_ro if self.in_tx else self.session_ro
+
+    def get_settings(self) -> FakeSettings:
+        return FakeSettings(self)
+
+    def keep_session(self) -> None:
+        self.kept = True
+
+    def set_session_read_only(self, value: bool) -> None:
+        pass
 
     async def execute(self, sql: str, timeout: float) -> str:
         self.log.append(sql)
-        if self.fail_at == "begin" and sql.startswith("BEGIN"):
+        if self.fail_at == "begin" and sql.startswith(("BEGIN", "SET")):
             raise self.error
-        self.in_tx = sql.startswith("BEGIN")
+        if sql.startswith("SET default_transaction_read_only"):
+            self.session_ro = sql.endswith("on")
+        elif sql.startswith("BEGIN"):
+            self.in_tx = True
+            self.tx_ro = "READ ONLY" in sql
+        elif sql in ("COMMIT", "ROLLBACK"):
+            self.in_tx = False
         return sql
 
     async def prepare(self, sql: str, timeout: float) -> FakeStatement:
@@ -84,6 +141,7 @@ class FakeConn:
 
     async def fetchval(self, sql: str, *args: Any) -> Any:
         # Only EXPLAIN (the dependency probe) is run through fetchval.
+        self.log.append("EXPLAIN")
         return [{"Plan": {"Node Type": "Result", "Output": ["1"]}}]
 
     async def fetch(self, sql: str, *args: Any) -> list[Any]:
@@ -102,7 +160,9 @@ class FakePools:
         self.acquired = 0
 
     @asynccontextmanager
-    async def acquire(self, tenant: str) -> AsyncIterator[FakeConn]:
+    async def acquire(
+        self, tenant: str, read_only_session: bool = False
+    ) -> AsyncIterator[FakeConn]:
         self.acquired += 1
         yield self.conns.pop(0) if self.conns else FakeConn()
 
@@ -188,7 +248,7 @@ async def test_transaction_runs_statements_in_order_inside_one_transaction() -> 
         "serializable",
     )
     result = await executor(FakePools(conn)).transaction("acme", request)
-    assert conn.log[0] == "BEGIN ISOLATION LEVEL SERIALIZABLE"
+    assert conn.log[0] == "BEGIN ISOLATION LEVEL SERIALIZABLE READ WRITE"
     assert conn.log[-1] == "COMMIT"
     assert [r.row_count for r in result.results] == [1, 1]
 
@@ -200,3 +260,73 @@ async def test_transaction_failure_rolls_back_and_names_the_statement() -> None:
         await executor(FakePools(conn)).transaction("acme", request)
     assert info.value.extra["statementIndex"] == 0
     assert conn.log[-1] == "ROLLBACK"
+
+
+def runs(conn: FakeConn) -> list[Any]:
+    """The log without the statements' arguments: what went to the server, in order."""
+    return [e[0] if isinstance(e, tuple) else e for e in conn.log]
+
+
+async def test_a_small_read_is_one_round_trip_in_a_read_only_session() -> None:
+    conn = FakeConn()
+    ex = executor(FakePools(conn, conn))
+    await ex.query("acme", read())
+    # The session is switched to read-only once; EXPLAIN runs once per statement text.
+    assert runs(conn) == ["SET default_transaction_read_only = on", "EXPLAIN", "run"]
+    assert conn.kept  # only read: the pool may skip its reset
+    conn.log.clear()
+    result = await ex.query("acme", read())
+    assert runs(conn) == ["run"]
+    assert unpackb(b"\x91" + result.result.rows) == [[7]]
+
+
+async def test_a_read_that_writes_is_not_cacheable() -> None:
+    conn = FakeConn()
+    request = QueryRequest(Statement("INSERT INTO t VALUES ($1)", [1]), read_only=True)
+    with pytest.raises(NotCacheable):
+        await executor(FakePools(conn)).query("acme", request)
+    assert not conn.kept
+
+
+async def test_more_rows_than_one_chunk_are_read_again_in_a_read_only_block() -> None:
+    conn = FakeConn(rows_per_arg=1200)
+    result = await executor(FakePools(conn)).query("acme", read())
+    assert result.result.n_rows == 1200
+    assert runs(conn)[2:] == ["run", "BEGIN READ ONLY", "run", "more", "more", "COMMIT"]
+
+
+async def test_without_the_reported_setting_reads_run_in_a_read_only_block() -> None:
+    conn = FakeConn(reports_read_only=False)
+    await executor(FakePools(conn)).query("acme", read())
+    assert runs(conn) == ["EXPLAIN", "BEGIN READ ONLY", "run", "COMMIT"]
+    assert not conn.kept
+
+
+async def test_an_uncached_query_runs_read_only_and_a_writing_one_runs_again_read_write() -> None:
+    conn = FakeConn()
+    ex = executor(FakePools(conn, conn, conn))
+    plain = QueryRequest(Statement("SELECT $1", [1]), read_only=False)
+    await ex.query("acme", plain)
+    assert runs(conn) == ["SET default_transaction_read_only = on", "run"]
+    conn.log.clear()
+    writing = QueryRequest(Statement("SELECT nextval($1)", [1]), read_only=False)
+    result = await ex.query("acme", writing)
+    assert result.result.n_rows == 1
+    assert runs(conn) == ["run", "BEGIN READ WRITE", "run", "COMMIT"]
+    conn.log.clear()
+    await ex.query("acme", writing)  # remembered: no read-only try any more
+    assert runs(conn) == ["BEGIN READ WRITE", "run", "COMMIT"]
+
+
+async def test_forgotten_dependencies_are_explained_again() -> None:
+    conn = FakeConn()
+    ex = executor(FakePools(*[conn] * 4))
+    await ex.query("acme", read())
+    await ex.query("acme", read())
+    assert runs(conn).count("EXPLAIN") == 1
+    ex.forget_dependencies("globex")
+    await ex.query("acme", read())
+    assert runs(conn).count("EXPLAIN") == 1
+    ex.forget_dependencies("acme")
+    await ex.query("acme", read())
+    assert runs(conn).count("EXPLAIN") == 2

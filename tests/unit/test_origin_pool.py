@@ -9,7 +9,7 @@ import pytest
 
 from cache_edge.config import OriginConfig, Settings, TenantConfig
 from cache_edge.errors import DatabaseUnavailable, PoolTimeout
-from origin.pool import TenantPool, TenantPools
+from origin.pool import OriginConnection, TenantPool, TenantPools, _reset_session
 
 TENANT = TenantConfig("acme", (), "postgresql://app:hunter2@db.invalid/app", pool_max_size=2)
 
@@ -145,3 +145,51 @@ async def test_ping_reports_failure_without_raising() -> None:
     assert "acme" in pools and "other" not in pools
     assert await pools.ping("acme", timeout=0.5) is False
     await pools.close()
+
+
+class SessionConn:
+    """What the pool's session handling sees of a connection."""
+
+    def __init__(self, kept: bool = False, read_only: bool = False) -> None:
+        self.session_kept = kept
+        self.session_read_only = read_only
+        self.ran: list[str] = []
+
+    def get_reset_query(self) -> str:
+        return "RESET ALL;"
+
+    async def execute(self, sql: str, timeout: float | None = None) -> str:
+        self.ran.append(sql)
+        return sql
+
+    def set_session_read_only(self, value: bool) -> None:
+        self.session_read_only = value
+
+
+async def test_release_skips_the_reset_only_for_a_session_the_executor_kept() -> None:
+    kept = SessionConn(kept=True)
+    await _reset_session(kept)
+    assert kept.ran == [] and not kept.session_kept  # vouched for one request only
+    await _reset_session(kept)
+    assert kept.ran == ["RESET ALL;"]
+    fake = FakePool()
+    await _acquire_once(make(OriginConfig(), fake))
+    assert fake.kwargs["reset"] is _reset_session
+    assert fake.kwargs["connection_class"] is OriginConnection
+
+
+async def test_a_read_only_session_is_switched_back_for_everyone_but_the_executor() -> None:
+    conns = [SessionConn(read_only=True), SessionConn(read_only=True)]
+
+    class Lending(FakePool):
+        async def acquire(self, timeout: float) -> object:
+            self.lent += 1
+            return conns[self.lent - 1]
+
+    pool = make(OriginConfig(), Lending())
+    async with pool.acquire(read_only_session=True) as conn:
+        assert conn is conns[0] and conns[0].ran == []
+    async with pool.acquire() as conn:
+        assert conn is conns[1]
+        assert conns[1].ran == ["RESET default_transaction_read_only"]
+        assert conns[1].session_read_only is False
