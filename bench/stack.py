@@ -141,6 +141,7 @@ class Stack:
         pool_max_size: int = 10,
         node: dict[str, Any] | None = None,
         origin: dict[str, Any] | None = None,
+        tenant: dict[str, Any] | None = None,
         name: str = "cache-edge.toml",
     ) -> Path:
         """One TOML file for the origin and every node (listen, region, URLs come as flags)."""
@@ -154,6 +155,7 @@ class Stack:
                     "api_keys_sha256": [self.ctx.api_key_sha256],
                     "database_url": database_url,
                     "pool_max_size": pool_max_size,
+                    **(tenant or {}),  # e.g. auto_invalidation, change_streams
                 }
             ],
             "origin": {"pool_max_size": pool_max_size, **(origin or {})},

@@ -285,6 +285,12 @@ async def handle_metrics(request: web.Request) -> web.Response:
     metrics.coalesced.labels("region").set(stats.coalesced_region)
     metrics.refreshes.set(stats.refreshes)
     metrics.memory_hits.set(stats.memory_hits)
+    if STREAMS in request.app:
+        hub = request.app[STREAMS]
+        for tenant, (subscribers, received) in hub.stats().items():
+            metrics.stream_subscribers.labels(tenant).set(subscribers)
+            metrics.stream_events.labels(tenant).set(received)
+        metrics.stream_dropped.set(hub.dropped)
     memory = request.app[CACHE].memory
     if memory is not None:
         metrics.memory_bytes.set(memory.used_bytes)

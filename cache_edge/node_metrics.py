@@ -59,6 +59,23 @@ class NodeMetrics:
         self.memory_entries = Gauge(
             "cache_edge_node_memory_entries", "Entries in the hot tier", registry=self.registry
         )
+        self.stream_subscribers = Gauge(
+            "cache_edge_node_stream_subscribers",
+            "Open change-stream subscriptions of this process",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.stream_events = Gauge(
+            "cache_edge_node_stream_events_received",
+            "Change events this process received from the origin (one feed per tenant)",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.stream_dropped = Gauge(
+            "cache_edge_node_stream_subscribers_dropped",
+            "Subscribers cut off for falling behind (subscriber_too_slow)",
+            registry=self.registry,
+        )
         self.info = Gauge(
             "cache_edge_node_info", "Node identity", ["region"], registry=self.registry
         )

@@ -211,10 +211,15 @@ class StreamHub:
         self._buffer = buffer
         self._ring = ring
         self._feeds: dict[str, _Feed] = {}
+        self._received: dict[str, int] = {}  # events received per tenant, feeds come and go
+        self.dropped = 0  # subscribers cut off as too slow
 
     def stats(self) -> dict[str, tuple[int, int]]:
-        """tenant -> (subscribers, events received) of this process."""
-        return {t: (len(f.subscribers), f.events) for t, f in self._feeds.items()}
+        """tenant -> (subscribers now, events received so far) of this process."""
+        out = {t: (0, n) for t, n in self._received.items()}
+        for t, f in self._feeds.items():
+            out[t] = (len(f.subscribers), self._received.get(t, 0) + f.events)
+        return out
 
     @contextlib.asynccontextmanager
     async def subscribe(
@@ -250,10 +255,13 @@ class StreamHub:
         finally:
             catch_up.cancel()
             feed.subscribers.discard(sub)
+            if isinstance(sub.closed, SubscriberTooSlow):
+                self.dropped += 1
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await catch_up
             if not feed.subscribers and feed.task is not None:
                 feed.task.cancel()
+                self._received[tenant] = self._received.get(tenant, 0) + feed.events
                 self._feeds.pop(tenant, None)
 
     async def _catch_up(

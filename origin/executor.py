@@ -87,6 +87,15 @@ class _Progress:
         self.started = True
 
 
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """A prepared statement with its arguments coerced to its parameter types."""
+
+    prepared: Any
+    args: list[Any]
+    attributes: tuple[Any, ...]  # result columns; none for a command without rows
+
+
 def _columns(attributes: Sequence[Any]) -> list[dict[str, str]]:
     return [{"name": a.name, "type": type_name(a.type)} for a in attributes]
 
@@ -180,8 +189,7 @@ class Executor:
     async def _rows(
         self,
         conn: asyncpg.Connection,
-        prepared: Any,
-        args: list[Any],
+        bound: _Bound,
         budget: SizeBudget,
         progress: _Progress,
         *,
@@ -194,7 +202,7 @@ class Executor:
         outside one it is gone, so more rows than one chunk give None (run it in a block).
         Returns the result and the command tag.
         """
-        attributes = prepared.get_attributes()
+        prepared, args, attributes = bound.prepared, bound.args, bound.attributes
         if not progress.started:
             progress.start(self._clock)
         if not attributes:
@@ -213,33 +221,30 @@ class Executor:
     async def _read_rows(
         self,
         conn: asyncpg.Connection,
-        prepared: Any,
-        args: list[Any],
+        bound: _Bound,
         progress: _Progress,
         begin: str,
+        read_only_session: bool,
     ) -> tuple[ResultSet, str]:
         """A read: one round trip in a read-only session when the rows fit one chunk, else
         the whole statement again in a ``begin`` transaction block."""
-        if await self._read_only_session(conn):
+        if read_only_session:
             budget = SizeBudget(self._max_bytes)
-            found = await self._rows(conn, prepared, args, budget, progress, in_block=False)
+            found = await self._rows(conn, bound, budget, progress, in_block=False)
             if found is not None:
                 return found
-        return await self._in_block(
-            conn, begin, prepared, args, SizeBudget(self._max_bytes), progress
-        )
+        return await self._in_block(conn, begin, bound, SizeBudget(self._max_bytes), progress)
 
     async def _in_block(
         self,
         conn: asyncpg.Connection,
         begin: str,
-        prepared: Any,
-        args: list[Any],
+        bound: _Bound,
         budget: SizeBudget,
         progress: _Progress,
     ) -> tuple[ResultSet, str]:
         async def run() -> tuple[ResultSet, str]:
-            found = await self._rows(conn, prepared, args, budget, progress, in_block=True)
+            found = await self._rows(conn, bound, budget, progress, in_block=True)
             assert found is not None  # in a block every chunk is read
             return found
 
@@ -264,12 +269,13 @@ class Executor:
 
     async def _prepare(
         self, conn: asyncpg.Connection, stmt: Statement, fresh: bool = False
-    ) -> tuple[Any, list[Any]]:
+    ) -> _Bound:
         if fresh:
             prepared = await conn.prepare(stmt.sql, timeout=self._timeout)
         else:
             prepared = await _cached_prepare(conn, stmt.sql, self._timeout)
-        return prepared, coerce_params(stmt.params, prepared.get_parameters())
+        args = coerce_params(stmt.params, prepared.get_parameters())
+        return _Bound(prepared, args, prepared.get_attributes())
 
     async def _in_transaction(
         self, conn: asyncpg.Connection, begin: str, work: Callable[[], Awaitable[T]]
@@ -286,10 +292,10 @@ class Executor:
     async def _read(
         self, conn: asyncpg.Connection, tenant: str, stmt: Statement, progress: _Progress
     ) -> QueryResult:
-        prepared, args = await self._prepare(conn, stmt, progress.fresh)
-        await self._read_only_session(conn)  # before EXPLAIN too, though it runs nothing
-        deps = await self._dependencies(conn, tenant, stmt.sql, args)
-        result, tag = await self._read_rows(conn, prepared, args, progress, "BEGIN READ ONLY")
+        bound = await self._prepare(conn, stmt, progress.fresh)
+        read_only = await self._read_only_session(conn)  # before EXPLAIN too (it runs nothing)
+        deps = await self._dependencies(conn, tenant, stmt.sql, bound.args)
+        result, tag = await self._read_rows(conn, bound, progress, "BEGIN READ ONLY", read_only)
         _keep_session_if_untouched(conn, stmt.sql, tag)
         return QueryResult(result, progress.produced_at, dependencies=deps)
 
@@ -319,8 +325,8 @@ class Executor:
     async def _write(
         self, conn: asyncpg.Connection, tenant: str, stmt: Statement, progress: _Progress
     ) -> QueryResult:
-        prepared, args = await self._prepare(conn, stmt, progress.fresh)
-        has_rows = bool(prepared.get_attributes())
+        bound = await self._prepare(conn, stmt, progress.fresh)
+        has_rows = bool(bound.attributes)
         key = (tenant, stmt.sql)
         # Most uncached statements are plain SELECTs: try it read-only in one round trip.
         # A write fails there before changing anything, and runs below (remembered).
@@ -331,9 +337,7 @@ class Executor:
             and await self._read_only_session(conn)
         ):
             try:
-                result, tag = await self._read_rows(
-                    conn, prepared, args, progress, "BEGIN READ WRITE"
-                )
+                result, tag = await self._read_rows(conn, bound, progress, "BEGIN READ WRITE", True)
             except asyncpg.ReadOnlySQLTransactionError:
                 if len(self._writers) >= _MAX_REMEMBERED:
                     self._writers.clear()
@@ -347,14 +351,12 @@ class Executor:
             if getattr(conn, "session_read_only", False) is True:
                 await conn.execute("RESET default_transaction_read_only", timeout=self._timeout)
                 conn.set_session_read_only(False)
-            found = await self._rows(conn, prepared, args, budget, progress, in_block=True)
+            found = await self._rows(conn, bound, budget, progress, in_block=True)
             assert found is not None
             result = found[0]
         else:
             # In a block: a refused oversized RETURNING also undoes the write.
-            result, _ = await self._in_block(
-                conn, "BEGIN READ WRITE", prepared, args, budget, progress
-            )
+            result, _ = await self._in_block(conn, "BEGIN READ WRITE", bound, budget, progress)
         return QueryResult(result, progress.produced_at)
 
     async def _transaction(
@@ -366,8 +368,8 @@ class Executor:
             results = []
             for index, stmt in enumerate(request.statements):
                 progress.statement_index = index
-                prepared, args = await self._prepare(conn, stmt, progress.fresh)
-                found = await self._rows(conn, prepared, args, budget, progress, in_block=True)
+                bound = await self._prepare(conn, stmt, progress.fresh)
+                found = await self._rows(conn, bound, budget, progress, in_block=True)
                 assert found is not None
                 results.append(found[0])
             progress.statement_index = None  # a failing COMMIT belongs to no single statement

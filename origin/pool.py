@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -166,6 +166,9 @@ class TenantPool:
                 "origin (max_concurrency); retry shortly",
                 retry_after=1.0,
             )
+        if not self._slots.locked():
+            await self._slots.acquire()  # a permit is free: no waiting, no timer
+            return
         self._waiting += 1
         try:
             async with asyncio.timeout(self._origin.pool_timeout):
@@ -179,18 +182,21 @@ class TenantPool:
         finally:
             self._waiting -= 1
 
-    @asynccontextmanager
-    async def acquire(
+    def acquire(
         self, *, read_only_session: bool = False
-    ) -> AsyncIterator[asyncpg.Connection]:
+    ) -> AbstractAsyncContextManager[asyncpg.Connection]:
         """A connection; its session as the database configures it unless the caller (the
         executor) accepts one whose transactions are read-only by default."""
+        return _Lease(self, read_only_session)
+
+    async def _lend(self, read_only_session: bool) -> tuple[Any, asyncpg.Connection]:
         await self._wait_for_slot()
         try:
             pool = await self._get_pool()
             try:
                 # We hold a permit, so a pool slot is free: this waits only on (re)connecting.
-                conn = await pool.acquire(timeout=self._origin.connect_timeout + 1.0)
+                async with asyncio.timeout(self._origin.connect_timeout + 1.0):
+                    conn = await pool.acquire()
             except TimeoutError:
                 raise DatabaseUnavailable(
                     f"could not connect to the database within {self._origin.connect_timeout} s",
@@ -200,25 +206,26 @@ class TenantPool:
             self._slots.release()
             raise
         self._in_use += 1
-        try:
-            if not read_only_session and getattr(conn, "session_read_only", False) is True:
+        if not read_only_session and getattr(conn, "session_read_only", False) is True:
+            try:
                 await conn.execute("RESET default_transaction_read_only", timeout=_RESET_TIMEOUT)
                 conn.set_session_read_only(False)
-            yield conn
-        finally:
-            self._in_use -= 1
-            # The permit comes back only once the connection is back in asyncpg's pool;
-            # shield the release so a cancelled request cannot leak the connection.
-            release = asyncio.ensure_future(self._release(pool, conn))
-            release.add_done_callback(lambda _task: self._slots.release())
-            await asyncio.shield(release)
+            except BaseException:
+                await self._return(pool, conn)
+                raise
+        return pool, conn
 
-    async def _release(self, pool: Any, conn: asyncpg.Connection) -> None:
+    async def _return(self, pool: Any, conn: asyncpg.Connection) -> None:
+        self._in_use -= 1
         try:
+            # asyncpg shields the release itself: a cancelled request cannot leak the
+            # connection (its permit then comes back while the release finishes).
             await pool.release(conn, timeout=_RELEASE_TIMEOUT)
         except Exception as exc:
             # asyncpg already terminated the connection; its slot reconnects on next use.
             log.warning("pool_release_failed", tenant=self.tenant.id, error=type(exc).__name__)
+        finally:
+            self._slots.release()
 
     async def close(self, timeout: float = 10.0) -> None:
         pool, self._pool = self._pool, None
@@ -228,6 +235,25 @@ class TenantPool:
             await asyncio.wait_for(pool.close(), timeout)
         except Exception:
             pool.terminate()
+
+
+class _Lease:
+    """``async with pool.acquire() as conn``: a class, not a generator, as it runs per query."""
+
+    __slots__ = ("_conn", "_owner", "_pool", "_read_only_session")
+
+    def __init__(self, owner: TenantPool, read_only_session: bool) -> None:
+        self._owner = owner
+        self._read_only_session = read_only_session
+        self._pool: Any = None
+        self._conn: Any = None
+
+    async def __aenter__(self) -> asyncpg.Connection:
+        self._pool, self._conn = await self._owner._lend(self._read_only_session)
+        return self._conn
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._owner._return(self._pool, self._conn)
 
 
 class TenantPools:

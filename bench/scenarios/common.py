@@ -95,9 +95,10 @@ def start_edge(
     nodes_per_region: int = 1,
     pool_max_size: int = 10,
     node: dict[str, Any] | None = None,
+    tenant: dict[str, Any] | None = None,
 ) -> Edge:
     """An origin, and per region a private Redis and ``nodes_per_region`` nodes sharing it."""
-    config = st.config(database_url, pool_max_size=pool_max_size, node=node)
+    config = st.config(database_url, pool_max_size=pool_max_size, node=node, tenant=tenant)
     st.ctx.step("starting origin and node(s)")
     edge = Edge(st.origin(config))
     for region in regions:

@@ -10,11 +10,8 @@ next read returns.
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,7 +19,9 @@ import asyncpg
 import pytest
 import redis
 
-from tests.conftest import API_KEY_A, API_KEY_B, PG_ADMIN_DSN, REDIS_URL, dsn_for, make_settings_doc
+from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
+from tests.integration.capture_helpers import captured as capture_read_all
+from tests.integration.capture_helpers import execute, origin_cli, prepare_database
 from tests.integration.node_helpers import Reply, marker, post
 from tests.integration.stack import Stack
 
@@ -41,40 +40,11 @@ INSERT INTO auto_items VALUES (1, 1, 5), (2, 2, 50);
 """
 
 
-async def _prepare_database() -> None:
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", AUTO_DB):
-            await admin.execute(f'CREATE DATABASE "{AUTO_DB}"')
-        # Slots left by an interrupted earlier run would keep WAL forever: drop them.
-        for slot in await admin.fetch(
-            "SELECT slot_name FROM pg_replication_slots WHERE database = $1 AND NOT active",
-            AUTO_DB,
-        ):
-            await admin.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(dsn_for(AUTO_DB))
-    try:
-        await conn.execute(SCHEMA)
-    finally:
-        await conn.close()
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cache_edge.cli", "origin", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
 ) -> Iterator[Stack]:
-    asyncio.run(_prepare_database())
+    asyncio.run(prepare_database(AUTO_DB, SCHEMA))
     for url in (REGION_A_REDIS, REGION_B_REDIS):
         redis.Redis.from_url(url).flushdb()
     doc = make_settings_doc(
@@ -84,7 +54,7 @@ def world(
     tenants[0]["auto_invalidation"] = True
     tenants[1]["auto_invalidation"] = True  # opted in, never set up: must say so
     st = Stack(tmp_path_factory.mktemp("auto"), doc)
-    setup = _cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
+    setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
     assert setup.returncode == 0, setup.stderr
     assert "automatic invalidation is set up for tenant 'acme'" in setup.stdout
     st.start_origin()
@@ -94,7 +64,7 @@ def world(
         yield st
     finally:
         st.stop_all()
-        removed = _cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
+        removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
         assert removed.returncode == 0, removed.stderr
 
 
@@ -144,22 +114,9 @@ async def captured(http: aiohttp.ClientSession, st: Stack) -> None:
     The capture confirms its slot only after recording the purge, so once the slot's
     confirmed position passes the current WAL position the newest purge covers our writes.
     """
+    await capture_read_all(AUTO_DB)
     conn = await asyncpg.connect(dsn_for(AUTO_DB))
     try:
-        target = await conn.fetchval("SELECT pg_current_wal_lsn()")
-        for _ in range(300):
-            confirmed = await conn.fetchval(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots "
-                "WHERE database = $1 AND slot_name LIKE 'cache_edge_acme_%'",
-                AUTO_DB,
-            )
-            if confirmed is not None and confirmed >= target:
-                break
-            await asyncio.sleep(0.02)
-        else:
-            raise AssertionError(
-                f"capture never reached {target}: at {confirmed}\n{st.dump_logs()}"
-            )
         inv_id = await conn.fetchval(
             "SELECT id::text FROM cache_edge.invalidations ORDER BY seq DESC LIMIT 1"
         )
@@ -170,11 +127,7 @@ async def captured(http: aiohttp.ClientSession, st: Stack) -> None:
 
 async def direct(sql: str, *args: Any) -> None:
     """A write that bypasses cache-edge entirely (another service, psql, a migration)."""
-    conn = await asyncpg.connect(dsn_for(AUTO_DB))
-    try:
-        await conn.execute(sql, *args)
-    finally:
-        await conn.close()
+    await execute(AUTO_DB, sql, *args)
 
 
 def rows_of(replies: list[Reply]) -> list[Any]:
@@ -394,5 +347,5 @@ async def test_tenant_opted_in_without_setup_is_told(
 
 
 def test_setup_refuses_an_unknown_tenant(world: Stack) -> None:
-    out = _cli(world.config, "setup-auto-invalidation", "--tenant", "nobody")
+    out = origin_cli(world.config, "setup-auto-invalidation", "--tenant", "nobody")
     assert out.returncode == 2 and "no tenant 'nobody'" in out.stderr

@@ -10,11 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -22,10 +19,20 @@ import asyncpg
 import pytest
 import redis
 
-from tests.conftest import API_KEY_A, API_KEY_B, PG_ADMIN_DSN, REDIS_URL, dsn_for, make_settings_doc
+from tests.conftest import (
+    API_KEY_A,
+    API_KEY_B,
+    REDIS_URL,
+    dsn_for,
+    make_settings_doc,
+    sha,
+)
+from tests.integration.capture_helpers import captured, execute, origin_cli, prepare_database
 from tests.integration.stack import Stack
 
 STREAM_DB = "cache_edge_streams"
+STREAM_DB_B = "cache_edge_streams_b"  # globex's own database
+API_KEY_C = "ce_test_key_tenant_c_no_streams"
 REGION_A_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
 REGION_B_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
 BUFFER = 200  # events a subscriber may fall behind before it is cut off (node.stream_buffer)
@@ -37,51 +44,29 @@ CREATE TABLE s_other (id int PRIMARY KEY, pad text);
 """
 
 
-async def _prepare_database() -> None:
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", STREAM_DB):
-            await admin.execute(f'CREATE DATABASE "{STREAM_DB}"')
-        for slot in await admin.fetch(
-            "SELECT slot_name FROM pg_replication_slots WHERE database = $1 AND NOT active",
-            STREAM_DB,
-        ):
-            await admin.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
-    finally:
-        await admin.close()
-    conn = await asyncpg.connect(dsn_for(STREAM_DB))
-    try:
-        await conn.execute(SCHEMA)
-    finally:
-        await conn.close()
-
-
-def _cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cache_edge.cli", "origin", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
 ) -> Iterator[Stack]:
-    asyncio.run(_prepare_database())
+    for name in (STREAM_DB, STREAM_DB_B):
+        asyncio.run(prepare_database(name, SCHEMA))
     for url in (REGION_A_REDIS, REGION_B_REDIS):
         redis.Redis.from_url(url).flushdb()
     doc = make_settings_doc(
         dsn_for(STREAM_DB),
-        pg_databases[1],
+        dsn_for(STREAM_DB_B),
         node={"redis_url": REGION_A_REDIS, "stream_buffer": BUFFER, "stream_heartbeat": 1.0},
     )
     tenants: list[dict[str, Any]] = doc["tenants"]  # type: ignore[assignment]
     tenants[0]["change_streams"] = True
+    tenants[1]["change_streams"] = True
+    tenants.append(
+        {"id": "initech", "api_keys_sha256": [sha(API_KEY_C)], "database_url": pg_databases[1]}
+    )
     st = Stack(tmp_path_factory.mktemp("streams"), doc)
-    setup = _cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
-    assert setup.returncode == 0, setup.stderr
+    for tenant in ("acme", "globex"):
+        setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", tenant)
+        assert setup.returncode == 0, setup.stderr
     st.start_origin()
     st.start_node(region="region-a", redis_url=REGION_A_REDIS)
     st.start_node(region="region-b", redis_url=REGION_B_REDIS)
@@ -89,8 +74,9 @@ def world(
         yield st
     finally:
         st.stop_all()
-        removed = _cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
-        assert removed.returncode == 0, removed.stderr
+        for tenant in ("acme", "globex"):
+            removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", tenant)
+            assert removed.returncode == 0, removed.stderr
 
 
 def _nodes(st: Stack) -> list[str]:
@@ -155,7 +141,8 @@ async def subscribe(
         headers: dict[str, str] | None = None,
     ) -> Subscriber:
         if "cursor" not in query and not headers:
-            await captured()  # starts after everything committed so far (earlier tests' too)
+            # Start after everything committed so far (earlier tests' writes too).
+            await captured(*((STREAM_DB_B, "globex") if key == API_KEY_B else (STREAM_DB, "acme")))
         resp = await http.get(
             f"{url}/v1/stream?{query}",
             headers={"Authorization": f"Bearer {key}", **(headers or {})},
@@ -174,31 +161,8 @@ async def subscribe(
         resp.close()
 
 
-async def captured() -> None:
-    """Wait until the capture has read everything committed so far."""
-    conn = await asyncpg.connect(dsn_for(STREAM_DB))
-    try:
-        target = await conn.fetchval("SELECT pg_current_wal_lsn()")
-        for _ in range(300):
-            confirmed = await conn.fetchval(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots "
-                "WHERE database = $1 AND slot_name LIKE 'cache_edge_acme_%'",
-                STREAM_DB,
-            )
-            if confirmed is not None and confirmed >= target:
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError(f"the capture never reached {target}")
-    finally:
-        await conn.close()
-
-
 async def db(sql: str, *args: Any) -> None:
-    conn = await asyncpg.connect(dsn_for(STREAM_DB))
-    try:
-        await conn.execute(sql, *args)
-    finally:
-        await conn.close()
+    await execute(STREAM_DB, sql, *args)
 
 
 async def test_changes_arrive_in_commit_order_in_both_regions(world: Stack, subscribe: Any) -> None:
@@ -332,7 +296,7 @@ async def test_bad_requests_get_clear_errors(world: Stack, subscribe: Any) -> No
         ("tables=public.s_orders&cursor=nonsense", API_KEY_A, 400, "bad_request"),
         ("tables=public.s_orders&cursor=0000000000000001-00000000", API_KEY_A, 410, "stream_gap"),
         ("tables=public.s_orders", "ce_wrong_key", 401, "unauthorized"),
-        ("tables=public.s_orders", API_KEY_B, 409, "capture_unavailable"),
+        ("tables=public.s_orders", API_KEY_C, 409, "capture_unavailable"),
     ]
     for query, key, status, code in cases:
         sub = await subscribe(url, query, key)
@@ -348,3 +312,25 @@ async def test_idle_streams_get_keepalives(world: Stack, subscribe: Any) -> None
     with pytest.raises(TimeoutError):
         await sub.next(timeout=2.5)
     assert sub.comments >= 1  # ": keepalive" every stream_heartbeat (1 s here)
+
+
+async def test_tenants_see_only_their_own_database(world: Stack, subscribe: Any) -> None:
+    url = _nodes(world)[0]
+    acme = await subscribe(url)
+    globex = await subscribe(url, key=API_KEY_B)
+    await db("INSERT INTO s_orders VALUES (7001, 1, 'acme row')")
+    conn = await asyncpg.connect(dsn_for(STREAM_DB_B))
+    try:
+        await conn.execute("INSERT INTO s_orders VALUES (7002, 2, 'globex row')")
+    finally:
+        await conn.close()
+    (a,) = await acme.changes(1)
+    (g,) = await globex.changes(1)
+    assert a.data["new"]["note"] == "acme row" and g.data["new"]["note"] == "globex row"
+    with pytest.raises(TimeoutError):
+        await acme.changes(1, timeout=1.0)  # globex's row never reaches acme
+    async with aiohttp.ClientSession() as http, http.get(url + "/metrics") as resp:
+        text = await resp.text()
+    assert 'cache_edge_node_stream_subscribers{tenant="acme"} 1.0' in text
+    assert 'cache_edge_node_stream_subscribers{tenant="globex"} 1.0' in text
+    await db("DELETE FROM s_orders WHERE id = 7001")

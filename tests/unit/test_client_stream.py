@@ -462,3 +462,18 @@ def test_stream_validates_its_arguments_before_connecting() -> None:
         db.stream("public.t")
     with pytest.raises(ValueError):
         db.stream(["public.t"], idle_timeout=0)
+
+
+def test_cli_formats_one_readable_line_per_event() -> None:
+    from cache_edge.stream_cli import format_event
+
+    update = change_from_sse(SSEEvent("change", json.dumps(CHANGE)))
+    assert format_event(update) == (
+        '2026-11-25T01:16:19.123Z update public.orders {"id":7,"total":"12.50","status":"paid",'
+        '"tags":["a"],"doc":{"k":null}} old_key={"id":7} unchanged=blob xid=812 '
+        "cursor=00000000032D5858-00000001"
+    )
+    data = {"cursor": "C", "table": "public.t", "op": "truncate", "xid": None}
+    assert format_event(change_from_sse(SSEEvent("change", json.dumps(data)))) == (
+        "- truncate public.t xid=- cursor=C"
+    )

@@ -33,7 +33,7 @@ class FakePool:
             raise ConnectionRefusedError(111, "refused")
         return self
 
-    async def acquire(self, timeout: float) -> object:
+    async def acquire(self, timeout: float | None = None) -> object:
         async with asyncio.timeout(timeout):  # as asyncpg does
             await asyncio.sleep(self.connect_delay)
         self.lent += 1
@@ -182,7 +182,7 @@ async def test_a_read_only_session_is_switched_back_for_everyone_but_the_executo
     conns = [SessionConn(read_only=True), SessionConn(read_only=True)]
 
     class Lending(FakePool):
-        async def acquire(self, timeout: float) -> object:
+        async def acquire(self, timeout: float | None = None) -> object:
             self.lent += 1
             return conns[self.lent - 1]
 

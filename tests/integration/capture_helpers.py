@@ -1,0 +1,70 @@
+"""Databases with WAL capture (automatic invalidation, change streams) for integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from tests.conftest import PG_ADMIN_DSN, dsn_for
+
+
+async def prepare_database(name: str, schema: str) -> None:
+    """Create ``name`` if needed, drop slots an interrupted earlier run left (they would keep
+    WAL forever), and run ``schema``."""
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        for slot in await admin.fetch(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = $1 AND NOT active", name
+        ):
+            await admin.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
+    finally:
+        await admin.close()
+    await execute(name, schema)
+
+
+async def execute(database: str, sql: str, *args: Any) -> None:
+    """A statement on its own connection: a write that bypasses cache-edge entirely."""
+    conn = await asyncpg.connect(dsn_for(database))
+    try:
+        await conn.execute(sql, *args)
+    finally:
+        await conn.close()
+
+
+def origin_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``cache-edge origin <args> --config <config>``, e.g. setup-auto-invalidation."""
+    return subprocess.run(
+        [sys.executable, "-m", "cache_edge.cli", "origin", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def captured(database: str, tenant: str = "acme") -> None:
+    """Wait until the tenant's capture has read (and acted on) everything committed so far:
+    it confirms its slot only after its sinks handled what it read."""
+    conn = await asyncpg.connect(dsn_for(database))
+    try:
+        target = await conn.fetchval("SELECT pg_current_wal_lsn()")
+        confirmed = None
+        for _ in range(500):
+            confirmed = await conn.fetchval(
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots "
+                "WHERE database = $1 AND slot_name LIKE $2",
+                database,
+                f"cache_edge\\_{tenant}\\_%",
+            )
+            if confirmed is not None and confirmed >= target:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"the capture never reached {target} (at {confirmed})")
+    finally:
+        await conn.close()
