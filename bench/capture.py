@@ -60,11 +60,17 @@ def capture_tenant(st: Stack, flags: dict[str, Any]) -> Iterator[None]:
         raise ProcessFailed(f"setup-auto-invalidation failed:\n{done.stderr[-1500:]}")
     try:
         yield
-    finally:
-        st.stop_all()  # the origin reads the slot: stop it before the slot is dropped
-        removed = _setup_cli(ctx, config, "remove-auto-invalidation")
-        if removed.returncode != 0:
-            raise ProcessFailed(f"remove-auto-invalidation failed:\n{removed.stderr[-1500:]}")
+    except BaseException:
+        _remove(st, config, strict=False)  # the scenario's own error is the one to see
+        raise
+    _remove(st, config, strict=True)
+
+
+def _remove(st: Stack, config: str, strict: bool) -> None:
+    st.stop_all()  # the origin reads the slot: stop it before the slot is dropped
+    removed = _setup_cli(st.ctx, config, "remove-auto-invalidation")
+    if removed.returncode != 0 and strict:
+        raise ProcessFailed(f"remove-auto-invalidation failed:\n{removed.stderr[-1500:]}")
 
 
 def table(dsn: str, ddl: str) -> None:

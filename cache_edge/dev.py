@@ -20,7 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from cache_edge.config import redact_dsn
 from cache_edge.devtools.check import check_region, format_checks
-from cache_edge.devtools.config_file import load_or_make_secrets, write_config
+from cache_edge.devtools.config_file import DEMO_TENANT, load_or_make_secrets, write_config
 from cache_edge.devtools.delay_relay import DelayRelay
 from cache_edge.devtools.demo_db import ensure_demo_database
 from cache_edge.devtools.processes import Child, ChildFailed, port_in_use, wait_healthy
@@ -98,6 +98,44 @@ class Region:
     redis_url: str
 
 
+async def _set_up_capture(database_url: str, notes: list[str]) -> bool:
+    """Automatic invalidation and change streams for the demo tenant, where PostgreSQL can."""
+    import asyncpg
+
+    from cache_edge.errors import CaptureUnavailable
+    from origin.auto_setup import setup
+
+    try:
+        conn = await asyncpg.connect(database_url, timeout=5)
+        try:
+            await setup(conn, DEMO_TENANT)
+        finally:
+            await conn.close()
+    except CaptureUnavailable as exc:
+        notes.append(f"automatic invalidation and change streams are off: {exc.message}")
+        return False
+    except (OSError, asyncpg.PostgresError) as exc:
+        notes.append(f"automatic invalidation and change streams are off: {exc}")
+        return False
+    return True
+
+
+async def _remove_capture(database_url: str) -> None:
+    """A slot nobody reads keeps WAL for ever: a stopped dev world must not leave one."""
+    import asyncpg
+
+    from origin.auto_setup import remove
+
+    try:
+        conn = await asyncpg.connect(database_url, timeout=5)
+        try:
+            await remove(conn, DEMO_TENANT)
+        finally:
+            await conn.close()
+    except (OSError, asyncpg.PostgresError):
+        pass  # the server is gone already (a private one stops with us)
+
+
 class DevStack:
     """Everything ``cache-edge dev`` started, so it can all be stopped in reverse order."""
 
@@ -114,6 +152,7 @@ class DevStack:
         self.database_url = ""
         self.api_key = ""
         self.notes: list[str] = []
+        self.captured = False
 
     async def start(self) -> None:
         opts = self.opts
@@ -133,7 +172,15 @@ class DevStack:
         keys = load_or_make_secrets(opts.workdir)
         self.api_key = keys.api_key
         origin_url = f"http://{HOST}:{opts.base_port}"
-        write_config(self.config, keys, self.database_url, f"{HOST}:{opts.base_port}", origin_url)
+        self.captured = await _set_up_capture(self.database_url, self.notes)
+        write_config(
+            self.config,
+            keys,
+            self.database_url,
+            f"{HOST}:{opts.base_port}",
+            origin_url,
+            captured=self.captured,
+        )
 
         self.origin = self._child("origin", ["origin", "--listen", f"{HOST}:{opts.base_port}"])
         await wait_healthy(self.origin, origin_url + "/healthz")
@@ -172,6 +219,8 @@ class DevStack:
             await relay.close()
         if self.origin is not None:
             await self.origin.stop()
+        if self.captured:
+            await _remove_capture(self.database_url)
         for service in (self.redis, self.pg):
             if service is not None and service.child is not None:
                 await service.child.stop()
@@ -205,8 +254,16 @@ def render_banner(stack: DevStack) -> str:
         f'-H \'Content-Type: application/json\' -d \'{{"sql": "{sql}", "params": [7], '
         '"cacheStrategy": {"ttl": 60}}\'',
         f"    cache-edge query --url {first} --api-key {stack.api_key} --ttl 60 '{sql}' 7",
-        rule,
     ]
+    if stack.captured:
+        lines += [
+            "",
+            "  Automatic invalidation is on: change a product in psql and query again;",
+            "  watch row changes live in another terminal:",
+            f"    cache-edge stream --url {first} --api-key {stack.api_key} "
+            "--table public.products",
+        ]
+    lines.append(rule)
     return "\n".join(lines)
 
 

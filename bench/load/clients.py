@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from bench.load.capture import run_autoinv, run_sse
 from bench.load.rawhttp import Connection, build_get, build_request
 from bench.load.stats import summarize
 
@@ -302,4 +303,6 @@ RUNNERS: dict[str, Callable[[dict[str, Any]], Coroutine[Any, Any, dict[str, Any]
     "http": run_http,
     "burst": run_burst,
     "purge": run_purges,
+    "autoinv": run_autoinv,  # bench.load.capture: invalidation lag, SSE subscribers
+    "sse": run_sse,
 }

@@ -6,7 +6,19 @@ from collections.abc import Callable
 from types import ModuleType
 
 from bench.context import Context
-from bench.scenarios import heavy, hit, memory, miss, purge, stampede, storm, wan, workers
+from bench.scenarios import (
+    autoinv,
+    heavy,
+    hit,
+    memory,
+    miss,
+    purge,
+    stampede,
+    storm,
+    stream,
+    wan,
+    workers,
+)
 from bench.scenarios.base import ScenarioResult
 
 __all__ = ["SCENARIOS", "Runner"]
@@ -22,6 +34,8 @@ SCENARIOS: dict[str, ModuleType] = {
     "stampede": stampede,
     "wan": wan,
     "purge": purge,
+    "autoinv": autoinv,
+    "stream": stream,
     "memory": memory,
     "workers": workers,
 }

@@ -44,7 +44,12 @@ def toml_string(value: str) -> str:
 
 
 def write_config(
-    path: Path, keys: DevSecrets, database_url: str, origin_listen: str, origin_url: str
+    path: Path,
+    keys: DevSecrets,
+    database_url: str,
+    origin_listen: str,
+    origin_url: str,
+    captured: bool = False,
 ) -> None:
     """Write the one config file that the origin and every node read (regions come as flags)."""
     lines = [
@@ -57,6 +62,7 @@ def write_config(
         f"id = {toml_string(DEMO_TENANT)}",
         f"api_keys_sha256 = [{toml_string(keys.api_key_sha256)}]",
         f"database_url = {toml_string(database_url)}",
+        *(["auto_invalidation = true", "change_streams = true"] if captured else []),
         "",
         "[origin]",
         f"listen = {toml_string(origin_listen)}",

@@ -159,7 +159,8 @@ async def _start_private_postgres(workdir: Path, logs: Path) -> Service:
     cmd = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data)]
     child = Child(
         "postgres",
-        [*cmd, "-c", "listen_addresses=127.0.0.1"],
+        # wal_level=logical: the demo tenant gets automatic invalidation and change streams.
+        [*cmd, "-c", "listen_addresses=127.0.0.1", "-c", "wal_level=logical"],
         logs / "postgres.log",
         user=user,
         stop_signal="SIGINT",  # PostgreSQL's "fast" shutdown: do not wait for clients

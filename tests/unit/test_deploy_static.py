@@ -327,6 +327,23 @@ def test_compose_topology() -> None:
     assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
 
 
+def check_one_shot(name: str, svc: dict[str, Any], compose_config: Path) -> None:
+    """A one-shot cache-edge command (the auto-invalidation setup): it parses with the real
+    CLI, names a tenant of the config that opted in, and gates the origin's start."""
+    from cache_edge.cli import build_parser
+    from cache_edge.config import load_settings
+
+    args = build_parser().parse_args([*svc["command"], "--config", str(compose_config)])
+    assert args.command == "origin" and args.action == "setup-auto-invalidation", name
+    tenant = load_settings(str(compose_config)).tenant(args.tenant)
+    assert tenant is not None and tenant.captured, f"{name}: tenant {args.tenant} not opted in"
+    assert "PGPASSWORD" in compose_env(svc), f"{name}: the setup connects to PostgreSQL"
+    origin = compose()["services"]["origin"]
+    assert origin["depends_on"][name]["condition"] == "service_completed_successfully"
+    postgres_args = compose()["services"]["postgres"]["command"]
+    assert "wal_level=logical" in postgres_args
+
+
 def test_compose_cache_edge_services_run_real_commands(
     compose_config: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,6 +354,9 @@ def test_compose_cache_edge_services_run_real_commands(
     for name, svc in services.items():
         if svc.get("image") != image or "entrypoint" in svc:
             continue  # not a server (the config service is checked by the fixture)
+        if svc.get("restart") == "no":
+            check_one_shot(name, svc, compose_config)
+            continue
         env = compose_env(svc)
         mounts = compose_mounts(svc)
         config_dir = str(Path(env["CACHE_EDGE_CONFIG"]).parent)
