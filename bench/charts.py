@@ -50,6 +50,15 @@ def _chart(plt: Any, r: ScenarioResult, path: Path) -> None:
         ax.set_xlabel("ms from the call to applied in all 3 regions")
         ax.set_ylabel("purges")
         ax.legend()
+    elif r.name == "autoinv" and r.extra.get("direct_latencies_ms"):
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        for m, color in zip(r.measurements, ("#4C72B0", "#DD8452"), strict=False):
+            values = r.extra.get(f"{m.name}_latencies_ms") or []
+            ax.hist(values, bins=40, alpha=0.6, color=color,
+                    label=f"{m.label} (p50 {m.p50_ms:.1f}, p99 {m.p99_ms:.1f} ms)")  # fmt: skip
+        ax.set_xlabel("ms")
+        ax.set_ylabel("writes")
+        ax.legend(fontsize=7)
     elif r.name == "memory" and r.extra.get("rss_series"):
         fig, ax = plt.subplots(figsize=(8, 3.5))
         names = {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -154,7 +154,7 @@ class AsyncClient:
         cursor: str | None = None,
         backoff: Backoff = sse.DEFAULT_BACKOFF,
         idle_timeout: float = 45.0,
-    ) -> AsyncIterator[ChangeEvent]:
+    ) -> AsyncGenerator[ChangeEvent, None]:
         """Committed row changes of ``tables`` (``schema.name``), in commit order, for ever.
 
         ``async for event in db.stream(["public.orders"], ops=["insert"]): ...``
@@ -176,7 +176,7 @@ class AsyncClient:
 
     async def _stream(
         self, url: str, cursor: str | None, backoff: Backoff, idle_timeout: float
-    ) -> AsyncIterator[ChangeEvent]:
+    ) -> AsyncGenerator[ChangeEvent, None]:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._connect_timeout, sock_read=idle_timeout
         )

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import itertools
 import math
-import re
 import ssl
 import time
 import uuid
@@ -31,10 +29,11 @@ from cache_edge.invalidation import Applier
 from cache_edge.logs import get_logger
 from cache_edge.node_metrics import NodeMetrics
 from cache_edge.origin_client import OriginClient
-from cache_edge.protocol import parse_invalidate, parse_query, parse_transaction
+from cache_edge.protocol import parse_invalidate, parse_query_body, parse_transaction
 from cache_edge.purge_mirror import PurgeMirror
 from cache_edge.ratelimit import RateLimiter
 from cache_edge.reload import ConfigWatcher, LiveSettings
+from cache_edge.request_ids import REQUEST_ID_HEADER, request_id
 from cache_edge.stream_http import serve_stream
 from cache_edge.streams import StreamHub
 from cache_edge.tiers.memory import MemoryTier
@@ -66,22 +65,12 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
 STREAMS = web.AppKey("streams", StreamHub)
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _RID = "request_id"
 _FMT = "wire_format"
 
 
-# Request ids: a random per-process prefix and a counter. Unique without a uuid4()
-# (an os.urandom call) on every request of the hit path.
-_RID_PREFIX = uuid.uuid4().hex[:16]
-_RID_COUNTER = itertools.count(1)
-
-
 def _request_id(request: web.Request) -> str:
-    given = request.headers.get("X-Request-Id")
-    if given and _REQUEST_ID.match(given):
-        return given
-    return f"{_RID_PREFIX}{next(_RID_COUNTER):016x}"
+    return request_id(request.headers.get(REQUEST_ID_HEADER))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -146,12 +135,14 @@ async def _authenticate(request: web.Request) -> Principal:
     return who
 
 
-async def _read_body(request: web.Request) -> Any:
+async def _read_raw(request: web.Request) -> bytes:
     settings = request.app[SETTINGS]
-    fmt = request_format(request.headers.get("Content-Type"))
-    request[_FMT] = fmt
-    body = await read_capped(request, settings.limits.max_body_bytes, settings.node.body_timeout)
-    return decode_body(body, fmt)
+    request[_FMT] = request_format(request.headers.get("Content-Type"))
+    return await read_capped(request, settings.limits.max_body_bytes, settings.node.body_timeout)
+
+
+async def _read_body(request: web.Request) -> Any:
+    return decode_body(await _read_raw(request), request[_FMT])
 
 
 def _answer_response(request: web.Request, answer: Answer, started: float) -> web.Response:
@@ -196,7 +187,8 @@ def _answer_response(request: web.Request, answer: Answer, started: float) -> we
 async def handle_query(request: web.Request) -> web.Response:
     started = time.perf_counter()
     tenant = (await _authenticate(request)).tenant
-    req = parse_query(await _read_body(request), request.app[SETTINGS].limits)
+    body = await _read_raw(request)
+    req = parse_query_body(body, request[_FMT], request.app[SETTINGS].limits)
     answer = await request.app[CACHE].query(tenant, req, request[_RID])
     return _answer_response(request, answer, started)
 

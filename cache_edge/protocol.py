@@ -12,6 +12,7 @@ from typing import Any
 from cache_edge.config import Limits
 from cache_edge.errors import BadRequest, PayloadTooLarge
 from cache_edge.strategy import NO_CACHE, CacheStrategy, parse_tags
+from cache_edge.wire import WireFormat, decode_body
 
 __all__ = [
     "ISOLATION_LEVELS",
@@ -22,6 +23,7 @@ __all__ = [
     "check_value",
     "parse_invalidate",
     "parse_query",
+    "parse_query_body",
     "parse_transaction",
 ]
 
@@ -134,6 +136,32 @@ def parse_query(body: Any, limits: Limits, *, origin: bool = False) -> QueryRequ
             raise BadRequest("minWatermark must be a non-negative integer", field="minWatermark")
         return QueryRequest(stmt, read_only=read_only, min_watermark=mark)
     return QueryRequest(stmt, CacheStrategy.from_wire(obj.get("cacheStrategy")))
+
+
+_MEMO_BODY_BYTES = 4096  # bodies up to this size are remembered...
+_MEMO_ENTRIES = 1024  # ...this many, oldest out first
+# (format, body) -> (the limits it was checked against, the parsed request)
+_parsed: dict[tuple[str, bytes], tuple[Limits, QueryRequest]] = {}
+
+
+def parse_query_body(data: bytes, fmt: WireFormat, limits: Limits) -> QueryRequest:
+    """``parse_query(decode_body(data, fmt), limits)`` for the node, remembered by body.
+
+    A cache hit is, by definition, a request repeated byte for byte: its body is decoded
+    and validated once, and later copies share the (immutable) result. Invalid bodies
+    raise as always and are not remembered.
+    """
+    if len(data) > _MEMO_BODY_BYTES:
+        return parse_query(decode_body(data, fmt), limits)
+    key = (fmt, data)
+    known = _parsed.get(key)
+    if known is not None and known[0] is limits:
+        return known[1]
+    request = parse_query(decode_body(data, fmt), limits)
+    if len(_parsed) >= _MEMO_ENTRIES:
+        del _parsed[next(iter(_parsed))]
+    _parsed[key] = (limits, request)
+    return request
 
 
 _TX_FIELDS = frozenset({"statements", "isolationLevel"})

@@ -197,9 +197,14 @@ async def handle_readyz(request: web.Request) -> web.Response:
     tenants = [t.id for t in request.app[SETTINGS].tenants]
     answers = await asyncio.gather(*(pools.ping(t, _READY_TIMEOUT) for t in tenants))
     failed = [t for t, ok in zip(tenants, answers, strict=True) if not ok]
+    # The WAL capture's state is reported, not judged: a replica on standby is healthy, and
+    # one whose capture is failing still serves queries (the metrics and logs say more).
+    captures = {t: c.state for t, c in request.app[CAPTURES].items()}
+    extra = {"capture": captures} if captures else {}
     if failed:
-        return binary_response(json_dumps({"status": "unavailable", "failed": failed}), "json", 503)
-    return binary_response(json_dumps({"status": "ok"}), "json")
+        body = {"status": "unavailable", "failed": failed, **extra}
+        return binary_response(json_dumps(body), "json", 503)
+    return binary_response(json_dumps({"status": "ok", **extra}), "json")
 
 
 async def handle_metrics(request: web.Request) -> web.Response:

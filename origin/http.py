@@ -8,9 +8,7 @@ log), attaches ``X-Request-Id`` and writes one structured log line.
 from __future__ import annotations
 
 import math
-import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +27,7 @@ from cache_edge.errors import (
 )
 from cache_edge.logs import get_logger
 from cache_edge.reload import LiveSettings
+from cache_edge.request_ids import REQUEST_ID_HEADER, request_id
 from cache_edge.signing import SIGNATURE_HEADER, SignatureError, signed_until, verify_headers
 from cache_edge.wire import (
     CONTENT_TYPES,
@@ -63,8 +62,6 @@ REPLAY = web.AppKey("replay", ReplayCache)
 REQUEST_ID = web.RequestKey("request_id", str)
 TENANT = web.RequestKey("tenant", str)  # set only once a signature proved it
 
-REQUEST_ID_HEADER = "X-Request-Id"
-_SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 _KINDS = {"/v1/query": "query", "/v1/transaction": "transaction"}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -75,12 +72,6 @@ class SignedRequest:
     tenant: str
     payload: Any
     fmt: WireFormat  # the response format the caller asked for
-
-
-def _request_id(incoming: str | None) -> str:
-    if incoming and _SANE_REQUEST_ID.match(incoming):
-        return incoming
-    return uuid.uuid4().hex
 
 
 def _reply_format(request: web.Request) -> WireFormat:
@@ -139,7 +130,7 @@ def _from_http_exception(exc: web.HTTPException) -> CacheEdgeError:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    request[REQUEST_ID] = rid = _request_id(request.headers.get(REQUEST_ID_HEADER))
+    request[REQUEST_ID] = rid = request_id(request.headers.get(REQUEST_ID_HEADER))
     started = time.monotonic()
     code = "ok"
     stalled = False

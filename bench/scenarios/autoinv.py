@@ -75,6 +75,9 @@ def run(ctx: Context) -> ScenarioResult:
             summary = run_loader("autoinv", leg, ctx.pinning, timeout=120 + count * 25)
             result.measurements.append(_measurement(mode, label, summary))
             result.extra[f"{mode}_latencies_ms"] = summary["latencies_ms"]
+            # The loader keys regions by port: name them.
+            names = {str(n.port): r for n, r in zip(edge.nodes, REGIONS, strict=True)}
+            summary["per_region"] = {names[p]: v for p, v in summary["per_region"].items()}
             result.extra[f"{mode}_detail"] = {
                 k: summary[k]
                 for k in ("per_region", "from_write_sent", "write_p50_ms", "first_read_status")
@@ -82,10 +85,7 @@ def run(ctx: Context) -> ScenarioResult:
             }
     direct, node = result.measurements
     regions = direct.extra.get("per_region", {})
-    each = [
-        f"{r}: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms"
-        for r, v in zip(REGIONS, regions.values(), strict=False)
-    ]
+    each = [f"{r}: p50 {v['p50_ms']:.1f} ms, p99 {v['p99_ms']:.1f} ms" for r, v in regions.items()]
     result.notes.append(
         "Each region is polled every 1 ms, so a value carries up to ~1 ms of polling "
         "granularity plus the refetch (a miss to the origin) that sees it. Per region, "

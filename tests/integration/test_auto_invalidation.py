@@ -344,6 +344,10 @@ async def test_tenant_opted_in_without_setup_is_told(
     assert any("not set up" in w for w in reply.info["warnings"]), reply.info
     metrics = await (await http.get(world.origin.url + "/metrics")).text()  # type: ignore[union-attr]
     assert 'cache_edge_origin_capture_owner{tenant="globex"} -1.0' in metrics
+    async with http.get(world.origin.url + "/readyz") as resp:  # type: ignore[union-attr]
+        ready = await resp.json()
+    assert resp.status == 200, ready
+    assert ready["capture"] == {"acme": "owner", "globex": "not_set_up"}
 
 
 def test_setup_refuses_an_unknown_tenant(world: Stack) -> None:

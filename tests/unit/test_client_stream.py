@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -310,9 +310,9 @@ async def connected(*scripts: Script) -> AsyncIterator[tuple[ScriptedNode, Async
         yield node, db
 
 
-async def take(it: AsyncIterator[ChangeEvent], n: int) -> list[ChangeEvent]:
+async def take(it: AsyncGenerator[ChangeEvent, None], n: int) -> list[ChangeEvent]:
     got = []
-    async with contextlib.aclosing(it) as stream:  # type: ignore[type-var]
+    async with contextlib.aclosing(it) as stream:
         async for event in stream:
             got.append(event)
             if len(got) == n:

@@ -153,3 +153,13 @@ def test_plan_dependencies_walks_subplans() -> None:
     assert tables == {"shop.orders", "public.users"}
     assert {"now", "count"} <= functions
     assert keywords == {"current_user"}
+
+
+def test_node_and_origin_share_one_request_id_rule() -> None:
+    from cache_edge.request_ids import request_id
+
+    for good in ("node-abc.123", "a:b", "x" * 128):
+        assert request_id(good) == good
+    made = {request_id(bad) for bad in (None, "", "x" * 129, "bad id", "a\nb", "é")}
+    assert len(made) == 6  # each replaced by a fresh id
+    assert all(len(rid) == 32 and rid.isalnum() for rid in made)
