@@ -149,7 +149,7 @@ class OriginConfig:
     backlog: int = 4096
     # Automatic invalidation: how often the WAL capture looks for new commits when nothing
     # woke it (a write through this origin wakes it at once).
-    capture_interval: float = 0.05
+    capture_interval: float = 0.025
     # Past this much WAL retained for a tenant's slot the capture gives up on it: purges
     # everything of the tenant and starts a new slot, so a stuck slot cannot fill the disk.
     capture_max_lag_mb: int = 1024

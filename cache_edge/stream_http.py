@@ -75,7 +75,10 @@ async def serve_stream(
                         await _write_final(response, _sse("error", item.to_body()))
                     break
                 else:
-                    data = b"".join(_sse("change", e, e["cursor"]) for e in item)
+                    data = b"".join(
+                        b"id: %s\nevent: change\ndata: %s\n\n" % (e.cursor.encode(), e.json)
+                        for e in item
+                    )
                 if not await _write(response, data, sub.closed_event):
                     # Cut off while the client was not reading: say why if it still can.
                     assert sub.closed is not None

@@ -20,12 +20,31 @@ from typing import Any
 from cache_edge.errors import CacheEdgeError, CaptureUnavailable, StreamGap, SubscriberTooSlow
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
+from cache_edge.wire import json_dumps
 
-__all__ = ["StreamHub", "Subscription"]
+__all__ = ["Event", "StreamHub", "Subscription"]
 
 log = get_logger(__name__)
 
-Event = dict[str, Any]
+
+class Event:
+    """One change event as the origin sent it, with its JSON encoded once for every
+    subscriber of the process (a burst to many subscribers encodes each event once)."""
+
+    __slots__ = ("_json", "body", "cursor", "op", "table")
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        self.body = body
+        self.cursor: str = body["cursor"]
+        self.table: str = body["table"]
+        self.op: str = body["op"]
+        self._json: bytes | None = None
+
+    @property
+    def json(self) -> bytes:
+        if self._json is None:
+            self._json = json_dumps(self.body)
+        return self._json
 
 
 class _Ended(CacheEdgeError):
@@ -57,7 +76,7 @@ class Subscription:
         self._last = self.start
 
     def wants(self, event: Event) -> bool:
-        return event["table"] in self.tables and (self.ops is None or event["op"] in self.ops)
+        return event.table in self.tables and (self.ops is None or event.op in self.ops)
 
     def offer(self, event: Event) -> None:
         """A live event from the feed (any table)."""
@@ -71,12 +90,12 @@ class Subscription:
         self.deliver(event)
 
     def deliver(self, event: Event) -> None:
-        if event["cursor"] <= self._last:
+        if event.cursor <= self._last:
             return  # already delivered (the catch-up/live seam, or an at-least-once repeat)
         if self._queue.qsize() >= self.buffer:
             self.close(SubscriberTooSlow(self._too_slow()))
             return
-        self._last = event["cursor"]
+        self._last = event.cursor
         self._queue.put_nowait(event)
 
     def _too_slow(self) -> str:
@@ -181,7 +200,8 @@ class _Feed:
                 log.warning("stream_feed_retry", tenant=self.tenant, error=f"{exc!r}"[:200])
                 await asyncio.sleep(_RETRY)
                 continue
-            for event in answer["events"]:
+            for body in answer["events"]:
+                event = Event(body)
                 self.ring.append(event)
                 self.events += 1
                 for sub in list(self.subscribers):
@@ -200,9 +220,9 @@ class _Feed:
 
     def history_after(self, cursor: str) -> list[Event] | None:
         """Events after ``cursor`` from the ring, or None if the ring does not reach back."""
-        if not self.ring or self.ring[0]["cursor"] > cursor:
+        if not self.ring or self.ring[0].cursor > cursor:
             return None
-        return [e for e in self.ring if e["cursor"] > cursor]
+        return [e for e in self.ring if e.cursor > cursor]
 
 
 class StreamHub:
@@ -273,7 +293,7 @@ class StreamHub:
         try:
             while sub.closed is None:
                 recent = feed.history_after(position)
-                if recent is not None and (not recent or recent[-1]["cursor"] == feed.cursor):
+                if recent is not None and (not recent or recent[-1].cursor == feed.cursor):
                     for event in recent:
                         if sub.wants(event):
                             sub.deliver(event)
@@ -281,11 +301,11 @@ class StreamHub:
                 answer = await self._origin.poll_changes(
                     sub.tenant, position, tables=tables, ops=ops, wait=0, limit=1000
                 )
-                for event in answer["events"]:
+                for body in answer["events"]:
                     # Pulled history waits for the client, never overflows its buffer.
                     while not await sub.room():
                         pass
-                    sub.deliver(event)
+                    sub.deliver(Event(body))
                 if not answer["events"]:
                     break
                 position = answer["cursor"]

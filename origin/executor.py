@@ -9,6 +9,18 @@ INSERTs are two inserts; the caller asked for both to happen.
 A read-only query (and a transaction) is retried once when the connection
 failed before any statement reached the database (a connection that died while
 idle in the pool); a single write is never retried, it might have run.
+
+Round trips. A read runs in a session whose transactions are read-only by default
+(``default_transaction_read_only``, set once per connection), so a query whose rows
+fit one chunk is a single Bind/Execute/Sync from asyncpg's statement cache: no
+BEGIN/COMMIT, and (when it can only have read) no reset when the connection goes
+back to the pool. More rows than one chunk: the statement runs again in a
+``BEGIN READ ONLY`` block, a chunk per round trip, under the byte budget.
+Uncached statements that look like queries get the same read-only try; a write
+fails there before changing anything (remembered per statement text) and runs in a
+``BEGIN READ WRITE`` block, or auto-committed when it returns no rows.
+Servers that do not report ``default_transaction_read_only`` (PostgreSQL < 14)
+get explicit read-only blocks throughout.
 """
 
 from __future__ import annotations
@@ -43,8 +55,6 @@ T = TypeVar("T")
 _MAX_REMEMBERED = 10_000  # statement texts whose dependencies (or write-ness) we keep
 _CHUNK_ROWS = 500  # rows per cursor round trip: few round trips, bounded overshoot past the limit
 _READ_WORDS = frozenset({"select", "values", "table", "with"})
-# Leading blanks, comments and parentheses, then the first word.
-_FIRST_WORD = re.compile(r"(?:\s+|--[^\n]*|/\*.*?\*/|\()*([A-Za-z]+)", re.DOTALL)
 # Functions a SELECT can change the session with (settings, locks, named dblink connections).
 _SESSION_CALLS = re.compile(r"set_config|advisory|dblink", re.IGNORECASE)
 _NETWORK_GRACE = 5.0  # client-side timeout beyond statement_timeout, for a silent network
@@ -387,9 +397,28 @@ def _reported_read_only(conn: asyncpg.Connection) -> bool | None:
 
 
 def _looks_like_read(sql: str) -> bool:
-    """Whether the statement starts like a query (a guess: a write still fails read-only)."""
-    match = _FIRST_WORD.match(sql)
-    return match is not None and match.group(1).lower() in _READ_WORDS
+    """Whether the statement starts like a query (a guess: a write still fails read-only).
+
+    Skips blanks, comments and opening parentheses by hand: a regular expression for
+    that backtracks exponentially on input like ``------...``.
+    """
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c.isspace() or c == "(":
+            i += 1
+        elif sql.startswith("--", i):
+            end = sql.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif sql.startswith("/*", i):
+            end = sql.find("*/", i + 2)
+            i = n if end < 0 else end + 2
+        else:
+            break
+    j = i
+    while j < n and sql[j].isalpha():
+        j += 1
+    return sql[i:j].lower() in _READ_WORDS
 
 
 def _keep_session_if_untouched(conn: asyncpg.Connection, sql: str, tag: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
 import time
 from collections import Counter
 from typing import Any
@@ -23,6 +24,11 @@ from bench.load.stats import summarize
 __all__ = ["run_autoinv", "run_sse"]
 
 _ITERATION_TIMEOUT = 10.0
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _headers(api_key: str) -> dict[str, str]:
@@ -157,7 +163,10 @@ async def run_autoinv(spec: dict[str, Any]) -> dict[str, Any]:
 class _Subscriber:
     """One ``GET /v1/stream`` client that resumes with its last cursor when cut off."""
 
-    def __init__(self, spec: dict[str, Any], ready: asyncio.Event, all_ready: Any) -> None:
+    def __init__(
+        self, spec: dict[str, Any], ready: asyncio.Event, all_ready: Any, marks: dict[str, float]
+    ) -> None:
+        self._marks = marks  # shared: CPU time when the first burst event arrived
         self.spec = spec
         self.cursor = b""
         self.latency_recv: dict[int, float] = {}  # latency-table row id -> arrival (time.time)
@@ -191,6 +200,8 @@ class _Subscriber:
             self.cursor = cursor
             now = time.time()
             if self.spec["burst_mark"] in block:
+                if not self._marks:
+                    self._marks.update(cpu=_cpu(), at=time.monotonic())
                 self.burst += 1
                 self.burst_last = now
                 tx = cursor.split(b"-", 1)[0]
@@ -265,7 +276,8 @@ async def run_sse(spec: dict[str, Any]) -> dict[str, Any]:
         if waiting[0] == 0:
             print("BENCH_READY", flush=True)
 
-    subs = [_Subscriber(spec, asyncio.Event(), one_ready) for _ in range(count)]
+    marks: dict[str, float] = {}
+    subs = [_Subscriber(spec, asyncio.Event(), one_ready, marks) for _ in range(count)]
     timeout = aiohttp.ClientTimeout(total=None, sock_read=60)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -274,6 +286,8 @@ async def run_sse(spec: dict[str, Any]) -> dict[str, Any]:
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
+    # Cores used while the burst was delivered (from its first event to the end).
+    cpu = (_cpu() - marks["cpu"]) / max(1e-9, time.monotonic() - marks["at"]) if marks else 0.0
     errors: Counter[str] = Counter()
     for s in subs:
         errors.update(s.errors)
@@ -289,6 +303,7 @@ async def run_sse(spec: dict[str, Any]) -> dict[str, Any]:
             for s in subs
         ],
         "timed_out": len(pending),
+        "client_cpu": round(cpu, 3),
         "errors": dict(errors),
         "client": f"python aiohttp SSE x{count}",
     }

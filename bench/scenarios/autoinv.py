@@ -73,11 +73,11 @@ def run(ctx: Context) -> ScenarioResult:
             ctx.step(f"{label}: {count} writes, one at a time")
             leg = {**spec, "mode": mode, "start": (i + 1) * 1_000_000 + secrets.randbelow(1000)}
             summary = run_loader("autoinv", leg, ctx.pinning, timeout=120 + count * 25)
-            result.measurements.append(_measurement(mode, label, summary))
-            result.extra[f"{mode}_latencies_ms"] = summary["latencies_ms"]
             # The loader keys regions by port: name them.
             names = {str(n.port): r for n, r in zip(edge.nodes, REGIONS, strict=True)}
             summary["per_region"] = {names[p]: v for p, v in summary["per_region"].items()}
+            result.measurements.append(_measurement(mode, label, summary))
+            result.extra[f"{mode}_latencies_ms"] = summary["latencies_ms"]
             result.extra[f"{mode}_detail"] = {
                 k: summary[k]
                 for k in ("per_region", "from_write_sent", "write_p50_ms", "first_read_status")

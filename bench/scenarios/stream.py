@@ -20,6 +20,7 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -27,7 +28,7 @@ import asyncpg
 from bench.capture import capture_tenant, table
 from bench.context import Context
 from bench.load.stats import summarize
-from bench.procs import ROOT, ProcessFailed
+from bench.procs import ROOT, ProcessFailed, tree_cpu_seconds
 from bench.scenarios.base import Measurement, ScenarioResult, Target
 from bench.scenarios.common import start_edge
 from bench.stack import Stack
@@ -72,9 +73,17 @@ def run(ctx: Context) -> ScenarioResult:
         try:
             _wait_ready(loader, 60)
             ctx.step(f"latency: {latency_rows} one-row commits, then a {burst_rows:,}-row burst")
-            writes = asyncio.run(_write(dsn, latency_rows, burst_rows))
+            pids = [edge.node.proc.pid, edge.origin.proc.pid]
+            cpu: list[list[float]] = []
+            writes = asyncio.run(
+                _write(dsn, latency_rows, burst_rows, lambda: cpu.append(_cpu(pids)))
+            )
             ctx.step("waiting for every subscriber to receive everything")
             out, _ = loader.communicate(timeout=float(spec["timeout"]) + 30)
+            cpu.append(_cpu(pids))
+            node_cpu, origin_cpu = (b - a for a, b in zip(cpu[0], cpu[1], strict=True))
+            writes["server_cpu_seconds"] = node_cpu + origin_cpu
+            writes["node_cpu_seconds"], writes["origin_cpu_seconds"] = node_cpu, origin_cpu
         finally:
             if loader.poll() is None:
                 loader.kill()
@@ -116,7 +125,13 @@ def _parse(out: str, code: int | None) -> dict[str, Any]:
     raise ProcessFailed(f"the SSE load generator exited {code} without a summary")
 
 
-async def _write(dsn: str, latency_rows: int, burst_rows: int) -> dict[str, Any]:
+def _cpu(pids: list[int]) -> list[float]:
+    return [tree_cpu_seconds(p) for p in pids]
+
+
+async def _write(
+    dsn: str, latency_rows: int, burst_rows: int, burst_starts: Callable[[], None]
+) -> dict[str, Any]:
     conn = await asyncpg.connect(dsn, timeout=10)
     commits: dict[int, float] = {}
     batches: list[float] = []
@@ -126,6 +141,7 @@ async def _write(dsn: str, latency_rows: int, burst_rows: int) -> dict[str, Any]
             commits[i] = time.time()
             await asyncio.sleep(INTERVAL)
         await asyncio.sleep(1.0)  # the latency phase drains before the burst starts
+        burst_starts()
         burst_start = time.time()
         for lo in range(0, burst_rows, BATCH):
             hi = min(burst_rows, lo + BATCH) - 1
@@ -203,6 +219,9 @@ def _report(
             requests=delivered,
             errors=lost,
             error_detail={"undelivered": lost, "loader_errors": summary["errors"]},
+            server_cpu_us_per_request=round(writes["server_cpu_seconds"] / delivered * 1e6, 2)
+            if delivered
+            else None,
             extra={
                 "seconds_to_deliver_all": round(elapsed, 3),
                 "writer_rows_per_s": round(burst_rows / max(1e-9, batches[-1] - start), 1),
@@ -210,6 +229,9 @@ def _report(
                 if per_sub
                 else 0.0,
                 "subscriber_too_slow_cutoffs": cutoffs,
+                "node_cpu_seconds": round(writes["node_cpu_seconds"], 2),
+                "origin_cpu_seconds": round(writes["origin_cpu_seconds"], 2),
+                "load_generator_cpu_cores": summary.get("client_cpu"),
             },
         )
     )
@@ -220,7 +242,11 @@ def _report(
         f"had all of them {elapsed:.2f} s after the first INSERT "
         f"({delivered / elapsed:,.0f} events/s delivered in total, "
         f"{b['subscriber_rows_per_s_p50']:,.0f} rows/s per subscriber at the median); "
-        f"{cutoffs} subscriber_too_slow cut-off(s), each resumed with its cursor."
+        f"{cutoffs} subscriber_too_slow cut-off(s), each resumed with its cursor. "
+        f"CPU during the burst: node {writes['node_cpu_seconds']:.1f} s, origin "
+        f"{writes['origin_cpu_seconds']:.1f} s; the subscribers' process used "
+        f"{summary.get('client_cpu', 0):.2f} core(s) while receiving it (near 1.0 would mean "
+        "the load generator set the pace)."
     )
     if summary["errors"] or summary["timed_out"]:
         result.notes.append(

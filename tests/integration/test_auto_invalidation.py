@@ -10,6 +10,7 @@ next read returns.
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -353,3 +354,39 @@ async def test_tenant_opted_in_without_setup_is_told(
 def test_setup_refuses_an_unknown_tenant(world: Stack) -> None:
     out = origin_cli(world.config, "setup-auto-invalidation", "--tenant", "nobody")
     assert out.returncode == 2 and "no tenant 'nobody'" in out.stderr
+
+
+async def _owner_state(http: aiohttp.ClientSession, url: str) -> str:
+    async with http.get(url + "/readyz") as resp:
+        return str((await resp.json())["capture"]["acme"])
+
+
+@pytest.mark.slow
+async def test_a_standby_origin_replica_takes_over_the_capture(
+    world: Stack, http: aiohttp.ClientSession
+) -> None:
+    first = world.origin
+    assert first is not None
+    standby = world.start_origin()
+    world.origin = first  # nodes keep talking to the first replica
+    try:
+        assert await _owner_state(http, standby.url) == "standby"
+        first.stop(signal.SIGKILL)  # dies without cleanup; its advisory lock goes with it
+        for _ in range(100):
+            if await _owner_state(http, standby.url) == "owner":
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the standby never took over the capture")
+        first.start()  # same port: the nodes reconnect; the standby keeps the slot
+        assert await _owner_state(http, first.url) == "standby"
+        read = cached("SELECT name FROM auto_owners WHERE id = $1", 2)
+        await direct("UPDATE auto_owners SET name = 'bob' WHERE id = 2")
+        await captured(http, world)
+        await cache_everywhere(http, world, read)
+        await direct("UPDATE auto_owners SET name = 'bobby' WHERE id = 2")
+        await captured(http, world)
+        assert rows_of(await read_everywhere(http, world, read)) == [[["bobby"]]] * 2
+    finally:
+        standby.stop()
+        world.servers.remove(standby)

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 
 from cache_edge.errors import BadRequest, SubscriberTooSlow
-from cache_edge.streams import Subscription
+from cache_edge.streams import Event, Subscription
 from origin.change_log import check_ops, check_tables, format_cursor, parse_cursor
 from origin.pgoutput import (
     UNCHANGED,
@@ -145,21 +145,19 @@ def test_table_and_op_filters_are_checked() -> None:
         check_ops(["upsert"])
 
 
-def _event(n: int, table: str = "public.t", op: str = "insert") -> dict[str, object]:
-    return {"cursor": format_cursor(n, 0), "table": table, "op": op}
+def _event(n: int, table: str = "public.t", op: str = "insert") -> Event:
+    return Event({"cursor": format_cursor(n, 0), "table": table, "op": op})
 
 
 async def test_subscription_filters_dedupes_and_batches() -> None:
-    sub = Subscription(
-        "acme", frozenset({"public.t"}), frozenset({"insert"}), 10, _event(1)["cursor"]
-    )  # type: ignore[arg-type]
+    sub = Subscription("acme", frozenset({"public.t"}), frozenset({"insert"}), 10, _event(1).cursor)  # type: ignore[arg-type]
     sub.caught_up()
     for ev in (_event(1), _event(2), _event(2), _event(3, "public.u"), _event(4, op="delete")):
         sub.offer(ev)
     sub.offer(_event(5))
     batch = await sub.next(1.0)
     assert isinstance(batch, list)
-    assert [e["cursor"] for e in batch] == [format_cursor(2, 0), format_cursor(5, 0)]
+    assert [e.cursor for e in batch] == [format_cursor(2, 0), format_cursor(5, 0)]
     assert await sub.next(0.01) is None
 
 
@@ -171,7 +169,7 @@ async def test_subscription_holds_live_events_while_catching_up() -> None:
     sub.caught_up()
     batch = await sub.next(1.0)
     assert isinstance(batch, list)
-    assert [e["cursor"] for e in batch] == [format_cursor(3, 0), format_cursor(5, 0)]
+    assert [e.cursor for e in batch] == [format_cursor(3, 0), format_cursor(5, 0)]
 
 
 async def test_a_subscriber_that_falls_behind_is_cut_off_with_a_reason() -> None:

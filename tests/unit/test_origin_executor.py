@@ -16,7 +16,7 @@ from cache_edge.config import OriginConfig
 from cache_edge.errors import DatabaseUnavailable, NotCacheable, QueryError
 from cache_edge.protocol import QueryRequest, Statement, TransactionRequest
 from cache_edge.wire import unpackb
-from origin.executor import Executor
+from origin.executor import Executor, _looks_like_read
 
 INT4 = Type(oid=23, name="int4", kind="scalar", schema="pg_catalog")
 
@@ -330,3 +330,22 @@ async def test_forgotten_dependencies_are_explained_again() -> None:
     ex.forget_dependencies("acme")
     await ex.query("acme", read())
     assert runs(conn).count("EXPLAIN") == 2
+
+
+@pytest.mark.parametrize(
+    ("sql", "looks"),
+    [
+        ("SELECT 1", True),
+        ("  /* c */ (select 1)", True),
+        ("-- note\nWITH x AS (DELETE FROM t RETURNING 1) SELECT 1", True),  # fails read-only
+        ("\tvalues (1)", True),
+        ("TABLE t", True),
+        ("INSERT INTO t VALUES (1)", False),
+        ("selectx", False),
+        ("/* unterminated SELECT", False),
+        ("", False),
+        ("-" * 100_000 + "1", False),  # linear time: no backtracking
+    ],
+)
+def test_which_uncached_statements_get_the_read_only_try(sql: str, looks: bool) -> None:
+    assert _looks_like_read(sql) is looks
