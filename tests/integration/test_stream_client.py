@@ -12,20 +12,18 @@ import asyncio
 import contextlib
 import json
 import signal
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import asyncpg
 import pytest
 import redis
 
 from cache_edge.client import AsyncClient, Backoff, ChangeEvent
 from cache_edge.errors import BadRequest, CaptureUnavailable, Unauthorized
-from tests.conftest import API_KEY_A, API_KEY_B, PG_ADMIN_DSN, REDIS_URL, dsn_for, make_settings_doc
+from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
+from tests.integration.capture_helpers import execute, origin_cli, prepare_database
 from tests.integration.stack import Server, Stack
 
 STREAM_DB = "cache_edge_stream_client"
@@ -39,36 +37,11 @@ CREATE TABLE sc_items (id int PRIMARY KEY, name text NOT NULL, price numeric, ta
 """
 
 
-async def _prepare_database() -> None:
-    admin = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        if not await admin.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", STREAM_DB):
-            await admin.execute(f'CREATE DATABASE "{STREAM_DB}"')
-        # A slot left by an interrupted earlier run would keep WAL forever: drop it.
-        for slot in await admin.fetch(
-            "SELECT slot_name FROM pg_replication_slots WHERE database = $1 AND NOT active",
-            STREAM_DB,
-        ):
-            await admin.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
-    finally:
-        await admin.close()
-    await db(SCHEMA)
-
-
-def _origin_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "cache_edge.cli", "origin", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-
-
 @pytest.fixture(scope="module")
 def world(
     tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
 ) -> Iterator[Stack]:
-    asyncio.run(_prepare_database())
+    asyncio.run(prepare_database(STREAM_DB, SCHEMA))
     redis.Redis.from_url(NODE_REDIS).flushdb()
     doc = make_settings_doc(
         dsn_for(STREAM_DB),
@@ -78,7 +51,7 @@ def world(
     tenants: list[dict[str, Any]] = doc["tenants"]  # type: ignore[assignment]
     tenants[0]["change_streams"] = True
     st = Stack(tmp_path_factory.mktemp("stream-client"), doc)
-    setup = _origin_cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
+    setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
     assert setup.returncode == 0, setup.stderr
     st.start_origin()
     st.start_node(region="sc-1", redis_url=NODE_REDIS)
@@ -86,7 +59,7 @@ def world(
         yield st
     finally:
         st.stop_all()
-        removed = _origin_cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
+        removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
         assert removed.returncode == 0, removed.stderr
 
 
@@ -95,11 +68,7 @@ def node_of(st: Stack) -> Server:
 
 
 async def db(sql: str, *args: Any) -> None:
-    conn = await asyncpg.connect(dsn_for(STREAM_DB))
-    try:
-        await conn.execute(sql, *args)
-    finally:
-        await conn.close()
+    await execute(STREAM_DB, sql, *args)
 
 
 async def now_cursor(url: str) -> str:
