@@ -55,13 +55,16 @@ CREATE UNLOGGED TABLE IF NOT EXISTS cache_edge.changes (
     PRIMARY KEY (lsn, idx)
 );
 CREATE INDEX IF NOT EXISTS changes_commit_time ON cache_edge.changes (commit_time);
--- Every event committed after `lsn` is in cache_edge.changes (or was pruned, which moves it).
+-- Every event after position (lsn, idx) is in cache_edge.changes; a cursor before it may
+-- have missed events (pruned, or lost with a replaced slot): stream_gap.
 CREATE UNLOGGED TABLE IF NOT EXISTS cache_edge.changes_floor (
     one boolean PRIMARY KEY DEFAULT true CHECK (one),
     lsn bigint NOT NULL
 );
+ALTER TABLE cache_edge.changes_floor ADD COLUMN IF NOT EXISTS idx integer NOT NULL DEFAULT 0;
 """
 _LOCK_KEY = 0x63656368  # serialises schema creation ("cech")
+_LAST_IDX = 2**31 - 1  # "every event of this transaction": a pruned one is gone whole
 
 
 def format_cursor(lsn: int, idx: int) -> str:
@@ -153,7 +156,8 @@ class ChangeLog:
         async with self._acquire() as conn:
             await self._ensure_schema(conn)
             await conn.execute(
-                "INSERT INTO cache_edge.changes_floor (lsn) VALUES ($1) ON CONFLICT DO NOTHING",
+                "INSERT INTO cache_edge.changes_floor (lsn, idx) VALUES ($1, 0) "
+                "ON CONFLICT DO NOTHING",
                 confirmed_lsn,
             )
 
@@ -200,8 +204,9 @@ class ChangeLog:
             async with conn.transaction():
                 latest = await conn.fetchval("SELECT coalesce(max(lsn), 0) FROM cache_edge.changes")
                 await conn.execute(
-                    "INSERT INTO cache_edge.changes_floor (lsn) VALUES ($1) "
-                    "ON CONFLICT (one) DO UPDATE SET lsn = GREATEST(changes_floor.lsn, $1)",
+                    "INSERT INTO cache_edge.changes_floor (lsn, idx) VALUES ($1, 0) "
+                    "ON CONFLICT (one) DO UPDATE SET lsn = $1, idx = 0 "
+                    "WHERE changes_floor.lsn < $1",
                     int(latest) + 1,
                 )
         log.warning("change_stream_gap", tenant=self._tenant, reason=reason)
@@ -220,7 +225,9 @@ class ChangeLog:
             )
             if pruned is not None:
                 await conn.execute(
-                    "UPDATE cache_edge.changes_floor SET lsn = GREATEST(lsn, $1)", int(pruned)
+                    "UPDATE cache_edge.changes_floor SET lsn = $1, idx = $2 WHERE lsn <= $1",
+                    int(pruned),
+                    _LAST_IDX,
                 )
 
     # --------------------------------------------------------------- poll side
@@ -240,7 +247,8 @@ class ChangeLog:
             changed = self._changed
             async with self._acquire() as conn:
                 await self._ensure_schema(conn)
-                floor = await conn.fetchval("SELECT lsn FROM cache_edge.changes_floor")
+                floor_row = await conn.fetchrow("SELECT lsn, idx FROM cache_edge.changes_floor")
+                floor = (int(floor_row["lsn"]), int(floor_row["idx"])) if floor_row else None
                 if position is None:
                     if tables:
                         await _check_exist(conn, tables)
@@ -251,10 +259,10 @@ class ChangeLog:
                     start = (
                         (int(tail["lsn"]), int(tail["idx"]))
                         if tail is not None
-                        else (int(floor or 0), 0)
+                        else (floor or (0, 0))
                     )
                     return {"events": [], "cursor": format_cursor(*start)}
-                if floor is None or position[0] < int(floor):
+                if floor is None or position < floor:
                     raise StreamGap(
                         f"cursor {after} is older than the retained change history; "
                         "resubscribe without a cursor (and reload state) to continue"

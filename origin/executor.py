@@ -26,7 +26,6 @@ get explicit read-only blocks throughout.
 from __future__ import annotations
 
 import contextlib
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -44,6 +43,14 @@ from origin.db_errors import is_connection_error, is_stale_statement, map_databa
 from origin.dependencies import Dependencies, explain_dependencies
 from origin.pool import TenantPools
 from origin.results import ResultSet, RowBuffer, SizeBudget, row_count_from_status
+from origin.session import (
+    bind_execute,
+    cached_prepare,
+    execute_more,
+    keep_session_if_untouched,
+    looks_like_read,
+    reported_read_only,
+)
 from origin.types import coerce_params, type_name
 
 __all__ = ["Executor", "QueryResult", "TransactionResult"]
@@ -54,9 +61,6 @@ T = TypeVar("T")
 
 _MAX_REMEMBERED = 10_000  # statement texts whose dependencies (or write-ness) we keep
 _CHUNK_ROWS = 500  # rows per cursor round trip: few round trips, bounded overshoot past the limit
-_READ_WORDS = frozenset({"select", "values", "table", "with"})
-# Functions a SELECT can change the session with (settings, locks, named dblink connections).
-_SESSION_CALLS = re.compile(r"set_config|advisory|dblink", re.IGNORECASE)
 _NETWORK_GRACE = 5.0  # client-side timeout beyond statement_timeout, for a silent network
 _ROLLBACK_TIMEOUT = 2.0
 _ISOLATION = {
@@ -216,15 +220,15 @@ class Executor:
         if not progress.started:
             progress.start(self._clock)
         if not attributes:
-            _, tag, _ = await _bind_execute(conn, prepared, args, 0, self._timeout)
+            _, tag, _ = await bind_execute(conn, prepared, args, 0, self._timeout)
             return ResultSet([], b"", 0, row_count_from_status(tag)), tag
         rows = RowBuffer(_columns(attributes), budget)
-        chunk, tag, done = await _bind_execute(conn, prepared, args, _CHUNK_ROWS, self._timeout)
+        chunk, tag, done = await bind_execute(conn, prepared, args, _CHUNK_ROWS, self._timeout)
         rows.add(chunk)
         while not done:
             if not in_block:
                 return None
-            chunk, tag, done = await _execute_more(conn, prepared, _CHUNK_ROWS, self._timeout)
+            chunk, tag, done = await execute_more(conn, prepared, _CHUNK_ROWS, self._timeout)
             rows.add(chunk)
         return rows.finish(), tag
 
@@ -267,7 +271,7 @@ class Executor:
         changes (so a statement that switched it off is noticed); older servers do not, and
         their reads run in explicit ``BEGIN READ ONLY`` blocks instead (False).
         """
-        state = _reported_read_only(conn)
+        state = reported_read_only(conn)
         if state is None:
             return False
         if not state:
@@ -275,7 +279,7 @@ class Executor:
             mark = getattr(conn, "set_session_read_only", None)
             if mark is not None:
                 mark(True)
-        return _reported_read_only(conn) is True
+        return reported_read_only(conn) is True
 
     async def _prepare(
         self, conn: asyncpg.Connection, stmt: Statement, fresh: bool = False
@@ -283,7 +287,7 @@ class Executor:
         if fresh:
             prepared = await conn.prepare(stmt.sql, timeout=self._timeout)
         else:
-            prepared = await _cached_prepare(conn, stmt.sql, self._timeout)
+            prepared = await cached_prepare(conn, stmt.sql, self._timeout)
         args = coerce_params(stmt.params, prepared.get_parameters())
         return _Bound(prepared, args, prepared.get_attributes())
 
@@ -306,7 +310,7 @@ class Executor:
         read_only = await self._read_only_session(conn)  # before EXPLAIN too (it runs nothing)
         deps = await self._dependencies(conn, tenant, stmt.sql, bound.args)
         result, tag = await self._read_rows(conn, bound, progress, "BEGIN READ ONLY", read_only)
-        _keep_session_if_untouched(conn, stmt.sql, tag)
+        keep_session_if_untouched(conn, stmt.sql, tag)
         return QueryResult(result, progress.produced_at, dependencies=deps)
 
     def forget_dependencies(self, tenant: str) -> None:
@@ -343,7 +347,7 @@ class Executor:
         if (
             has_rows
             and key not in self._writers
-            and _looks_like_read(stmt.sql)
+            and looks_like_read(stmt.sql)
             and await self._read_only_session(conn)
         ):
             try:
@@ -353,7 +357,7 @@ class Executor:
                     self._writers.clear()
                 self._writers[key] = None
             else:
-                _keep_session_if_untouched(conn, stmt.sql, tag)
+                keep_session_if_untouched(conn, stmt.sql, tag)
                 return QueryResult(result, progress.produced_at)
         budget = SizeBudget(self._max_bytes)
         if not has_rows:
@@ -388,98 +392,6 @@ class Executor:
         begin = f"BEGIN ISOLATION LEVEL {_ISOLATION[request.isolation]} READ WRITE"
         results = await self._in_transaction(conn, begin, run)
         return TransactionResult(tuple(results), progress.produced_at)
-
-
-def _reported_read_only(conn: asyncpg.Connection) -> bool | None:
-    """``default_transaction_read_only`` as the server last reported it (None: not reported)."""
-    value = getattr(conn.get_settings(), "default_transaction_read_only", None)
-    return None if value is None else value == "on"
-
-
-def _looks_like_read(sql: str) -> bool:
-    """Whether the statement starts like a query (a guess: a write still fails read-only).
-
-    Skips blanks, comments and opening parentheses by hand: a regular expression for
-    that backtracks exponentially on input like ``------...``.
-    """
-    i, n = 0, len(sql)
-    while i < n:
-        c = sql[i]
-        if c.isspace() or c == "(":
-            i += 1
-        elif sql.startswith("--", i):
-            end = sql.find("\n", i)
-            i = n if end < 0 else end + 1
-        elif sql.startswith("/*", i):
-            end = sql.find("*/", i + 2)
-            i = n if end < 0 else end + 2
-        else:
-            break
-    j = i
-    while j < n and sql[j].isalpha():
-        j += 1
-    return sql[i:j].lower() in _READ_WORDS
-
-
-def _keep_session_if_untouched(conn: asyncpg.Connection, sql: str, tag: str) -> None:
-    """Spare the reset on release when the request can only have read.
-
-    A query (tag ``SELECT n``) in a read-only session can still change the session
-    through a few functions; any mention of those, or the read-only default switched off,
-    and the pool resets as usual. (A user-defined function that sets a session variable
-    inside a plain SELECT is not seen; such a setting is reset when a write or any other
-    statement next runs on that connection.)
-    """
-    if not tag.startswith("SELECT") or _SESSION_CALLS.search(sql):
-        return
-    if _reported_read_only(conn) is not True:
-        return
-    keep = getattr(conn, "keep_session", None)
-    if keep is not None:
-        keep()
-
-
-async def _bind_execute(
-    conn: asyncpg.Connection, prepared: Any, args: list[Any], limit: int, timeout: float
-) -> tuple[list[Any], str, bool]:
-    """Bind the arguments to the unnamed portal and run it for up to ``limit`` rows (0: all),
-    in one round trip: (rows, command tag, whether it ran to completion).
-
-    asyncpg's public API has no call that returns whether a row-limited execution completed
-    (``fetchrow`` uses a limit and discards that), and its cursors cost a separate Bind
-    round trip and need a transaction block; so we use the protocol call those are built on.
-    """
-    rows, tag, done = await conn._protocol.bind_execute(
-        prepared._state, args, "", limit, True, timeout
-    )
-    return rows, tag.decode() if tag else "", bool(done)
-
-
-async def _execute_more(
-    conn: asyncpg.Connection, prepared: Any, limit: int, timeout: float
-) -> tuple[list[Any], str, bool]:
-    """The next rows of the unnamed portal (only inside a transaction block)."""
-    rows, tag, done = await conn._protocol.execute(prepared._state, "", limit, True, timeout)
-    return rows, tag.decode() if tag else "", bool(done)
-
-
-async def _cached_prepare(conn: asyncpg.Connection, sql: str, timeout: float) -> Any:
-    """A prepared statement from the connection's statement cache.
-
-    asyncpg's public ``prepare()`` bypasses its statement cache, so every call would cost a
-    Parse round trip and a later Close (~3x the cost of a cached point query, measured).
-    ``fetch()``/``cursor()`` use the cache but give no access to the parameter types we
-    coerce JSON values to, so we ask for the cached path directly, falling back to the
-    public call if a future asyncpg changes it. Schema changes invalidate cached
-    statements; asyncpg then raises and drops them, and ``_attempt`` retries once.
-    """
-    prepare = getattr(conn, "_prepare", None)
-    if prepare is not None:
-        try:
-            return await prepare(sql, timeout=timeout, use_cache=True)
-        except TypeError:
-            pass
-    return await conn.prepare(sql, timeout=timeout)
 
 
 async def _rollback(conn: asyncpg.Connection) -> None:

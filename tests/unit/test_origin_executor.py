@@ -16,7 +16,8 @@ from cache_edge.config import OriginConfig
 from cache_edge.errors import DatabaseUnavailable, NotCacheable, QueryError
 from cache_edge.protocol import QueryRequest, Statement, TransactionRequest
 from cache_edge.wire import unpackb
-from origin.executor import Executor, _looks_like_read
+from origin.executor import Executor
+from origin.session import looks_like_read
 
 INT4 = Type(oid=23, name="int4", kind="scalar", schema="pg_catalog")
 
@@ -348,4 +349,4 @@ async def test_forgotten_dependencies_are_explained_again() -> None:
     ],
 )
 def test_which_uncached_statements_get_the_read_only_try(sql: str, looks: bool) -> None:
-    assert _looks_like_read(sql) is looks
+    assert looks_like_read(sql) is looks
