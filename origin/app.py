@@ -81,7 +81,7 @@ async def handle_query(request: web.Request) -> web.Response:
     if capture is not None:
         if query.read_only and capture.state == "not_set_up":
             warnings.append(_NOT_SET_UP)
-        if not query.read_only:
+        if not query.read_only and capture.invalidates:
             invalidation = await _write_invalidation(request.app, signed.tenant, capture)
     body = encode_query_response(
         result.result,
@@ -182,7 +182,7 @@ async def handle_transaction(request: web.Request) -> web.Response:
     result = await request.app[EXECUTOR].transaction(signed.tenant, tx)
     capture = request.app[CAPTURES].get(signed.tenant)
     invalidation = None
-    if capture is not None:
+    if capture is not None and capture.invalidates:
         invalidation = await _write_invalidation(request.app, signed.tenant, capture)
     body = encode_transaction_response(result.results, result.produced_at, signed.fmt, invalidation)
     return binary_response(body, signed.fmt)
@@ -264,6 +264,7 @@ def _captures(settings: Settings, app: web.Application) -> dict[str, Capture]:
                 sinks,
                 want_rows=tenant.change_streams,
                 invalidates=tenant.auto_invalidation,
+                acquire=functools.partial(app[POOLS].acquire, tenant.id),
             )
     return out
 

@@ -28,6 +28,7 @@ import asyncpg
 from cache_edge.config import OriginConfig, TenantConfig
 from cache_edge.logs import get_logger
 from origin.auto_setup import PUBLICATION, drop_slot, ensure_slot, is_set_up, slot_name
+from origin.invalidation_log import Acquire
 from origin.pgoutput import (
     Begin,
     Commit,
@@ -104,6 +105,7 @@ class Capture:
         *,
         want_rows: bool = False,
         invalidates: bool = False,
+        acquire: Acquire | None = None,
     ) -> None:
         self.tenant = tenant.id
         self._dsn = tenant.database_url
@@ -113,6 +115,7 @@ class Capture:
         self._sinks = list(sinks)
         self._want_rows = want_rows
         self.invalidates = invalidates  # its commits purge implicit table tags
+        self._acquire = acquire  # a pooled connection, to see another replica's progress
         self.slot = ""
         self.state = "starting"  # owner | standby | not_set_up | error
         self.processed_lsn = 0  # everything committed before it has reached the sinks
@@ -146,8 +149,8 @@ class Capture:
         self.wake()
         while self.processed_lsn < lsn:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
+            if remaining <= 0 or self.state in ("not_set_up", "error"):
+                return False  # nobody here is capturing: do not make writes wait for it
             if self.state != "owner":
                 confirmed = await self._confirmed_elsewhere()
                 if confirmed >= lsn:
@@ -160,16 +163,15 @@ class Capture:
         return True
 
     async def _confirmed_elsewhere(self) -> int:
+        if self._acquire is None:
+            return 0
         with contextlib.suppress(Exception):
-            conn = await asyncpg.connect(self._dsn, timeout=self._connect_timeout)
-            try:
+            async with self._acquire() as conn:
                 text = await conn.fetchval(
                     "SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
                     "WHERE slot_name = $1",
                     self.slot,
                 )
-            finally:
-                await conn.close()
             return parse_lsn(text) if text else 0
         return 0
 

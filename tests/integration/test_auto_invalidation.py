@@ -343,6 +343,9 @@ async def test_tenant_opted_in_without_setup_is_told(
     reply = await post(http, _nodes(world)[0], body, API_KEY_B)
     assert reply.status == 200, reply.body
     assert any("not set up" in w for w in reply.info["warnings"]), reply.info
+    # Its writes are not held up waiting for a capture that does not run, and say so.
+    write = await post(http, _nodes(world)[0], {"sql": "SELECT 1", "params": []}, API_KEY_B)
+    assert write.status == 200 and write.info["invalidation"]["recorded"] is False, write.body
     metrics = await (await http.get(world.origin.url + "/metrics")).text()  # type: ignore[union-attr]
     assert 'cache_edge_origin_capture_owner{tenant="globex"} -1.0' in metrics
     async with http.get(world.origin.url + "/readyz") as resp:  # type: ignore[union-attr]
