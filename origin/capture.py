@@ -51,6 +51,8 @@ log = get_logger("origin.capture")
 _OWNER_LOCK = 0x63656370
 # Changes read per peek; whole transactions are always read, so this may be exceeded.
 _PEEK_CHANGES = 20_000
+# Rows of one transaction held before they are handed to the sinks in a chunk.
+_CHUNK = 5_000
 _DDL_TABLE = ("cache_edge", "ddl_log")
 _RETRY = 1.0
 
@@ -76,10 +78,14 @@ class DdlEvent:
 class Transaction:
     xid: int
     commit_time: dt.datetime
+    commit_lsn: int = 0  # known from its first message: positions its events
     end_lsn: int = 0
     tables: set[str] = field(default_factory=set)  # "schema.name" of every table written
     ddl: list[DdlEvent] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)  # only when a sink wants rows
+    # Changes already handed over in chunks (a huge transaction never sits in memory whole);
+    # ``changes`` holds the ones after them.
+    handed_over: int = 0
 
 
 class CaptureSink(Protocol):
@@ -93,6 +99,11 @@ class CaptureSink(Protocol):
 
     async def started(self, confirmed_lsn: int) -> None:
         """This replica starts reading the slot after ``confirmed_lsn``."""
+        ...
+
+    async def partial(self, txn: Transaction) -> None:
+        """Rows of a committed transaction still being read (``txn.changes``, numbered from
+        ``txn.handed_over``); ``apply`` gets the rest with the whole transaction."""
         ...
 
 
@@ -324,7 +335,7 @@ class Capture:
                 rows += 1
                 msg = parse_message(record["data"])
                 if isinstance(msg, Begin):
-                    txn = Transaction(msg.xid, msg.commit_time)
+                    txn = Transaction(msg.xid, msg.commit_time, msg.final_lsn)
                 elif isinstance(msg, Relation):
                     self._relations[msg.oid] = msg
                 elif isinstance(msg, Commit):
@@ -335,6 +346,11 @@ class Capture:
                     txn = None
                 elif txn is not None and msg is not None:
                     self._add(txn, msg)
+                    if len(txn.changes) >= _CHUNK:
+                        for sink in self._sinks:
+                            await sink.partial(txn)
+                        txn.handed_over += len(txn.changes)
+                        txn.changes.clear()
         return batch, rows, last_end
 
     def _add(self, txn: Transaction, msg: Insert | Update | Delete | Truncate) -> None:

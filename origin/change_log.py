@@ -7,8 +7,9 @@ costs no WAL (which the capture would decode again) and they need no replication
 PostgreSQL crash empties it, and its floor with it, so resuming clients get ``stream_gap``
 instead of a silent gap (docs/change-streams.md).
 
-Cursors are ``<commit end LSN, 16 hex digits>-<index in transaction, 8 hex digits>``:
-they sort as strings in commit order.
+Cursors are ``<commit LSN, 16 hex digits>-<index in transaction, 8 hex digits>``: they
+sort as strings in commit order. The commit LSN is known from a transaction's first
+message, so a huge transaction is stored in chunks as it is read.
 """
 
 from __future__ import annotations
@@ -156,18 +157,23 @@ class ChangeLog:
         async with self._acquire() as conn:
             await self._ensure_schema(conn)
             await conn.execute(
-                "INSERT INTO cache_edge.changes_floor (lsn, idx) VALUES ($1, 0) "
+                "INSERT INTO cache_edge.changes_floor (lsn, idx) VALUES ($1, $2) "
                 "ON CONFLICT DO NOTHING",
-                confirmed_lsn,
+                # Just before the first position a transaction after it can have.
+                confirmed_lsn - 1,
+                _LAST_IDX,
             )
+
+    async def partial(self, txn: Transaction) -> None:
+        await self.apply([txn])
 
     async def apply(self, batch: Sequence[Transaction]) -> None:
         records = []
         for txn in batch:
-            for idx, change in enumerate(txn.changes):
+            for idx, change in enumerate(txn.changes, start=txn.handed_over):
                 records.append(
                     (
-                        txn.end_lsn,
+                        txn.commit_lsn,
                         idx,
                         txn.xid,
                         txn.commit_time,

@@ -17,8 +17,10 @@ BEGIN/COMMIT, and (when it can only have read) no reset when the connection goes
 back to the pool. More rows than one chunk: the statement runs again in a
 ``BEGIN READ ONLY`` block, a chunk per round trip, under the byte budget.
 Uncached statements that look like queries get the same read-only try; a write
-fails there before changing anything (remembered per statement text) and runs in a
-``BEGIN READ WRITE`` block, or auto-committed when it returns no rows.
+fails there before changing anything in the database (remembered per statement
+text, so once) and runs in a ``BEGIN READ WRITE`` block, or auto-committed when it
+returns no rows. (Only effects outside the transaction, such as a ``dblink`` call
+made before the statement's first write, can happen in that failed try too.)
 Servers that do not report ``default_transaction_read_only`` (PostgreSQL < 14)
 get explicit read-only blocks throughout.
 """

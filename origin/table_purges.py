@@ -72,6 +72,9 @@ class TablePurges:
             transactions=len(batch),
         )
 
+    async def partial(self, txn: Transaction) -> None:
+        pass  # tables are purged once the whole transaction has been read
+
     async def started(self, confirmed_lsn: int) -> None:
         pass  # purges need no starting point: the slot holds everything not yet confirmed
 

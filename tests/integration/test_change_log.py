@@ -44,7 +44,7 @@ async def log() -> AsyncIterator[ChangeLog]:
 
 
 def txn(lsn: int, age: dt.timedelta, *ids: int) -> Transaction:
-    t = Transaction(xid=lsn, commit_time=dt.datetime.now(dt.UTC) - age, end_lsn=lsn)
+    t = Transaction(xid=lsn, commit_time=dt.datetime.now(dt.UTC) - age, commit_lsn=lsn)
     t.tables.add("public.cl_t")
     t.changes.extend(Change(REL, "insert", new=(str(i), f"v{i}")) for i in ids)
     return t
@@ -53,7 +53,7 @@ def txn(lsn: int, age: dt.timedelta, *ids: int) -> Transaction:
 async def test_history_is_served_after_a_cursor_and_repeats_are_no_ops(log: ChangeLog) -> None:
     await log.started(100)
     start = (await log.poll(None, ["public.cl_t"], None, 0))["cursor"]
-    assert start == format_cursor(100, 0)
+    assert start == format_cursor(99, 2**31 - 1)  # before anything committed after 100
     batch = [txn(200, dt.timedelta(0), 1, 2), txn(300, dt.timedelta(0), 3)]
     await log.apply(batch)
     await log.apply(batch)  # the capture died before confirming: the same batch again
@@ -74,7 +74,7 @@ async def test_cursors_past_retention_or_a_lost_slot_are_gaps(log: ChangeLog) ->
     await log.apply([txn(200, dt.timedelta(hours=2), 1), txn(300, dt.timedelta(0), 2)])
     log._pruned_at = 0.0  # prune on the next write (normally at most every 10 s)
     await log.apply([txn(400, dt.timedelta(0), 3)])
-    old = format_cursor(100, 0)
+    old = format_cursor(99, 2**31 - 1)
     with pytest.raises(StreamGap, match="older than the retained"):
         await log.poll(old, None, None, 0)
     with pytest.raises(StreamGap):  # inside the pruned transaction: its rest is gone

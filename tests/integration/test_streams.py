@@ -334,3 +334,20 @@ async def test_tenants_see_only_their_own_database(world: Stack, subscribe: Any)
     assert 'cache_edge_node_stream_subscribers{tenant="acme"} 1.0' in text
     assert 'cache_edge_node_stream_subscribers{tenant="globex"} 1.0' in text
     await db("DELETE FROM s_orders WHERE id = 7001")
+
+
+async def test_a_huge_transaction_arrives_whole_and_in_order(world: Stack, subscribe: Any) -> None:
+    """Read and stored in chunks (origin/capture.py), delivered as one ordered run."""
+    sub = await subscribe(_nodes(world)[1], "tables=public.s_other")
+    rows = 12_000  # more than two capture chunks
+    await db("INSERT INTO s_other SELECT g, 'p' FROM generate_series(1, $1) g", rows)
+    raw = b""
+    while raw.count(b"event: change") < rows:
+        chunk = await asyncio.wait_for(sub.resp.content.readany(), 30)
+        assert chunk and b"event: error" not in chunk, chunk[-300:]
+        raw += chunk
+    events = [json.loads(line[6:]) for line in raw.split(b"\n") if line.startswith(b"data: ")]
+    assert [e["new"]["id"] for e in events] == list(range(1, rows + 1))
+    assert len({e["xid"] for e in events}) == 1
+    assert [e["cursor"] for e in events] == sorted(e["cursor"] for e in events)
+    await db("DELETE FROM s_other")
