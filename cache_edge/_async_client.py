@@ -132,13 +132,19 @@ class AsyncClient:
         answer = await self._post(core.TRANSACTION_PATH, body)
         return core.results_from_wire(answer, self.url + core.TRANSACTION_PATH)
 
-    async def invalidate(self, tags: Sequence[str], wait: float | None = 5.0) -> InvalidationResult:
+    async def invalidate(
+        self,
+        tags: Sequence[str] = (),
+        wait: float | None = 5.0,
+        *,
+        tables: Sequence[str] = (),
+    ) -> InvalidationResult:
         """Purge every cached answer carrying any of ``tags`` in every region.
 
         ``wait`` asks the node to hold the answer up to that many seconds until the
         regions have applied it; the result lists the regions still pending.
         """
-        body = core.invalidate_body(tags, False, wait)
+        body = core.invalidate_body(tags, False, wait, tables)
         return core.invalidation_from_wire(await self._post(core.INVALIDATE_PATH, body))
 
     async def invalidate_all(self, wait: float | None = 5.0) -> InvalidationResult:

@@ -92,15 +92,20 @@ def transaction_body(statements: Iterable[StatementLike], isolation: str) -> dic
 
 
 def invalidate_body(
-    tags: Sequence[str] | None, everything: bool, wait: float | None
+    tags: Sequence[str] | None,
+    everything: bool,
+    wait: float | None,
+    tables: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     body: dict[str, Any]
     if everything:
         body = {"all": True}
     else:
-        if isinstance(tags, str) or not tags:
-            raise ValueError("invalidate() needs a non-empty list of tags")
-        body = {"tags": list(tags)}
+        if isinstance(tags, str) or isinstance(tables, str) or not (tags or tables):
+            raise ValueError("invalidate() needs a non-empty list of tags or tables")
+        body = {"tags": list(tags or ())}
+        if tables:
+            body["tables"] = list(tables)
     if wait is not None:
         body["wait"] = wait
     return body

@@ -162,9 +162,15 @@ class Client:
         answer = self._post(core.TRANSACTION_PATH, body)
         return core.results_from_wire(answer, self.url + core.TRANSACTION_PATH)
 
-    def invalidate(self, tags: Sequence[str], wait: float | None = 5.0) -> InvalidationResult:
+    def invalidate(
+        self,
+        tags: Sequence[str] = (),
+        wait: float | None = 5.0,
+        *,
+        tables: Sequence[str] = (),
+    ) -> InvalidationResult:
         """Purge every cached answer carrying any of ``tags`` in every region (see AsyncClient)."""
-        body = core.invalidate_body(tags, False, wait)
+        body = core.invalidate_body(tags, False, wait, tables)
         return core.invalidation_from_wire(self._post(core.INVALIDATE_PATH, body))
 
     def invalidate_all(self, wait: float | None = 5.0) -> InvalidationResult:

@@ -238,7 +238,7 @@ async def handle_invalidate(request: web.Request) -> web.Response:
     tenant = (await _authenticate(request)).tenant
     inv = parse_invalidate(await _read_body(request))
     result = await request.app[ORIGIN].invalidate(
-        tenant, inv.tags, inv.purge_all, inv.wait, request[_RID]
+        tenant, inv.tags, inv.purge_all, inv.wait, request[_RID], tables=inv.tables
     )
     return _plain_response(request, result)
 

@@ -159,6 +159,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url", default="http://127.0.0.1:7410", help="any node's URL")
     p.add_argument("--api-key", required=True)
     p.add_argument("--tag", action="append", default=[], dest="tags", help="repeatable")
+    p.add_argument(
+        "--table",
+        action="append",
+        default=[],
+        dest="tables",
+        help="schema.name: results that read it (automatic invalidation); repeatable",
+    )
     p.add_argument("--all", action="store_true", help="everything of this tenant")
     p.add_argument("--wait", type=float, default=5.0, help="seconds to wait for regions (0-30)")
     p.set_defaults(func=cmd_invalidate)

@@ -13,15 +13,15 @@ __all__ = ["run_invalidate"]
 
 def run_invalidate(args: argparse.Namespace) -> int:
     """Exit 0 when every live region applied the purge, 3 when some are still pending."""
-    if not args.tags and not args.all:
-        print("error: give --tag T (repeatable) or --all", file=sys.stderr)
+    if not args.tags and not args.tables and not args.all:
+        print("error: give --tag T or --table schema.name (repeatable), or --all", file=sys.stderr)
         return 2
     try:
         with Client(args.url, args.api_key, timeout=args.wait + 30) as client:
             if args.all:
                 result = client.invalidate_all(wait=args.wait)
             else:
-                result = client.invalidate(args.tags, wait=args.wait)
+                result = client.invalidate(args.tags, wait=args.wait, tables=args.tables)
     except CacheEdgeError as exc:
         print(format_error(exc), file=sys.stderr)
         return 1

@@ -93,9 +93,17 @@ class OriginClient:
         return await self._post("/v1/query", tenant, body, request_id)
 
     async def invalidate(
-        self, tenant: str, tags: list[str], purge_all: bool, wait: float, request_id: str
+        self,
+        tenant: str,
+        tags: list[str],
+        purge_all: bool,
+        wait: float,
+        request_id: str,
+        tables: list[str] | None = None,
     ) -> dict[str, Any]:
-        body = {"tags": tags, "all": purge_all, "wait": wait}
+        body: dict[str, Any] = {"tags": tags, "all": purge_all, "wait": wait}
+        if tables:
+            body["tables"] = tables
         result = await self._post("/v1/invalidations", tenant, body, request_id)
         return dict(unpackb(result.body))
 

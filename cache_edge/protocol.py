@@ -6,7 +6,8 @@ client learns exactly what to fix; nothing malformed reaches the database.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 from cache_edge.config import Limits
@@ -194,8 +195,29 @@ def parse_transaction(body: Any, limits: Limits) -> TransactionRequest:
 
 
 MAX_PURGE_TAGS = 100
+MAX_TABLES = 100
 MAX_WAIT = 30.0
-_INVALIDATE_FIELDS = frozenset({"tags", "all", "wait"})
+_INVALIDATE_FIELDS = frozenset({"tags", "tables", "all", "wait"})
+TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}\.[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+TABLE_TAG_PREFIX = "table:"
+
+
+def table_tag(qualified: str) -> str:
+    """The implicit tag of cached results that read table ``schema.name``."""
+    return TABLE_TAG_PREFIX + qualified
+
+
+def parse_tables(tables: Any, name: str = "tables", *, allow_empty: bool = False) -> list[str]:
+    """``["schema.name", ...]``: sorted, without repeats."""
+    if not isinstance(tables, list) or len(tables) > MAX_TABLES or not (tables or allow_empty):
+        raise BadRequest(f"{name} must list 1 to {MAX_TABLES} tables", field=name)
+    for t in tables:
+        if not isinstance(t, str) or not TABLE_NAME.match(t):
+            raise BadRequest(
+                f"{str(t)[:80]!r} is not a table name: use schema.name, e.g. public.orders",
+                field=name,
+            )
+    return sorted(set(tables))
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,10 +225,12 @@ class InvalidateRequest:
     tags: list[str]
     purge_all: bool
     wait: float = 5.0
+    tables: list[str] = field(default_factory=list)  # purged through their implicit tags
 
 
 def parse_invalidate(body: Any) -> InvalidateRequest:
-    """``{"tags": [...]}`` or ``{"all": true}``, with an optional ``"wait"`` in seconds."""
+    """``{"tags": [...]}``, ``{"tables": ["public.orders"]}`` (automatic invalidation's table
+    tags) or ``{"all": true}``, with an optional ``"wait"`` in seconds."""
     obj = _object(body, "the request body")
     _reject_unknown(obj, _INVALIDATE_FIELDS)
     purge_all = obj.get("all", False)
@@ -216,9 +240,13 @@ def parse_invalidate(body: Any) -> InvalidateRequest:
     if not isinstance(tags, list):
         raise BadRequest("tags must be an array of strings", field="tags")
     parse_tags(tags, "tags", MAX_PURGE_TAGS)
-    if not tags and not purge_all:
-        raise BadRequest('nothing to purge: send {"tags": [...]} or {"all": true}', field="tags")
+    tables = parse_tables(obj.get("tables", []), allow_empty=True)
+    if not tags and not tables and not purge_all:
+        raise BadRequest(
+            'nothing to purge: send {"tags": [...]}, {"tables": [...]} or {"all": true}',
+            field="tags",
+        )
     wait = obj.get("wait", 5.0)
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
         raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT:.0f}", field="wait")
-    return InvalidateRequest(sorted(set(tags)), purge_all, float(wait))
+    return InvalidateRequest(sorted(set(tags)), purge_all, float(wait), tables)

@@ -15,7 +15,7 @@ from cache_edge.config import Settings
 from cache_edge.errors import BadRequest, CacheEdgeError, CaptureUnavailable
 from cache_edge.httplog import quiet_client_errors
 from cache_edge.logs import configure_logging, get_logger
-from cache_edge.protocol import MAX_WAIT, parse_query, parse_transaction
+from cache_edge.protocol import MAX_WAIT, parse_query, parse_transaction, table_tag
 from cache_edge.reload import ConfigWatcher, LiveSettings
 from cache_edge.tls import reload_server_context, server_context
 from cache_edge.wire import encode_body, json_dumps
@@ -39,7 +39,7 @@ from origin.pool import TenantPools
 from origin.purges import Purges
 from origin.replay import ReplayCache
 from origin.results import encode_query_response, encode_transaction_response
-from origin.table_purges import TablePurges, table_tag
+from origin.table_purges import TablePurges
 
 __all__ = ["EXECUTOR", "POOLS", "create_origin_app", "run_origin"]
 

@@ -25,6 +25,7 @@ import asyncpg
 
 from cache_edge.errors import BadRequest, StreamGap
 from cache_edge.logs import get_logger
+from cache_edge.protocol import parse_tables
 from cache_edge.wire import packb, unpackb
 from origin.capture import Change, Transaction
 from origin.invalidation_log import Acquire
@@ -38,8 +39,6 @@ log = get_logger("origin.change_log")
 CHANGES_CHANNEL = "cache_edge_changes"
 OPS = ("insert", "update", "delete", "truncate")
 _CURSOR = re.compile(r"^([0-9A-F]{16})-([0-9A-F]{8})$")
-_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}\.[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-MAX_TABLES = 100
 MAX_POLL = 1000
 _PRUNE_EVERY = 10.0
 
@@ -82,15 +81,7 @@ def parse_cursor(text: str) -> tuple[int, int]:
 
 
 def check_tables(tables: Any) -> list[str]:
-    if not isinstance(tables, list) or not tables or len(tables) > MAX_TABLES:
-        raise BadRequest(f"tables must list 1 to {MAX_TABLES} tables", field="tables")
-    for t in tables:
-        if not isinstance(t, str) or not _TABLE.match(t):
-            raise BadRequest(
-                f"{str(t)[:80]!r} is not a table name: use schema.name, e.g. public.orders",
-                field="tables",
-            )
-    return sorted(set(tables))
+    return parse_tables(tables)
 
 
 def check_ops(ops: Any) -> list[str] | None:

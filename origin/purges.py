@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from cache_edge.config import Settings
 from cache_edge.errors import BadRequest, NotFound
 from cache_edge.logs import get_logger
-from cache_edge.protocol import MAX_WAIT, parse_invalidate
+from cache_edge.protocol import MAX_WAIT, parse_invalidate, table_tag
 from origin.db_errors import map_database_error
 from origin.invalidation_log import CHANNEL, InvalidationLog
 from origin.listener import listen_forever
@@ -53,12 +53,13 @@ class Purges:
     async def record(self, tenant: str, payload: Any) -> dict[str, Any]:
         req = parse_invalidate(payload)
         purge_log = self._logs[tenant]
-        inv = await purge_log.record(req.tags, req.purge_all)
+        tags = sorted({*req.tags, *(table_tag(t) for t in req.tables)})
+        inv = await purge_log.record(tags, req.purge_all)
         log.info(
             "purge_recorded",
             tenant=tenant,
             seq=inv.seq,
-            tags=len(req.tags),
+            tags=len(tags),
             purge_all=req.purge_all,
         )
         progress = await purge_log.wait_applied(inv, req.wait)

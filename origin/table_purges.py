@@ -13,18 +13,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from cache_edge.logs import get_logger
+from cache_edge.protocol import table_tag
 from origin.capture import Transaction
 from origin.invalidation_log import InvalidationLog
 
-__all__ = ["TABLE_TAG_PREFIX", "TablePurges", "table_tag"]
+__all__ = ["TablePurges", "table_tag"]
 
 log = get_logger("origin.table_purges")
-
-TABLE_TAG_PREFIX = "table:"
-
-
-def table_tag(qualified: str) -> str:
-    return TABLE_TAG_PREFIX + qualified
 
 
 class TablePurges:

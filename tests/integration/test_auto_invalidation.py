@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -393,3 +395,24 @@ async def test_a_standby_origin_replica_takes_over_the_capture(
     finally:
         standby.stop()
         world.servers.remove(standby)
+
+
+async def test_purge_by_table_name(world: Stack, http: aiohttp.ClientSession) -> None:
+    """For changes the WAL cannot show (another database behind a foreign table, say)."""
+    read = cached("SELECT count(*)::int FROM auto_items")
+    await cache_everywhere(http, world, read)
+    url = _nodes(world)[0]
+    done = await post(
+        http, url, {"tables": ["public.auto_items"], "wait": 10}, API_KEY_A, path="/v1/invalidate"
+    )
+    assert done.status == 200 and set(done.body["appliedRegions"]) >= REGIONS, done.body
+    assert [r.cache_status for r in await read_everywhere(http, world, read)] == ["miss", "miss"]
+    bad = await post(http, url, {"tables": ["auto_items"]}, API_KEY_A, path="/v1/invalidate")
+    assert bad.status == 400 and bad.body["error"]["field"] == "tables"
+    out = subprocess.run(
+        [sys.executable, "-m", "cache_edge.cli", "invalidate", "--url", url,
+         "--api-key", API_KEY_A, "--table", "public.auto_items"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0 and "applied in: " in out.stdout, out.stderr
+    assert [r.cache_status for r in await read_everywhere(http, world, read)] == ["miss", "miss"]
