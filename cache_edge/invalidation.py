@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from cache_edge.errors import CacheEdgeError
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
+from cache_edge.tasks import stop_tasks
 from cache_edge.tiers.redis import RedisTier, TierUnavailable
 from cache_edge.wire import packb
 
@@ -94,11 +95,7 @@ class Applier:
             self._tasks.append(asyncio.create_task(self._run(tenant)))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._tasks)
         if self._leader.is_set():
             # Hand over at once instead of letting a successor wait out the lease.
             with contextlib.suppress(TierUnavailable):

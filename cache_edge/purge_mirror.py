@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_edge.logs import get_logger
+from cache_edge.tasks import stop_tasks
 from cache_edge.tiers.memory import MemoryTier
 from cache_edge.tiers.redis import RedisTier, TierUnavailable
 from cache_edge.wire import unpackb
@@ -119,10 +120,7 @@ class PurgeMirror:
         self._task = asyncio.create_task(self._listen())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_tasks([self._task])
 
     async def _listen(self) -> None:
         while True:

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from cache_edge.config import ConfigError, Settings
 from cache_edge.logs import get_logger
 from cache_edge.reloadable import merge_reloadable
+from cache_edge.tasks import stop_tasks
 
 __all__ = ["ConfigWatcher", "LiveSettings"]
 
@@ -115,10 +116,7 @@ class ConfigWatcher:
         if self._hup:
             with contextlib.suppress(Exception):
                 asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_tasks([self._task])
 
     def _on_sighup(self) -> None:
         # Keep a reference so the task is not collected; errors are logged inside reload().

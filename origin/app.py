@@ -17,6 +17,7 @@ from cache_edge.httplog import quiet_client_errors
 from cache_edge.logs import configure_logging, get_logger
 from cache_edge.protocol import MAX_WAIT, parse_query, parse_transaction, table_tag
 from cache_edge.reload import ConfigWatcher, LiveSettings
+from cache_edge.tasks import stop_tasks
 from cache_edge.tls import reload_server_context, server_context
 from cache_edge.wire import encode_body, json_dumps
 from origin.capture import Capture, CaptureSink
@@ -233,11 +234,17 @@ async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
         await watcher.stop()
     for capture in app[CAPTURES].values():
         await capture.stop()
-    for task in listeners:
-        task.cancel()
-    await asyncio.gather(*listeners, return_exceptions=True)
+    await stop_tasks(listeners)
     await app[PURGES].stop()
     await app[POOLS].close()
+
+
+async def _end_waits(app: web.Application) -> None:
+    # Long-polls wait for seconds by design; a stopping origin answers them now, so the
+    # graceful drain finishes at once instead of after the longest poll.
+    app[PURGES].end_waits()
+    for changes in app[CHANGES].values():
+        changes.close()
 
 
 def _captures(settings: Settings, app: web.Application) -> dict[str, Capture]:
@@ -321,6 +328,7 @@ def create_origin_app(settings: Settings) -> web.Application:
     if tls is not None:
         app[TLS] = tls
     app.cleanup_ctx.append(_pools_lifetime)
+    app.on_shutdown.append(_end_waits)
     app.router.add_post("/v1/query", handle_query)
     app.router.add_post("/v1/transaction", handle_transaction)
     app.router.add_post("/v1/invalidations", handle_invalidate)

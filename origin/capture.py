@@ -27,6 +27,7 @@ import asyncpg
 
 from cache_edge.config import OriginConfig, TenantConfig
 from cache_edge.logs import get_logger
+from cache_edge.tasks import stop_tasks
 from origin.auto_setup import PUBLICATION, drop_slot, ensure_slot, is_set_up, slot_name
 from origin.invalidation_log import Acquire
 from origin.pgoutput import (
@@ -144,10 +145,7 @@ class Capture:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_tasks([self._task])
 
     def wake(self) -> None:
         """Look for new commits now (a write through this origin just committed)."""

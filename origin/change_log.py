@@ -127,7 +127,13 @@ class ChangeLog:
         self._schema_ready = False
         self._changed = asyncio.Event()
         self._pruned_at = 0.0
+        self._closing = False
         self.events = 0  # events stored by this replica (metrics)
+
+    def close(self) -> None:
+        """The origin is stopping: end long-polls now (nodes poll again elsewhere)."""
+        self._closing = True
+        self.notify_changed()
 
     def notify_changed(self) -> None:
         event, self._changed = self._changed, asyncio.Event()
@@ -274,7 +280,7 @@ class ChangeLog:
                     ops,
                     limit,
                 )
-            if rows or time.monotonic() >= deadline:
+            if rows or time.monotonic() >= deadline or self._closing:
                 break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(

@@ -90,6 +90,7 @@ class InvalidationLog:
         self._changed = asyncio.Event()
         self._watermark = 0
         self._watermark_at = 0.0
+        self._closing = False
 
     async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
         if not self._schema_ready:
@@ -98,6 +99,11 @@ class InvalidationLog:
                 await conn.execute("SELECT pg_advisory_xact_lock($1)", _LOCK_KEY)
                 await conn.execute(SCHEMA_SQL)
             self._schema_ready = True
+
+    def close(self) -> None:
+        """The origin is stopping: end every long-poll and wait now (callers retry)."""
+        self._closing = True
+        self.notify_changed()
 
     def notify_changed(self) -> None:
         """Wake long-polls and waiters (on a local change, or NOTIFY from a replica)."""
@@ -205,6 +211,8 @@ class InvalidationLog:
             latest, oldest = int(bounds["latest"]), int(bounds["oldest"])
             if rows or after < 0 or latest > after or time.monotonic() >= deadline:
                 break
+            if self._closing:
+                break
             remaining = deadline - time.monotonic()
             # NOTIFY wakes us early; the timeout makes correctness independent of it.
             with contextlib.suppress(TimeoutError):
@@ -244,7 +252,7 @@ class InvalidationLog:
             changed = self._changed
             progress = await self.progress(inv.id)
             assert progress is not None
-            if not progress.pending or time.monotonic() >= deadline:
+            if not progress.pending or time.monotonic() >= deadline or self._closing:
                 return progress
             # NOTIFY from a replica wakes us; the slice bounds the wait without it.
             with contextlib.suppress(TimeoutError):

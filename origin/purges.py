@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -12,6 +11,7 @@ from cache_edge.config import Settings
 from cache_edge.errors import BadRequest, NotFound
 from cache_edge.logs import get_logger
 from cache_edge.protocol import MAX_WAIT, parse_invalidate, table_tag
+from cache_edge.tasks import stop_tasks
 from origin.db_errors import map_database_error
 from origin.invalidation_log import CHANNEL, InvalidationLog
 from origin.listener import listen_forever
@@ -106,9 +106,9 @@ class Purges:
                 )
             )
 
+    def end_waits(self) -> None:
+        for purge_log in self._logs.values():
+            purge_log.close()
+
     async def stop(self) -> None:
-        for task in self._listeners:
-            task.cancel()
-        for task in self._listeners:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await stop_tasks(self._listeners)

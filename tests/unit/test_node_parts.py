@@ -163,3 +163,29 @@ def test_node_and_origin_share_one_request_id_rule() -> None:
     made = {request_id(bad) for bad in (None, "", "x" * 129, "bad id", "a\nb", "é")}
     assert len(made) == 6  # each replaced by a fresh id
     assert all(len(rid) == 32 and rid.isalnum() for rid in made)
+
+
+async def test_stop_tasks_outlasts_a_swallowed_cancellation() -> None:
+    """A library that turns a cancellation into an error (redis-py did, on connect) must
+    not make a graceful shutdown hang: the request to stop is repeated."""
+    import asyncio
+
+    from cache_edge.tasks import stop_tasks
+
+    swallowed = 0
+
+    async def stubborn() -> None:
+        nonlocal swallowed
+        while True:
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                if swallowed < 2:
+                    swallowed += 1  # what the library did: handled, and the loop goes on
+                    continue
+                raise
+
+    task = asyncio.create_task(stubborn())
+    await asyncio.sleep(0)
+    await stop_tasks([task, None], timeout=5)
+    assert task.cancelled() and swallowed == 2
