@@ -416,3 +416,26 @@ async def test_purge_by_table_name(world: Stack, http: aiohttp.ClientSession) ->
     )  # fmt: skip
     assert out.returncode == 0 and "applied in: " in out.stdout, out.stderr
     assert [r.cache_status for r in await read_everywhere(http, world, read)] == ["miss", "miss"]
+
+
+async def test_truncate_and_materialized_view_refresh(
+    world: Stack, http: aiohttp.ClientSession
+) -> None:
+    await direct(
+        "DROP MATERIALIZED VIEW IF EXISTS auto_mv; DROP TABLE IF EXISTS auto_scratch;"
+        "CREATE TABLE auto_scratch (id int); INSERT INTO auto_scratch VALUES (1), (2);"
+        "CREATE MATERIALIZED VIEW auto_mv AS SELECT count(*)::int AS n FROM auto_scratch"
+    )
+    await captured(http, world)
+    scratch = cached("SELECT count(*)::int FROM auto_scratch")
+    mv = cached("SELECT n FROM auto_mv")
+    assert await cache_everywhere(http, world, scratch) == [[[2]]] * 2
+    assert await cache_everywhere(http, world, mv) == [[[2]]] * 2
+    await direct("TRUNCATE auto_scratch")  # no row events: a Truncate message in the WAL
+    await captured(http, world)
+    assert rows_of(await read_everywhere(http, world, scratch)) == [[[0]]] * 2
+    assert rows_of(await read_everywhere(http, world, mv)) == [[[2]]] * 2  # not refreshed yet
+    await direct("REFRESH MATERIALIZED VIEW auto_mv")  # arrives through the DDL log
+    await captured(http, world)
+    assert rows_of(await read_everywhere(http, world, mv)) == [[[0]]] * 2
+    await direct("DROP MATERIALIZED VIEW auto_mv; DROP TABLE auto_scratch")
