@@ -200,6 +200,8 @@ MAX_WAIT = 30.0
 _INVALIDATE_FIELDS = frozenset({"tags", "tables", "all", "wait"})
 TABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}\.[A-Za-z_][A-Za-z0-9_$]{0,62}$")
 TABLE_TAG_PREFIX = "table:"
+# Carried by results whose tables could not be determined; every captured write purges it.
+ANY_TABLE_TAG = TABLE_TAG_PREFIX + "*"
 
 
 def table_tag(qualified: str) -> str:

@@ -15,7 +15,13 @@ from cache_edge.config import Settings
 from cache_edge.errors import BadRequest, CacheEdgeError, CaptureUnavailable
 from cache_edge.httplog import quiet_client_errors
 from cache_edge.logs import configure_logging, get_logger
-from cache_edge.protocol import MAX_WAIT, parse_query, parse_transaction, table_tag
+from cache_edge.protocol import (
+    ANY_TABLE_TAG,
+    MAX_WAIT,
+    parse_query,
+    parse_transaction,
+    table_tag,
+)
 from cache_edge.reload import ConfigWatcher, LiveSettings
 from cache_edge.tasks import stop_tasks
 from cache_edge.tls import reload_server_context, server_context
@@ -79,6 +85,8 @@ async def handle_query(request: web.Request) -> web.Response:
     if capture is not None and capture.invalidates:
         # Implicit tags only where writes purge them; elsewhere they would cost every hit.
         tags = tuple(table_tag(t) for t in tables)
+        if deps is not None and not deps.known:
+            tags = (ANY_TABLE_TAG,)  # invalidated by any write, rather than by none
     if capture is not None:
         if query.read_only and capture.state == "not_set_up":
             warnings.append(_NOT_SET_UP)

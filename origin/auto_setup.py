@@ -147,6 +147,11 @@ async def setup(conn: asyncpg.Connection, tenant: str) -> SetupReport:
                 "SELECT true FROM pg_publication WHERE pubname = $1", PUBLICATION
             ):
                 await conn.execute(f"CREATE PUBLICATION {PUBLICATION} FOR ALL TABLES")
+            # A write to any partition arrives as a write to its partitioned table, which is
+            # what cached results that read any of its partitions are tagged with.
+            await conn.execute(
+                f"ALTER PUBLICATION {PUBLICATION} SET (publish_via_partition_root = true)"
+            )
             await conn.execute(_DDL_SQL)
     except asyncpg.InsufficientPrivilegeError as exc:
         raise CaptureUnavailable(

@@ -44,6 +44,7 @@ _NOT_FUNCTIONS = frozenset({"ANY", "ALL", "ARRAY", "ROW", "CASE", "SubPlan", "In
 class Dependencies:
     tables: tuple[str, ...]  # "schema.name", sorted
     warnings: tuple[str, ...] = ()
+    known: bool = True  # False: EXPLAIN failed, the statement may read any table
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -77,11 +78,53 @@ def plan_dependencies(plan: dict[str, Any]) -> tuple[set[str], set[str], set[str
     return tables, functions, keywords
 
 
-async def explain_dependencies(conn: Any, sql: str, args: list[Any]) -> Dependencies:
-    """Plan ``sql`` with its real arguments (inside the caller's transaction) and read it."""
-    raw = await conn.fetchval("EXPLAIN (VERBOSE, FORMAT JSON) " + sql, *args)
+# The plan is remembered per statement text, so it must hold for every argument: a generic
+# plan (nothing folded away for the first call's values) without partition pruning (every
+# partition the statement could read is in it). PostgreSQL 15 has no EXPLAIN (GENERIC_PLAN).
+# One round trip each way; a failing PREPARE rolls the SETs back with it (one implicit
+# transaction), and the undo runs only after PREPARE succeeded.
+_GENERIC = (
+    "SET plan_cache_mode = force_generic_plan; SET enable_partition_pruning = off; "
+    "PREPARE cache_edge_deps AS "
+)
+_UNDO = "DEALLOCATE cache_edge_deps; RESET plan_cache_mode; RESET enable_partition_pruning"
+_ROOTS = """
+SELECT DISTINCT rn.nspname || '.' || r.relname AS root
+FROM unnest($1::text[], $2::text[]) AS t(schema_name, rel_name)
+JOIN pg_namespace n ON n.nspname = t.schema_name
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name AND c.relispartition
+JOIN pg_class r ON r.oid = pg_partition_root(c.oid)
+JOIN pg_namespace rn ON rn.oid = r.relnamespace
+"""
+
+
+async def _generic_plan(conn: Any, sql: str, nargs: int, timeout: float | None) -> dict[str, Any]:
+    await conn.execute(_GENERIC + sql, timeout=timeout)
+    try:
+        values = "(" + ", ".join(["NULL"] * nargs) + ")" if nargs else ""
+        raw = await conn.fetchval("EXPLAIN (VERBOSE, FORMAT JSON) EXECUTE cache_edge_deps" + values)
+    finally:
+        await conn.execute(_UNDO, timeout=timeout)
     doc = raw if isinstance(raw, list) else json.loads(raw)
-    tables, functions, keywords = plan_dependencies(doc[0]["Plan"])
+    plan: dict[str, Any] = doc[0]["Plan"]
+    return plan
+
+
+async def explain_dependencies(
+    conn: Any, sql: str, args: list[Any], timeout: float | None = None
+) -> Dependencies:
+    """Plan ``sql`` for any arguments (outside a transaction block) and read the plan.
+
+    Partitions come with their partitioned root: writes to partitions are published as
+    writes to the root (``publish_via_partition_root``), whichever partition they hit.
+    """
+    plan = await _generic_plan(conn, sql, len(args), timeout)
+    tables, functions, keywords = plan_dependencies(plan)
+    partitions = sorted(tables)
+    if partitions:
+        schemas, names = zip(*(t.split(".", 1) for t in partitions), strict=True)
+        rows = await conn.fetch(_ROOTS, list(schemas), list(names))
+        tables.update(r["root"] for r in rows)
     volatile: set[str] = set()
     if functions:
         rows = await conn.fetch(

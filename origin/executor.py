@@ -330,9 +330,11 @@ class Executor:
             return known
         # Outside any transaction block, so a statement EXPLAIN cannot handle spoils nothing.
         try:
-            found = await explain_dependencies(conn, sql, args)
+            found = await explain_dependencies(conn, sql, args, self._timeout)
         except asyncpg.PostgresError as exc:
-            found = Dependencies((), (f"could not determine what it reads ({exc.sqlstate})",))
+            found = Dependencies(
+                (), (f"could not determine what it reads ({exc.sqlstate})",), known=False
+            )
         if len(self._deps) >= _MAX_REMEMBERED:
             self._deps.clear()  # statement texts are few in practice; a flush is cheap
         self._deps[key] = found

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from cache_edge.logs import get_logger
-from cache_edge.protocol import table_tag
+from cache_edge.protocol import ANY_TABLE_TAG, table_tag
 from origin.capture import Transaction
 from origin.invalidation_log import InvalidationLog
 
@@ -52,6 +52,8 @@ class TablePurges:
             self._forget(self._tenant)  # plans (and so dependencies) may have changed
         if not tags and not purge_all:
             return
+        if tags:
+            tags.add(ANY_TABLE_TAG)  # results whose tables could not be determined
         inv = await self._log.record(sorted(tags), purge_all)
         self.purges += 1
         if self._observe_lag is not None:

@@ -439,3 +439,41 @@ async def test_truncate_and_materialized_view_refresh(
     await captured(http, world)
     assert rows_of(await read_everywhere(http, world, mv)) == [[[0]]] * 2
     await direct("DROP MATERIALIZED VIEW auto_mv; DROP TABLE auto_scratch")
+
+
+async def test_partitions_and_arguments_do_not_narrow_what_a_statement_depends_on(
+    world: Stack, http: aiohttp.ClientSession
+) -> None:
+    """What a statement reads is planned once per text; it must hold for any arguments
+    (no pruning by the first call's values) and for writes to any partition."""
+    await direct(
+        "DROP TABLE IF EXISTS auto_parted;"
+        "CREATE TABLE auto_parted (k int NOT NULL, v text) PARTITION BY RANGE (k);"
+        "CREATE TABLE auto_parted_lo PARTITION OF auto_parted FOR VALUES FROM (0) TO (100);"
+        "CREATE TABLE auto_parted_hi PARTITION OF auto_parted FOR VALUES FROM (100) TO (200);"
+        "INSERT INTO auto_parted VALUES (5, 'lo'), (150, 'hi')"
+    )
+    await captured(http, world)
+    sql = "SELECT count(*)::int FROM auto_parted WHERE k >= $1"
+    assert await cache_everywhere(http, world, cached(sql, 100)) == [[[1]]] * 2  # hi only
+    everything = cached(sql, 0)
+    assert await cache_everywhere(http, world, everything) == [[[2]]] * 2
+    await direct("INSERT INTO auto_parted VALUES (6, 'lo too')")  # a partition the first skipped
+    await captured(http, world)
+    assert rows_of(await read_everywhere(http, world, everything)) == [[[3]]] * 2
+    await direct("DROP TABLE auto_parted")
+    await captured(http, world)
+
+
+async def test_a_statement_whose_tables_are_unknown_follows_every_write(
+    world: Stack, http: aiohttp.ClientSession
+) -> None:
+    await captured(http, world)  # earlier tests' writes purge such results too
+    read = cached("SHOW application_name")  # runs, but EXPLAIN cannot plan it
+    first = await post(http, _nodes(world)[0], read, API_KEY_A)
+    assert first.status == 200, first.body
+    assert any("could not determine" in w for w in first.info["warnings"]), first.info
+    await cache_everywhere(http, world, read)
+    await direct("UPDATE auto_items SET price = price WHERE id = 1")
+    await captured(http, world)
+    assert [r.cache_status for r in await read_everywhere(http, world, read)] == ["miss", "miss"]
