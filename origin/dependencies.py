@@ -44,7 +44,7 @@ _NOT_FUNCTIONS = frozenset({"ANY", "ALL", "ARRAY", "ROW", "CASE", "SubPlan", "In
 class Dependencies:
     tables: tuple[str, ...]  # "schema.name", sorted
     warnings: tuple[str, ...] = ()
-    known: bool = True  # False: EXPLAIN failed, the statement may read any table
+    known: bool = True  # False: it may read tables not in the plan (or EXPLAIN failed)
 
 
 def _nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -88,6 +88,20 @@ _GENERIC = (
     "PREPARE cache_edge_deps AS "
 )
 _UNDO = "DEALLOCATE cache_edge_deps; RESET plan_cache_mode; RESET enable_partition_pruning"
+# Functions still in the plan (not inlined): volatile ones change without a table changing;
+# user-defined ones (not C/internal, not in the system schemas) may read tables the plan
+# does not show.
+_FUNCTIONS = """
+SELECT p.proname,
+       bool_or(p.provolatile = 'v') AS volatile,
+       bool_or(l.lanname NOT IN ('internal', 'c')
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema')) AS opaque
+FROM pg_proc p
+JOIN pg_language l ON l.oid = p.prolang
+JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE p.proname = ANY($1::text[])
+GROUP BY p.proname
+"""
 _ROOTS = """
 SELECT DISTINCT rn.nspname || '.' || r.relname AS root
 FROM unnest($1::text[], $2::text[]) AS t(schema_name, rel_name)
@@ -126,16 +140,19 @@ async def explain_dependencies(
         rows = await conn.fetch(_ROOTS, list(schemas), list(names))
         tables.update(r["root"] for r in rows)
     volatile: set[str] = set()
+    opaque: set[str] = set()
     if functions:
-        rows = await conn.fetch(
-            "SELECT DISTINCT proname FROM pg_proc "
-            "WHERE proname = ANY($1::text[]) AND provolatile = 'v'",
-            sorted(functions),
-        )
-        volatile = {r["proname"] for r in rows}
+        rows = await conn.fetch(_FUNCTIONS, sorted(functions))
+        volatile = {r["proname"] for r in rows if r["volatile"]}
+        opaque = {r["proname"] for r in rows if r["opaque"]}
     warnings = [
         f"depends on {name}(), which changes without any table changing"
         for name in sorted(volatile | (functions & _TIME_OR_SESSION))
     ]
+    warnings += [
+        f"calls {name}(), whose reads the planner cannot see: any write invalidates this result"
+        for name in sorted(opaque)
+    ]
     warnings += [f"depends on {kw}, which is not table data" for kw in sorted(keywords)]
-    return Dependencies(tuple(sorted(tables)), tuple(warnings))
+    # A user-defined function left in the plan may read any table: follow every write.
+    return Dependencies(tuple(sorted(tables)), tuple(warnings), known=not opaque)

@@ -477,3 +477,23 @@ async def test_a_statement_whose_tables_are_unknown_follows_every_write(
     await direct("UPDATE auto_items SET price = price WHERE id = 1")
     await captured(http, world)
     assert [r.cache_status for r in await read_everywhere(http, world, read)] == ["miss", "miss"]
+
+
+async def test_a_function_the_planner_cannot_see_into_follows_every_write(
+    world: Stack, http: aiohttp.ClientSession
+) -> None:
+    await direct(
+        "CREATE OR REPLACE FUNCTION auto_owner_name(i int) RETURNS text LANGUAGE plpgsql "
+        "STABLE AS $$ BEGIN RETURN (SELECT name FROM auto_owners WHERE id = i); END $$"
+    )
+    await captured(http, world)
+    read = cached("SELECT auto_owner_name($1)", 2)
+    first = await post(http, _nodes(world)[0], read, API_KEY_A)
+    assert any("auto_owner_name" in w for w in first.info["warnings"]), first.info
+    before = (await cache_everywhere(http, world, read))[0]
+    await direct("UPDATE auto_owners SET name = name || '!' WHERE id = 2")
+    await captured(http, world)
+    after = rows_of(await read_everywhere(http, world, read))
+    assert after == [[[before[0][0] + "!"]]] * 2  # the plan shows no table, yet it follows
+    await direct("UPDATE auto_owners SET name = rtrim(name, '!') WHERE id = 2")
+    await captured(http, world)
