@@ -252,3 +252,48 @@ def parse_invalidate(body: Any) -> InvalidateRequest:
     if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
         raise BadRequest(f"wait must be a number of seconds from 0 to {MAX_WAIT:.0f}", field="wait")
     return InvalidateRequest(sorted(set(tags)), purge_all, float(wait), tables)
+
+
+STREAM_OPS = ("insert", "update", "delete", "truncate")
+MAX_POLL = 1000
+_POLL_FIELDS = frozenset({"after", "tables", "ops", "wait", "limit"})
+
+
+@dataclass(frozen=True, slots=True)
+class ChangesPoll:
+    """A node's long-poll of the origin's change history (docs/change-streams.md)."""
+
+    after: str | None  # a cursor; None: no events, just the current position
+    tables: list[str] | None
+    ops: list[str] | None
+    wait: float
+    limit: int
+
+
+def parse_ops(ops: Any, name: str = "ops") -> list[str] | None:
+    if ops is None:
+        return None
+    if not isinstance(ops, list) or not ops or not all(o in STREAM_OPS for o in ops):
+        raise BadRequest(f"{name} must list some of {', '.join(STREAM_OPS)}", field=name)
+    return sorted(set(ops))
+
+
+def parse_changes_poll(body: Any) -> ChangesPoll:
+    obj = _object(body, "the poll body")
+    _reject_unknown(obj, _POLL_FIELDS)
+    after = obj.get("after")
+    if after is not None and not isinstance(after, str):
+        raise BadRequest("after must be a cursor or null", field="after")
+    tables = obj.get("tables")
+    wait, limit = obj.get("wait", 0), obj.get("limit", MAX_POLL)
+    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
+        raise BadRequest(f"wait must be 0 to {MAX_WAIT:.0f} seconds", field="wait")
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_POLL:
+        raise BadRequest(f"limit must be 1 to {MAX_POLL}", field="limit")
+    return ChangesPoll(
+        after,
+        parse_tables(tables) if tables is not None else None,
+        parse_ops(obj.get("ops")),
+        float(wait),
+        limit,
+    )

@@ -12,12 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from cache_edge.config import Settings
-from cache_edge.errors import BadRequest, CacheEdgeError, CaptureUnavailable
+from cache_edge.errors import CacheEdgeError, CaptureUnavailable
 from cache_edge.httplog import quiet_client_errors
 from cache_edge.logs import configure_logging, get_logger
 from cache_edge.protocol import (
     ANY_TABLE_TAG,
-    MAX_WAIT,
+    parse_changes_poll,
     parse_query,
     parse_transaction,
     table_tag,
@@ -27,7 +27,7 @@ from cache_edge.tasks import stop_tasks
 from cache_edge.tls import reload_server_context, server_context
 from cache_edge.wire import encode_body, json_dumps
 from origin.capture import Capture, CaptureSink
-from origin.change_log import CHANGES_CHANNEL, MAX_POLL, ChangeLog, check_ops, check_tables
+from origin.change_log import CHANGES_CHANNEL, ChangeLog
 from origin.db_errors import map_database_error
 from origin.executor import Executor
 from origin.http import (
@@ -159,25 +159,9 @@ async def handle_changes_poll(request: web.Request) -> web.Response:
             "change streams are enabled but not set up for this tenant: run "
             f"cache-edge origin setup-auto-invalidation --tenant {signed.tenant}"
         )
-    payload = signed.payload
-    if not isinstance(payload, dict):
-        raise BadRequest("the poll body must be an object")
-    unknown = set(payload) - {"after", "tables", "ops", "wait", "limit"}
-    if unknown:
-        raise BadRequest(f"unknown field {sorted(unknown)[0]}", field=sorted(unknown)[0])
-    after = payload.get("after")
-    if after is not None and not isinstance(after, str):
-        raise BadRequest("after must be a cursor or null", field="after")
-    tables = payload.get("tables")
-    tables = check_tables(tables) if tables is not None else None
-    ops = check_ops(payload.get("ops"))
-    wait, limit = payload.get("wait", 0), payload.get("limit", MAX_POLL)
-    if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 <= wait <= MAX_WAIT:
-        raise BadRequest("wait must be 0 to 30 seconds", field="wait")
-    if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_POLL:
-        raise BadRequest(f"limit must be 1 to {MAX_POLL}", field="limit")
+    poll = parse_changes_poll(signed.payload)
     try:
-        answer = await changes.poll(after, tables, ops, float(wait), limit)
+        answer = await changes.poll(poll.after, poll.tables, poll.ops, poll.wait, poll.limit)
     except CacheEdgeError:
         raise
     except Exception as exc:

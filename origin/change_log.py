@@ -25,7 +25,7 @@ import asyncpg
 
 from cache_edge.errors import BadRequest, StreamGap
 from cache_edge.logs import get_logger
-from cache_edge.protocol import parse_tables
+from cache_edge.protocol import MAX_POLL
 from cache_edge.wire import packb, unpackb
 from origin.capture import Change, Transaction
 from origin.invalidation_log import Acquire
@@ -37,9 +37,7 @@ __all__ = ["CHANGES_CHANNEL", "ChangeLog", "format_cursor", "parse_cursor"]
 log = get_logger("origin.change_log")
 
 CHANGES_CHANNEL = "cache_edge_changes"
-OPS = ("insert", "update", "delete", "truncate")
 _CURSOR = re.compile(r"^([0-9A-F]{16})-([0-9A-F]{8})$")
-MAX_POLL = 1000
 _PRUNE_EVERY = 10.0
 
 _SCHEMA_SQL = """
@@ -78,18 +76,6 @@ def parse_cursor(text: str) -> tuple[int, int]:
             "cursor must be a change-stream cursor like 00000000032D5858-00000001", field="cursor"
         )
     return int(m.group(1), 16), int(m.group(2), 16)
-
-
-def check_tables(tables: Any) -> list[str]:
-    return parse_tables(tables)
-
-
-def check_ops(ops: Any) -> list[str] | None:
-    if ops is None:
-        return None
-    if not isinstance(ops, list) or not ops or not all(o in OPS for o in ops):
-        raise BadRequest(f"ops must list some of {', '.join(OPS)}", field="ops")
-    return sorted(set(ops))
 
 
 def _row(rel: Relation, values: Tuple | None) -> tuple[dict[str, Any] | None, list[str]]:

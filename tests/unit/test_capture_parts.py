@@ -13,8 +13,9 @@ from decimal import Decimal
 import pytest
 
 from cache_edge.errors import BadRequest, SubscriberTooSlow
+from cache_edge.protocol import parse_changes_poll, parse_ops, parse_tables
 from cache_edge.streams import Event, Subscription
-from origin.change_log import check_ops, check_tables, format_cursor, parse_cursor
+from origin.change_log import format_cursor, parse_cursor
 from origin.pgoutput import (
     UNCHANGED,
     Begin,
@@ -136,13 +137,20 @@ def test_cursors_sort_like_positions() -> None:
 
 
 def test_table_and_op_filters_are_checked() -> None:
-    assert check_tables(["public.b", "public.a", "public.a"]) == ["public.a", "public.b"]
+    assert parse_tables(["public.b", "public.a", "public.a"]) == ["public.a", "public.b"]
     for bad in ([], ["orders"], ["public.orders; drop"], ["a.b.c"], [1], "public.x"):
         with pytest.raises(BadRequest):
-            check_tables(bad)
-    assert check_ops(None) is None and check_ops(["delete", "insert"]) == ["delete", "insert"]
+            parse_tables(bad)
+    assert parse_ops(None) is None and parse_ops(["delete", "insert"]) == ["delete", "insert"]
     with pytest.raises(BadRequest):
-        check_ops(["upsert"])
+        parse_ops(["upsert"])
+    poll = parse_changes_poll({"after": None, "tables": ["public.t"], "wait": 2})
+    assert (poll.after, poll.tables, poll.ops, poll.wait, poll.limit) == (
+        None, ["public.t"], None, 2.0, 1000
+    )  # fmt: skip
+    for bad in ([], {"after": 1}, {"wait": 31}, {"limit": 0}, {"limit": True}, {"extra": 1}):
+        with pytest.raises(BadRequest):
+            parse_changes_poll(bad)
 
 
 def _event(n: int, table: str = "public.t", op: str = "insert") -> Event:
