@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
 from collections.abc import AsyncGenerator, Iterable, Sequence
 from types import TracebackType
 from typing import Any
@@ -15,18 +13,10 @@ from cache_edge import _client_core as core
 from cache_edge import _stream as sse
 from cache_edge._results import InvalidationResult, Result, Row, Rows
 from cache_edge._stream import Backoff, ChangeEvent
-from cache_edge.errors import CacheEdgeError, OriginUnavailable
+from cache_edge.errors import CacheEdgeError
 from cache_edge.strategy import CacheStrategy
-from cache_edge.wire import json_loads
 
 __all__ = ["AsyncClient"]
-
-log = logging.getLogger("cache_edge.client")
-_MAX_ERROR_BODY = 64 * 1024
-
-
-class _Resume(Exception):
-    """The node cut the stream for a reason that a reconnect with the cursor cures."""
 
 
 class AsyncClient:
@@ -175,10 +165,8 @@ class AsyncClient:
         seconds (keepalives come every 15) counts as a dropped connection. Wrap the
         iterator in ``contextlib.aclosing`` to close the connection as soon as you stop.
         """
-        query = sse.stream_query(tables, ops)
-        if idle_timeout <= 0:
-            raise ValueError("idle_timeout must be > 0")
-        return self._stream(f"{self.url}{sse.STREAM_PATH}?{query}", cursor, backoff, idle_timeout)
+        path = sse.stream_path(tables, ops, idle_timeout)
+        return self._stream(self.url + path, cursor, backoff, idle_timeout)
 
     async def _stream(
         self, url: str, cursor: str | None, backoff: Backoff, idle_timeout: float
@@ -186,77 +174,24 @@ class AsyncClient:
         timeout = aiohttp.ClientTimeout(
             total=None, connect=self._connect_timeout, sock_read=idle_timeout
         )
-        attempt = 0  # failed connections in a row
-        failing_since: float | None = None
-        floor = 0.0  # the server's reconnection time (SSE "retry:"), seconds
+        sub = sse.Subscription(url, cursor, backoff)
         while True:
-            problem: CacheEdgeError
+            problem: sse.Resume | ValueError | CacheEdgeError
             try:
-                headers = sse.stream_headers(self._api_key, cursor)
+                headers = sub.headers(self._api_key)
                 async with self._get_session().get(url, headers=headers, timeout=timeout) as resp:
-                    await _check_stream_answer(resp, url)
-                    parser = sse.SSEParser()
+                    content_type = resp.headers.get("Content-Type")
+                    if not sub.is_event_stream(resp.status, content_type):
+                        raw = await resp.content.read(sse.MAX_ERROR_BODY)
+                        retry_after = resp.headers.get("Retry-After")
+                        sub.refused(resp.status, content_type, raw, retry_after)
+                    sub.start()
                     async for chunk in resp.content.iter_any():
-                        for event in parser.feed(chunk):
-                            if event.retry is not None:
-                                floor = event.retry / 1000
-                            if event.event == "ready":
-                                attempt, failing_since = 0, None
-                                cursor = cursor or _ready_cursor(event)
-                            elif event.event == "change":
-                                change = sse.change_from_sse(event)
-                                if cursor is not None and change.cursor <= cursor:
-                                    continue  # at-least-once: already delivered
-                                cursor = change.cursor
-                                yield change
-                            elif event.event == "error":
-                                code, exc = sse.stream_error(event)
-                                if code == sse.TOO_SLOW:
-                                    raise _Resume(sse.describe(exc))
-                                raise exc
-                problem = OriginUnavailable(f"{url} ended the stream")
-            except _Resume as exc:
-                log.warning("change stream: %s; resuming after cursor %s", exc, cursor)
-                continue
-            except ValueError as exc:
-                raise OriginUnavailable(f"{url} sent a malformed event: {exc}") from exc
-            except CacheEdgeError as exc:
-                if sse.is_fatal(exc):
-                    raise
+                        for change in sub.feed(chunk):
+                            yield change
+                problem = sub.ended()
+            except (sse.Resume, ValueError, CacheEdgeError) as exc:
                 problem = exc
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 problem = core.network_error(url, exc, idle_timeout)
-            now = time.monotonic()
-            failing_since = failing_since if failing_since is not None else now
-            if backoff.give_up_after is not None and now - failing_since >= backoff.give_up_after:
-                raise problem
-            delay = max(backoff.delay(attempt, floor), problem.retry_after or 0.0)
-            attempt += 1
-            log.warning(
-                "change stream: %s; reconnecting in %.2fs after cursor %s",
-                sse.describe(problem),
-                delay,
-                cursor,
-            )
-            await asyncio.sleep(delay)
-
-
-def _ready_cursor(event: sse.SSEEvent) -> str | None:
-    try:
-        data = json_loads(event.data)
-    except CacheEdgeError:
-        return None
-    cursor = data.get("cursor") if isinstance(data, dict) else None
-    return cursor if isinstance(cursor, str) and cursor else None
-
-
-async def _check_stream_answer(resp: aiohttp.ClientResponse, url: str) -> None:
-    """Raise the typed error of a refused subscription (an ordinary JSON error body)."""
-    kind = resp.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-    if resp.status == 200 and kind == sse.EVENT_STREAM_TYPE:
-        return
-    raw = await resp.content.read(_MAX_ERROR_BODY)
-    core.decode_response(
-        resp.status, resp.headers.get("Content-Type"), raw, url, resp.headers.get("Retry-After")
-    )
-    raise OriginUnavailable(f"{url} answered HTTP {resp.status} ({kind}), not an event stream")
+            await asyncio.sleep(sub.next_delay(problem))

@@ -3,26 +3,31 @@
 ``GET /v1/stream`` (docs/change-streams.md) answers ``text/event-stream``: a ``ready``
 event, then ``change`` events carrying a resumable ``cursor``, ``: keepalive`` comments,
 and at most one ``error`` event before the node closes the stream. This module turns
-bytes into events and events into decisions; the aiohttp loop that acts on them is
-``AsyncClient.stream`` (it imports nothing from aiohttp, so the blocking SDK stays light).
+bytes into events and events into decisions (``Subscription``: what to yield, what to
+resume from, what to raise, how long to wait); the loops that only move bytes are
+``AsyncClient.stream`` (aiohttp) and ``Client.stream`` (http.client). It imports no
+transport, so the blocking SDK stays light.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 import re
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlencode
 
-from cache_edge._client_core import USER_AGENT
+from cache_edge._client_core import USER_AGENT, decode_response
 from cache_edge.errors import (
     BadRequest,
     CacheEdgeError,
     CaptureUnavailable,
     NotFound,
+    OriginUnavailable,
     PayloadTooLarge,
     StreamGap,
     Unauthorized,
@@ -33,19 +38,25 @@ from cache_edge.wire import json_loads
 __all__ = [
     "DEFAULT_BACKOFF",
     "EVENT_STREAM_TYPE",
+    "MAX_ERROR_BODY",
     "STREAM_PATH",
     "TOO_SLOW",
     "Backoff",
     "ChangeEvent",
+    "Resume",
     "SSEEvent",
     "SSEParser",
+    "Subscription",
     "change_from_sse",
     "describe",
     "is_fatal",
     "stream_error",
     "stream_headers",
+    "stream_path",
     "stream_query",
 ]
+
+log = logging.getLogger("cache_edge.client")
 
 STREAM_PATH = "/v1/stream"
 EVENT_STREAM_TYPE = "text/event-stream"
@@ -65,6 +76,7 @@ _FATAL: tuple[type[CacheEdgeError], ...] = (
     PayloadTooLarge,
 )
 
+MAX_ERROR_BODY = 64 * 1024  # of a refused subscription's JSON body
 _MAX_LINE = 16 * 1024 * 1024  # a single SSE line longer than this is not a cache-edge node
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
@@ -249,6 +261,14 @@ def stream_query(tables: Sequence[str], ops: Sequence[str] | None) -> str:
     return urlencode(params, safe=",")
 
 
+def stream_path(tables: Sequence[str], ops: Sequence[str] | None, idle_timeout: float) -> str:
+    """Path and query of a subscription, its arguments checked before any connection."""
+    query = stream_query(tables, ops)
+    if idle_timeout <= 0:
+        raise ValueError("idle_timeout must be > 0")
+    return f"{STREAM_PATH}?{query}"
+
+
 def stream_headers(api_key: str, cursor: str | None) -> dict[str, str]:
     headers = {
         "Authorization": f"Bearer {api_key}",
@@ -291,3 +311,106 @@ def describe(exc: BaseException) -> str:
     if isinstance(exc, CacheEdgeError):
         return f"{exc.code}: {exc.message}"
     return str(exc) or type(exc).__name__
+
+
+class Resume(Exception):
+    """The node cut the stream for a reason that a reconnect with the cursor cures."""
+
+
+def _ready_cursor(event: SSEEvent) -> str | None:
+    try:
+        data = json_loads(event.data)
+    except CacheEdgeError:
+        return None
+    cursor = data.get("cursor") if isinstance(data, dict) else None
+    return cursor if isinstance(cursor, str) and cursor else None
+
+
+class Subscription:
+    """One ``GET /v1/stream`` across its reconnects, whatever moves the bytes.
+
+    A client loop asks for ``headers()``, checks the answer (``is_event_stream`` or
+    ``refused``), calls ``start()`` and yields what ``feed(chunk)`` yields; when a
+    connection ends (``ended()``), fails, or ``feed`` raises ``Resume``, ``ValueError`` or
+    a ``CacheEdgeError``, it waits ``next_delay(problem)`` seconds, which raises instead
+    when the problem is final. The cursor it resumes from is the last one yielded, or
+    the ``ready`` position when nothing was yielded yet.
+    """
+
+    def __init__(self, url: str, cursor: str | None, backoff: Backoff) -> None:
+        self.url = url
+        self.cursor = cursor
+        self.backoff = backoff
+        self._attempt = 0  # failed connections in a row
+        self._failing_since: float | None = None
+        self._floor = 0.0  # the server's reconnection time (SSE "retry:"), seconds
+        self._parser = SSEParser()
+
+    def headers(self, api_key: str) -> dict[str, str]:
+        return stream_headers(api_key, self.cursor)
+
+    @staticmethod
+    def is_event_stream(status: int, content_type: str | None) -> bool:
+        kind = (content_type or "").split(";", 1)[0].strip().lower()
+        return status == 200 and kind == EVENT_STREAM_TYPE
+
+    def refused(
+        self, status: int, content_type: str | None, raw: bytes, retry_after: str | None
+    ) -> NoReturn:
+        """Raise the typed error of a refused subscription (an ordinary JSON error body)."""
+        decode_response(status, content_type, raw, self.url, retry_after)
+        kind = (content_type or "").split(";", 1)[0].strip().lower()
+        raise OriginUnavailable(f"{self.url} answered HTTP {status} ({kind}), not an event stream")
+
+    def start(self) -> None:
+        """A new connection answered with an event stream: parse it from its first byte."""
+        self._parser = SSEParser()
+
+    def feed(self, chunk: bytes) -> Iterator[ChangeEvent]:
+        """The new changes in ``chunk``, in order; an in-stream error raises after them."""
+        for event in self._parser.feed(chunk):
+            if event.retry is not None:
+                self._floor = event.retry / 1000
+            if event.event == "ready":
+                self._attempt, self._failing_since = 0, None
+                self.cursor = self.cursor or _ready_cursor(event)
+            elif event.event == "change":
+                change = change_from_sse(event)
+                if self.cursor is not None and change.cursor <= self.cursor:
+                    continue  # at-least-once: already delivered
+                self.cursor = change.cursor
+                yield change
+            elif event.event == "error":
+                code, exc = stream_error(event)
+                if code == TOO_SLOW:
+                    raise Resume(describe(exc))
+                raise exc
+
+    def ended(self) -> CacheEdgeError:
+        """The problem of a stream the node closed without an error event."""
+        return OriginUnavailable(f"{self.url} ended the stream")
+
+    def next_delay(self, problem: Resume | ValueError | CacheEdgeError) -> float:
+        """Seconds to wait before reconnecting after ``problem``; raises it when final."""
+        if isinstance(problem, Resume):
+            log.warning("change stream: %s; resuming after cursor %s", problem, self.cursor)
+            return 0.0
+        if isinstance(problem, ValueError):
+            raise OriginUnavailable(f"{self.url} sent a malformed event: {problem}") from problem
+        if is_fatal(problem):
+            raise problem
+        now = time.monotonic()
+        if self._failing_since is None:
+            self._failing_since = now
+        give_up = self.backoff.give_up_after
+        if give_up is not None and now - self._failing_since >= give_up:
+            raise problem
+        delay = max(self.backoff.delay(self._attempt, self._floor), problem.retry_after or 0.0)
+        self._attempt += 1
+        log.warning(
+            "change stream: %s; reconnecting in %.2fs after cursor %s",
+            describe(problem),
+            delay,
+            self.cursor,
+        )
+        return delay

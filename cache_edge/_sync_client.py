@@ -11,19 +11,23 @@ import http.client
 import select
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 from cache_edge import _client_core as core
+from cache_edge import _stream as sse
 from cache_edge._results import InvalidationResult, Result, Row, Rows
+from cache_edge._stream import Backoff, ChangeEvent
+from cache_edge.errors import CacheEdgeError
 from cache_edge.strategy import CacheStrategy
 
 __all__ = ["Client"]
 
 # Below aiohttp's server keep-alive (75 s), so we rarely reuse a socket the node just closed.
 IDLE_TIMEOUT = 15.0
+_READ_SIZE = 64 * 1024  # at most this much of an event stream per read
 
 
 def _dropped(conn: http.client.HTTPConnection) -> bool:
@@ -64,6 +68,15 @@ class _Pool:
             conn.close()
         return self._factory(self._host, self._port, timeout=self._timeout)
 
+    def open(self, read_timeout: float) -> http.client.HTTPConnection:
+        """A new connection of its own (never pooled): connects within the pool's timeout,
+        then waits at most ``read_timeout`` for each read."""
+        conn = self._factory(self._host, self._port, timeout=self._timeout)
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.settimeout(read_timeout)
+        return conn
+
     def give_back(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
             if len(self._idle) < self._size:
@@ -94,6 +107,7 @@ class Client:
         self.timeout = timeout
         parts = urlsplit(self.url)
         self._prefix = parts.path
+        self._api_key = api_key
         self._headers = core.request_headers(api_key)
         self._pool = _Pool(
             parts.scheme, parts.hostname or "", parts.port, timeout, max_idle_connections
@@ -177,3 +191,50 @@ class Client:
         """Purge every cached answer of this API key's tenant in every region."""
         body = core.invalidate_body(None, True, wait)
         return core.invalidation_from_wire(self._post(core.INVALIDATE_PATH, body))
+
+    def stream(
+        self,
+        tables: Sequence[str],
+        *,
+        ops: Sequence[str] | None = None,
+        cursor: str | None = None,
+        backoff: Backoff = sse.DEFAULT_BACKOFF,
+        idle_timeout: float = 45.0,
+    ) -> Iterator[ChangeEvent]:
+        """Committed row changes of ``tables``, in commit order, for ever (see AsyncClient).
+
+        ``for event in db.stream(["public.orders"]): ...`` resumes by itself after the
+        last event with the same rules as ``AsyncClient.stream``; ``close()`` the iterator
+        (or wrap it in ``contextlib.closing``) to drop the connection as soon as you stop.
+        """
+        path = sse.stream_path(tables, ops, idle_timeout)
+        return self._stream(path, cursor, backoff, idle_timeout)
+
+    def _stream(
+        self, path: str, cursor: str | None, backoff: Backoff, idle_timeout: float
+    ) -> Iterator[ChangeEvent]:
+        url = self.url + path
+        sub = sse.Subscription(url, cursor, backoff)
+        while True:
+            problem: sse.Resume | ValueError | CacheEdgeError
+            conn: http.client.HTTPConnection | None = None
+            try:
+                conn = self._pool.open(idle_timeout)
+                conn.request("GET", self._prefix + path, headers=sub.headers(self._api_key))
+                resp = conn.getresponse()
+                content_type = resp.getheader("Content-Type")
+                if not sub.is_event_stream(resp.status, content_type):
+                    raw = resp.read(sse.MAX_ERROR_BODY)
+                    sub.refused(resp.status, content_type, raw, resp.getheader("Retry-After"))
+                sub.start()
+                while chunk := resp.read1(_READ_SIZE):
+                    yield from sub.feed(chunk)
+                problem = sub.ended()
+            except (sse.Resume, ValueError, CacheEdgeError) as exc:
+                problem = exc
+            except (OSError, http.client.HTTPException) as exc:
+                problem = core.network_error(url, exc, idle_timeout)
+            finally:
+                if conn is not None:
+                    conn.close()
+            time.sleep(sub.next_delay(problem))

@@ -9,10 +9,12 @@ connection, bypassing cache-edge. Each test starts from a cursor read from a fre
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import signal
 import sys
+import threading
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -20,7 +22,7 @@ import aiohttp
 import pytest
 import redis
 
-from cache_edge.client import AsyncClient, Backoff, ChangeEvent
+from cache_edge.client import AsyncClient, Backoff, ChangeEvent, Client
 from cache_edge.errors import BadRequest, CaptureUnavailable, Unauthorized
 from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import execute, origin_cli, prepare_database
@@ -108,7 +110,7 @@ async def collecting(
             await task
 
 
-async def until(got: list[ChangeEvent], count: int, task: asyncio.Task[None]) -> None:
+async def until(got: list[ChangeEvent], count: int, task: asyncio.Future[None]) -> None:
     for _ in range(600):
         if task.done():
             task.result()  # raises what stopped the stream
@@ -158,6 +160,73 @@ async def test_sdk_resumes_after_the_node_restarts_without_losing_events(
     assert got[5].new is not None and got[5].new["price"] == "1.25"
     assert got[-1].old == {"id": base + 1} and got[-1].old_is_key and got[-1].new is None
     assert got[0].xid == got[4].xid != got[5].xid  # one transaction, then another
+
+
+@contextlib.asynccontextmanager
+async def collecting_blocking(
+    url: str, cursor: str, wake_id: int
+) -> AsyncIterator[tuple[list[ChangeEvent], asyncio.Future[None]]]:
+    """The blocking client's stream read into a list by a thread, as a worker would.
+
+    To stop it, a flag is set and one more row (``wake_id``) is inserted: the thread sees
+    the flag on that event, before keeping it, and closes the stream.
+    """
+    got: list[ChangeEvent] = []
+    stop = threading.Event()
+    done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            with Client(url, API_KEY_A) as client:
+                stream = client.stream([TABLE], cursor=cursor, backoff=FAST)
+                with contextlib.closing(stream) as events:
+                    for event in events:
+                        if stop.is_set():
+                            break
+                        got.append(event)
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=run, name="blocking-stream", daemon=True).start()
+    finished = asyncio.wrap_future(done)
+    try:
+        yield got, finished
+    finally:
+        stop.set()
+        if not finished.done():
+            await db("INSERT INTO sc_items VALUES ($1, 'wake', NULL, NULL)", wake_id)
+        await asyncio.wait_for(finished, 20)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["stop", "kill"])
+async def test_blocking_sdk_streams_in_order_and_resumes_after_a_node_restart(
+    world: Stack, how: signal.Signals
+) -> None:
+    node = node_of(world)
+    base = 5000 if how == signal.SIGTERM else 6000
+    start = await now_cursor(node.url)
+    async with collecting_blocking(node.url, start, wake_id=base + 99) as (got, finished):
+        for i in range(5):  # five transactions, one insert each
+            await db("INSERT INTO sc_items VALUES ($1, $2, $3, NULL)", base + i, f"b{i}", i)
+        await until(got, 5, finished)
+        node.stop(how)  # the connection drops; the node's in-memory ring is gone
+        for i in range(5, 10):  # committed while no node is there to relay them
+            await db("INSERT INTO sc_items VALUES ($1, $2, $3, NULL)", base + i, f"b{i}", i)
+        node.start()
+        await until(got, 10, finished)
+        await asyncio.sleep(0.5)  # a duplicate or a stray event would show up by now
+    assert [(e.op, (e.new or {}).get("id")) for e in got] == [
+        ("insert", base + i) for i in range(10)
+    ]
+    assert [(e.new or {}).get("name") for e in got] == [f"b{i}" for i in range(10)]
+    cursors = [e.cursor for e in got]
+    assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors)
+    assert cursors[0] > start
+    assert all(e.table == TABLE and e.commit_time is not None for e in got)
+    assert got[7].new is not None and got[7].new["price"] == "7"
 
 
 async def test_sdk_filters_by_operation_and_resumes_from_a_saved_cursor(world: Stack) -> None:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import cache_edge.client
+from tests.conftest import free_port
 from tests.unit.fake_node import API_KEY, Seen, running_fake_node
 
 SERVER_ONLY = ["asyncpg", "redis", "prometheus_client", "structlog", "uvloop"]
@@ -65,9 +66,20 @@ def test_sdk_imports_and_queries_without_server_dependencies(node: tuple[str, Se
 
 
 def test_blocking_client_does_not_import_aiohttp() -> None:
+    # The whole blocking stream path runs (connect, fail, back off, give up) before the check.
     done = run_python(
-        """
+        f"""
         import cache_edge.client
+        from cache_edge.errors import OriginUnavailable
+
+        db = cache_edge.client.Client("http://127.0.0.1:{free_port()}", "k")
+        backoff = cache_edge.client.Backoff(initial=0.01, maximum=0.02, give_up_after=0.05)
+        try:
+            next(db.stream(["public.t"], backoff=backoff))
+        except OriginUnavailable as exc:
+            assert "cannot reach" in exc.message, exc
+        else:
+            raise AssertionError("a stream from no node yielded an event")
         print("aiohttp" in sys.modules)
         cache_edge.client.AsyncClient
         print("aiohttp" in sys.modules)

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from cache_edge._stream import (
     stream_error,
     stream_query,
 )
-from cache_edge.client import AsyncClient, ChangeEvent
+from cache_edge.client import AsyncClient, ChangeEvent, Client
 from cache_edge.errors import (
     BadRequest,
     CaptureUnavailable,
@@ -304,19 +304,43 @@ def refuse(status: int, code: str, **headers: str) -> Script:
     return script
 
 
-@contextlib.asynccontextmanager
-async def connected(*scripts: Script) -> AsyncIterator[tuple[ScriptedNode, AsyncClient]]:
-    async with scripted(*scripts) as node, AsyncClient(node.url, API_KEY) as db:
-        yield node, db
+@pytest.fixture(params=["async", "sync"])
+def flavor(request: pytest.FixtureRequest) -> str:
+    """Which client reads the stream: AsyncClient, or the blocking Client in a thread."""
+    return str(request.param)
 
 
-async def take(it: AsyncGenerator[ChangeEvent, None], n: int) -> list[ChangeEvent]:
-    got = []
-    async with contextlib.aclosing(it) as stream:
-        async for event in stream:
-            got.append(event)
-            if len(got) == n:
-                break
+async def take(
+    url: str,
+    flavor: str,
+    n: int,
+    *,
+    tables: Sequence[str] = ("public.t",),
+    got: list[ChangeEvent] | None = None,
+    **kw: Any,
+) -> list[ChangeEvent]:
+    """The first ``n`` events of a new subscription, appended to ``got`` as they arrive
+    (so a caller sees them even when the stream raises), then the stream is closed."""
+    got = [] if got is None else got
+    if flavor == "async":
+        async with (
+            AsyncClient(url, API_KEY) as adb,
+            contextlib.aclosing(adb.stream(list(tables), **kw)) as astream,
+        ):
+            async for event in astream:
+                got.append(event)
+                if len(got) == n:
+                    break
+        return got
+
+    def run() -> None:
+        with Client(url, API_KEY) as db, contextlib.closing(db.stream(list(tables), **kw)) as it:
+            for event in it:
+                got.append(event)
+                if len(got) == n:
+                    break
+
+    await asyncio.to_thread(run)
     return got
 
 
@@ -324,9 +348,9 @@ def numbers(got: list[ChangeEvent]) -> list[int]:
     return [int(e.new["id"]) for e in got if e.new is not None]
 
 
-async def test_stream_sends_tables_ops_key_and_yields_typed_events() -> None:
-    async with connected(events(0, [1, 2], end="hang")) as (node, db):
-        got = await take(db.stream(["public.t", "public.u"], ops=["insert"]), 2)
+async def test_stream_sends_tables_ops_key_and_yields_typed_events(flavor: str) -> None:
+    async with scripted(events(0, [1, 2], end="hang")) as node:
+        got = await take(node.url, flavor, 2, tables=["public.t", "public.u"], ops=["insert"])
     assert numbers(got) == [1, 2]
     assert got[0].commit_time == dt.datetime(2026, 11, 25, 0, 16, 19, 500000, tzinfo=dt.UTC)
     assert got[0].new == {"id": 1, "price": "1.50"} and got[0].xid == 101
@@ -339,30 +363,27 @@ async def test_stream_sends_tables_ops_key_and_yields_typed_events() -> None:
 
 @pytest.mark.parametrize("end", ["drop", "close"])
 async def test_a_lost_connection_resumes_after_the_last_cursor_without_duplicates(
-    end: str,
+    end: str, flavor: str
 ) -> None:
     # The second connection repeats event 2 (at-least-once): the client must skip it.
-    async with connected(events(0, [1, 2], end=end), events(2, [2, 3, 4], end="hang")) as (
-        node,
-        db,
-    ):
-        got = await take(db.stream(["public.t"], cursor=cur(0), backoff=FAST), 4)
+    async with scripted(events(0, [1, 2], end=end), events(2, [2, 3, 4], end="hang")) as node:
+        got = await take(node.url, flavor, 4, cursor=cur(0), backoff=FAST)
     assert numbers(got) == [1, 2, 3, 4]
     assert node.cursors() == [cur(0), got[1].cursor]
 
 
-async def test_without_a_cursor_the_ready_position_is_where_it_resumes() -> None:
-    async with connected(events(0, [], end="drop"), events(0, [5], end="hang")) as (node, db):
-        got = await take(db.stream(["public.t"], backoff=FAST), 1)
+async def test_without_a_cursor_the_ready_position_is_where_it_resumes(flavor: str) -> None:
+    async with scripted(events(0, [], end="drop"), events(0, [5], end="hang")) as node:
+        got = await take(node.url, flavor, 1, backoff=FAST)
     assert numbers(got) == [5]
     assert node.cursors() == [None, cur(0)]
 
 
-async def test_subscriber_too_slow_reconnects_with_the_cursor() -> None:
-    async with connected(
+async def test_subscriber_too_slow_reconnects_with_the_cursor(flavor: str) -> None:
+    async with scripted(
         events(0, [1], error="subscriber_too_slow"), events(1, [2], end="hang")
-    ) as (node, db):
-        got = await take(db.stream(["public.t"], backoff=Backoff(initial=30.0, maximum=30.0)), 2)
+    ) as node:
+        got = await take(node.url, flavor, 2, backoff=Backoff(initial=30.0, maximum=30.0))
     # Resumed at once (a 30 s backoff would time the test out): nothing was lost.
     assert numbers(got) == [1, 2]
     assert node.cursors() == [None, got[0].cursor]
@@ -378,68 +399,69 @@ async def test_subscriber_too_slow_reconnects_with_the_cursor() -> None:
     ],
 )
 async def test_refusals_that_a_retry_cannot_cure_raise_at_once(
-    status: int, code: str, error: type[Exception]
+    status: int, code: str, error: type[Exception], flavor: str
 ) -> None:
-    async with connected(refuse(status, code)) as (node, db):
+    async with scripted(refuse(status, code)) as node:
         with pytest.raises(error) as raised:
-            await take(db.stream(["public.t"], cursor=cur(9), backoff=FAST), 1)
+            await take(node.url, flavor, 1, cursor=cur(9), backoff=FAST)
     assert len(node.requests) == 1
+    assert node.cursors() == [cur(9)]
     assert raised.value.message == f"{code} (scripted)"  # type: ignore[attr-defined]
     if code == "bad_request":
         assert raised.value.extra["field"] == "tables"  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("code", ["stream_gap", "capture_unavailable"])
-async def test_fatal_in_stream_errors_raise_after_the_events_before_them(code: str) -> None:
-    async with connected(events(0, [1], error=code)) as (node, db):
+async def test_fatal_in_stream_errors_raise_after_the_events_before_them(
+    code: str, flavor: str
+) -> None:
+    async with scripted(events(0, [1], error=code)) as node:
         got: list[ChangeEvent] = []
         with pytest.raises((StreamGap, CaptureUnavailable)) as raised:
-            async for event in db.stream(["public.t"], backoff=FAST):
-                got.append(event)
+            await take(node.url, flavor, 0, got=got, backoff=FAST)
     assert numbers(got) == [1] and raised.value.code == code
     assert len(node.requests) == 1
 
 
-async def test_unavailable_nodes_are_retried_with_backoff_and_retry_after() -> None:
-    async with connected(
+async def test_unavailable_nodes_are_retried_with_backoff_and_retry_after(flavor: str) -> None:
+    async with scripted(
         refuse(503, "database_unavailable", **{"Retry-After": "0.2"}),
         refuse(502, "origin_unavailable"),
         refuse(500, "internal"),
         events(0, [1], end="hang"),
-    ) as (node, db):
+    ) as node:
         loop = asyncio.get_running_loop()
         started = loop.time()
-        got = await take(db.stream(["public.t"], backoff=FAST), 1)
+        got = await take(node.url, flavor, 1, backoff=FAST)
         waited = loop.time() - started
     assert numbers(got) == [1] and len(node.requests) == 4
     assert waited >= 0.2  # Retry-After is a lower bound on the delay, not a speed claim
 
 
-async def test_a_silent_connection_is_dropped_after_idle_timeout() -> None:
-    async with connected(events(0, [1], end="hang"), events(1, [2], end="hang")) as (node, db):
-        got = await take(db.stream(["public.t"], backoff=FAST, idle_timeout=0.3), 2)
+async def test_a_silent_connection_is_dropped_after_idle_timeout(flavor: str) -> None:
+    async with scripted(events(0, [1], end="hang"), events(1, [2], end="hang")) as node:
+        got = await take(node.url, flavor, 2, backoff=FAST, idle_timeout=0.3)
     assert numbers(got) == [1, 2] and node.cursors() == [None, got[0].cursor]
 
 
-async def test_give_up_after_raises_the_last_problem() -> None:
-    async with connected(refuse(502, "origin_unavailable")) as (node, db):
+async def test_give_up_after_raises_the_last_problem(flavor: str) -> None:
+    async with scripted(refuse(502, "origin_unavailable")) as node:
         backoff = Backoff(initial=0.01, maximum=0.02, give_up_after=0.2)
         with pytest.raises(OriginUnavailable, match="origin_unavailable"):
-            await take(db.stream(["public.t"], backoff=backoff), 1)
+            await take(node.url, flavor, 1, backoff=backoff)
     assert len(node.requests) >= 2
 
 
-async def test_a_node_that_is_not_there_is_retried_then_given_up() -> None:
+async def test_a_node_that_is_not_there_is_retried_then_given_up(flavor: str) -> None:
     from tests.conftest import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
-    async with AsyncClient(url, API_KEY) as db:
-        backoff = Backoff(initial=0.01, maximum=0.02, give_up_after=0.1)
-        with pytest.raises(OriginUnavailable, match="cannot reach"):
-            await take(db.stream(["public.t"], backoff=backoff), 1)
+    backoff = Backoff(initial=0.01, maximum=0.02, give_up_after=0.1)
+    with pytest.raises(OriginUnavailable, match="cannot reach"):
+        await take(url, flavor, 1, backoff=backoff)
 
 
-async def test_a_non_stream_answer_is_retried_and_a_malformed_event_raises() -> None:
+async def test_a_non_stream_answer_is_retried_and_a_malformed_event_raises(flavor: str) -> None:
     async def html(request: web.Request) -> web.StreamResponse:
         return web.Response(text="<h1>hi</h1>", content_type="text/html")
 
@@ -450,18 +472,35 @@ async def test_a_non_stream_answer_is_retried_and_a_malformed_event_raises() -> 
         await asyncio.sleep(3600)
         return resp
 
-    async with connected(html, broken) as (node, db):
+    async with scripted(html, broken) as node:
         with pytest.raises(OriginUnavailable, match="malformed event"):
-            await take(db.stream(["public.t"], backoff=FAST), 1)
+            await take(node.url, flavor, 1, backoff=FAST)
     assert len(node.requests) == 2
 
 
+async def test_the_server_retry_field_raises_the_reconnect_delay(flavor: str) -> None:
+    async def retry_then_drop(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await resp.prepare(request)
+        await resp.write(b"retry: 300\n" + frame("ready", {"cursor": cur(0)}))
+        return resp
+
+    async with scripted(retry_then_drop, events(0, [1], end="hang")) as node:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        backoff = Backoff(initial=0.01, maximum=1.0, jitter=0.0)  # "retry:" is capped too
+        got = await take(node.url, flavor, 1, backoff=backoff)
+        waited = loop.time() - started
+    assert numbers(got) == [1] and node.cursors() == [None, cur(0)]
+    assert waited >= 0.3  # a lower bound, not a speed claim
+
+
 def test_stream_validates_its_arguments_before_connecting() -> None:
-    db = AsyncClient("http://127.0.0.1:1", API_KEY)
-    with pytest.raises(TypeError):
-        db.stream("public.t")
-    with pytest.raises(ValueError):
-        db.stream(["public.t"], idle_timeout=0)
+    for db in (AsyncClient("http://127.0.0.1:1", API_KEY), Client("http://127.0.0.1:1", API_KEY)):
+        with pytest.raises(TypeError):
+            db.stream("public.t")
+        with pytest.raises(ValueError):
+            db.stream(["public.t"], idle_timeout=0)
 
 
 def test_cli_formats_one_readable_line_per_event() -> None:
