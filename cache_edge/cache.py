@@ -75,7 +75,9 @@ class _Flight:
     tags: tuple[str, ...]
 
 
-def _merged(tags: tuple[str, ...], extra: tuple[str, ...]) -> tuple[str, ...]:
+def _merged(tags: tuple[str, ...], extra: tuple[str, ...] | None) -> tuple[str, ...]:
+    if not extra:
+        return tags  # the hit path of tenants without implicit tags: nothing to build
     missing = tuple(t for t in extra if t not in tags)
     return tags + missing if missing else tags
 
@@ -139,7 +141,7 @@ class QueryCache:
         stmt = req.statement
         sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
         implicit = self._implicit.get((tenant, stmt.sql))
-        tags = _merged(strategy.tags, implicit) if implicit else strategy.tags
+        tags = _merged(strategy.tags, implicit)
         flight = _Flight(tenant, sig, stmt, strategy, request_id, tags)
         hot = self._hot(flight)
         if hot is not None:
@@ -236,7 +238,7 @@ class QueryCache:
         entry = self._memory.get(self._tier.entry_key(tenant, flight.sig), now)
         if entry is None:
             return None
-        tags = _merged(strategy.tags, entry.tags) if entry.tags else strategy.tags
+        tags = _merged(strategy.tags, entry.tags)
         if not self._mirror.is_current(tenant, entry.watermark, tags):
             return None
         age = entry.age(now)
@@ -258,7 +260,7 @@ class QueryCache:
         if self._memory is None or self._mirror is None:
             return
         tenant, strategy = flight.tenant, flight.strategy
-        tags = _merged(strategy.tags, entry.tags) if entry.tags else strategy.tags
+        tags = _merged(strategy.tags, entry.tags)
         if not self._mirror.is_current(tenant, entry.watermark, tags):
             return  # the mirror is behind, cut off, or knows of a purge: keep it in Redis only
         expires = entry.produced_at_ms / 1000 + strategy.ttl + strategy.swr

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from typing import Any
 
 from aiohttp import web
 
@@ -37,9 +36,10 @@ def _split(value: str | None, name: str) -> list[str] | None:
     return items
 
 
-def _sse(event: str, data: Any, event_id: str | None = None) -> bytes:
+def _sse(event: str, data: bytes, event_id: str | None = None) -> bytes:
+    """One server-sent event; ``data`` is its JSON, on one line."""
     head = f"id: {event_id}\n" if event_id else ""
-    return f"{head}event: {event}\n".encode() + b"data: " + json_dumps(data) + b"\n\n"
+    return f"{head}event: {event}\n".encode() + b"data: " + data + b"\n\n"
 
 
 async def serve_stream(
@@ -64,7 +64,7 @@ async def serve_stream(
         sock = request.transport.get_extra_info("socket") if request.transport else None
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _SEND_BUFFER)
-        await response.write(_sse("ready", {"cursor": sub.start}))
+        await response.write(_sse("ready", json_dumps({"cursor": sub.start})))
         try:
             while True:
                 item = await sub.next(config.stream_heartbeat)
@@ -72,17 +72,15 @@ async def serve_stream(
                     data = b": keepalive\n\n"
                 elif isinstance(item, CacheEdgeError):
                     if not sub.ended_cleanly:
-                        await _write_final(response, _sse("error", item.to_body()))
+                        await _write_final(response, _sse("error", json_dumps(item.to_body())))
                     break
                 else:
-                    data = b"".join(
-                        b"id: %s\nevent: change\ndata: %s\n\n" % (e.cursor.encode(), e.json)
-                        for e in item
-                    )
+                    data = b"".join(_sse("change", e.json, e.cursor) for e in item)
                 if not await _write(response, data, sub.closed_event):
                     # Cut off while the client was not reading: say why if it still can.
                     assert sub.closed is not None
-                    await _write_final(response, _sse("error", sub.closed.to_body()))
+                    error = json_dumps(sub.closed.to_body())
+                    await _write_final(response, _sse("error", error))
                     break
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away; its last cursor lets it resume

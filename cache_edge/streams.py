@@ -254,7 +254,7 @@ class StreamHub:
         probe = await self._origin.poll_changes(tenant, None, tables=tables)
         if cursor is not None:
             # Raises stream_gap now, as an HTTP error, if the cursor is past retention.
-            await self._origin.poll_changes(tenant, cursor, tables=tables[:1], wait=0)
+            await self._origin.poll_changes(tenant, cursor, tables=tables[:1], wait=0, limit=1)
         sub = Subscription(
             tenant,
             frozenset(tables),

@@ -43,6 +43,7 @@ from origin.pgoutput import (
     parse_lsn,
     parse_message,
 )
+from origin.signal import ChangeSignal
 
 __all__ = ["Capture", "CaptureSink", "Change", "DdlEvent", "Transaction"]
 
@@ -135,7 +136,7 @@ class Capture:
         self.transactions = 0  # captured transactions that wrote to a table (metrics)
         self.resets = 0
         self._wake = asyncio.Event()
-        self._progress = asyncio.Event()
+        self._progress = ChangeSignal()
         self._relations: dict[int, Relation] = {}
         self._task: asyncio.Task[None] | None = None
 
@@ -166,9 +167,7 @@ class Capture:
                     return True
                 await asyncio.sleep(min(0.02, remaining))
                 continue
-            progress = self._progress
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(progress.wait(), timeout=min(0.2, remaining))
+            await ChangeSignal.wait(self._progress.take(), min(0.2, remaining))
         return True
 
     async def _confirmed_elsewhere(self) -> int:
@@ -308,8 +307,7 @@ class Capture:
     def _processed(self, lsn: int) -> None:
         if lsn > self.processed_lsn:
             self.processed_lsn = lsn
-        event, self._progress = self._progress, asyncio.Event()
-        event.set()
+        self._progress.fire()
 
     async def _peek(
         self, conn: asyncpg.Connection, upto: int

@@ -14,8 +14,6 @@ message, so a huge transaction is stored in chunks as it is read.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 import time
 from collections.abc import Sequence
@@ -30,6 +28,7 @@ from cache_edge.wire import packb, unpackb
 from origin.capture import Change, Transaction
 from origin.invalidation_log import Acquire
 from origin.pgoutput import UNCHANGED, Relation, Tuple, format_lsn
+from origin.signal import ChangeSignal
 from origin.text_values import decode_text
 
 __all__ = ["CHANGES_CHANNEL", "ChangeLog", "format_cursor", "parse_cursor"]
@@ -111,19 +110,16 @@ class ChangeLog:
         self._acquire = acquire
         self._retention = retention
         self._schema_ready = False
-        self._changed = asyncio.Event()
+        self._changed = ChangeSignal()
         self._pruned_at = 0.0
-        self._closing = False
         self.events = 0  # events stored by this replica (metrics)
 
     def close(self) -> None:
         """The origin is stopping: end long-polls now (nodes poll again elsewhere)."""
-        self._closing = True
-        self.notify_changed()
+        self._changed.close()
 
     def notify_changed(self) -> None:
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        self._changed.fire()
 
     async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
         if not self._schema_ready:
@@ -233,7 +229,7 @@ class ChangeLog:
         deadline = time.monotonic() + wait
         position = parse_cursor(after) if after is not None else None
         while True:
-            changed = self._changed
+            changed = self._changed.take()
             async with self._acquire() as conn:
                 await self._ensure_schema(conn)
                 floor_row = await conn.fetchrow("SELECT lsn, idx FROM cache_edge.changes_floor")
@@ -266,12 +262,9 @@ class ChangeLog:
                     ops,
                     limit,
                 )
-            if rows or time.monotonic() >= deadline or self._closing:
+            if rows or time.monotonic() >= deadline or self._changed.closed:
                 break
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    changed.wait(), timeout=min(1.0, max(0.0, deadline - time.monotonic()))
-                )
+            await ChangeSignal.wait(changed, min(1.0, deadline - time.monotonic()))
         events = [_event(r) for r in rows]
         cursor = events[-1]["cursor"] if events else after
         return {"events": events, "cursor": cursor}

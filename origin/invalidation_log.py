@@ -12,8 +12,6 @@ answer "which regions have applied purge X".
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -22,6 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
+
+from origin.signal import ChangeSignal
 
 __all__ = ["CHANNEL", "SCHEMA_SQL", "Invalidation", "InvalidationLog", "Progress"]
 
@@ -85,12 +85,9 @@ class InvalidationLog:
         self._acquire = acquire
         self._retention = retention_seconds
         self._schema_ready = False
-        # Replaced (after being set) on every change, so a waiter that took the event
-        # before reading the database can never miss a change that happens after.
-        self._changed = asyncio.Event()
+        self._changed = ChangeSignal()
         self._watermark = 0
         self._watermark_at = 0.0
-        self._closing = False
 
     async def _ensure_schema(self, conn: asyncpg.Connection) -> None:
         if not self._schema_ready:
@@ -102,13 +99,11 @@ class InvalidationLog:
 
     def close(self) -> None:
         """The origin is stopping: end every long-poll and wait now (callers retry)."""
-        self._closing = True
-        self.notify_changed()
+        self._changed.close()
 
     def notify_changed(self) -> None:
         """Wake long-polls and waiters (on a local change, or NOTIFY from a replica)."""
-        event, self._changed = self._changed, asyncio.Event()
-        event.set()
+        self._changed.fire()
 
     async def watermark(self, at_least: int = 0) -> int:
         """The latest purge sequence known committed.
@@ -178,7 +173,7 @@ class InvalidationLog:
         deadline = time.monotonic() + wait
         acked = False
         while True:
-            changed = self._changed
+            changed = self._changed.take()
             async with self._acquire() as conn:
                 await self._ensure_schema(conn)
                 if not acked and after >= 0:
@@ -211,12 +206,10 @@ class InvalidationLog:
             latest, oldest = int(bounds["latest"]), int(bounds["oldest"])
             if rows or after < 0 or latest > after or time.monotonic() >= deadline:
                 break
-            if self._closing:
+            if self._changed.closed:
                 break
-            remaining = deadline - time.monotonic()
             # NOTIFY wakes us early; the timeout makes correctness independent of it.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), timeout=min(1.0, remaining))
+            await ChangeSignal.wait(changed, min(1.0, deadline - time.monotonic()))
         items = [
             Invalidation(int(r["seq"]), str(r["id"]), list(r["tags"]), bool(r["purge_all"]))
             for r in rows
@@ -249,13 +242,10 @@ class InvalidationLog:
         """Wait until every live region applied ``inv`` or ``wait`` seconds passed."""
         deadline = time.monotonic() + wait
         while True:
-            changed = self._changed
+            changed = self._changed.take()
             progress = await self.progress(inv.id)
             assert progress is not None
-            if not progress.pending or time.monotonic() >= deadline or self._closing:
+            if not progress.pending or time.monotonic() >= deadline or self._changed.closed:
                 return progress
             # NOTIFY from a replica wakes us; the slice bounds the wait without it.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    changed.wait(), timeout=min(0.1, max(0.0, deadline - time.monotonic()))
-                )
+            await ChangeSignal.wait(changed, min(0.1, deadline - time.monotonic()))

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
 from tests.conftest import PG_ADMIN_DSN, dsn_for
+from tests.integration.stack import Stack
 
 
 async def prepare_database(name: str, schema: str) -> None:
@@ -68,3 +71,26 @@ async def captured(database: str, tenant: str = "acme") -> None:
         raise AssertionError(f"the capture never reached {target} (at {confirmed})")
     finally:
         await conn.close()
+
+
+@contextlib.contextmanager
+def running_with_capture(
+    st: Stack, tenants: Sequence[str], regions: Sequence[tuple[str, str]]
+) -> Iterator[Stack]:
+    """Set up WAL capture for ``tenants`` with the real setup command, start the origin and
+    one node per (region, Redis URL); stop them all and remove the capture afterwards (a
+    slot nobody reads would keep WAL for ever)."""
+    for tenant in tenants:
+        setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", tenant)
+        assert setup.returncode == 0, setup.stderr
+        assert f"automatic invalidation is set up for tenant '{tenant}'" in setup.stdout
+    try:
+        st.start_origin()
+        for region, redis_url in regions:
+            st.start_node(region=region, redis_url=redis_url)
+        yield st
+    finally:
+        st.stop_all()
+        for tenant in tenants:
+            removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", tenant)
+            assert removed.returncode == 0, removed.stderr

@@ -24,7 +24,12 @@ import redis
 
 from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import captured as capture_read_all
-from tests.integration.capture_helpers import execute, origin_cli, prepare_database
+from tests.integration.capture_helpers import (
+    execute,
+    origin_cli,
+    prepare_database,
+    running_with_capture,
+)
 from tests.integration.node_helpers import Reply, marker, post
 from tests.integration.stack import Stack
 
@@ -57,18 +62,9 @@ def world(
     tenants[0]["auto_invalidation"] = True
     tenants[1]["auto_invalidation"] = True  # opted in, never set up: must say so
     st = Stack(tmp_path_factory.mktemp("auto"), doc)
-    setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
-    assert setup.returncode == 0, setup.stderr
-    assert "automatic invalidation is set up for tenant 'acme'" in setup.stdout
-    st.start_origin()
-    st.start_node(region="region-a", redis_url=REGION_A_REDIS)
-    st.start_node(region="region-b", redis_url=REGION_B_REDIS)
-    try:
+    regions = [("region-a", REGION_A_REDIS), ("region-b", REGION_B_REDIS)]
+    with running_with_capture(st, ["acme"], regions):
         yield st
-    finally:
-        st.stop_all()
-        removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
-        assert removed.returncode == 0, removed.stderr
 
 
 def _nodes(st: Stack) -> list[str]:

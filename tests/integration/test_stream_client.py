@@ -25,7 +25,11 @@ import redis
 from cache_edge.client import AsyncClient, Backoff, ChangeEvent, Client
 from cache_edge.errors import BadRequest, CaptureUnavailable, Unauthorized
 from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
-from tests.integration.capture_helpers import execute, origin_cli, prepare_database
+from tests.integration.capture_helpers import (
+    execute,
+    prepare_database,
+    running_with_capture,
+)
 from tests.integration.stack import Server, Stack
 
 STREAM_DB = "cache_edge_stream_client"
@@ -53,16 +57,8 @@ def world(
     tenants: list[dict[str, Any]] = doc["tenants"]  # type: ignore[assignment]
     tenants[0]["change_streams"] = True
     st = Stack(tmp_path_factory.mktemp("stream-client"), doc)
-    setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", "acme")
-    assert setup.returncode == 0, setup.stderr
-    st.start_origin()
-    st.start_node(region="sc-1", redis_url=NODE_REDIS)
-    try:
+    with running_with_capture(st, ["acme"], [("sc-1", NODE_REDIS)]):
         yield st
-    finally:
-        st.stop_all()
-        removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", "acme")
-        assert removed.returncode == 0, removed.stderr
 
 
 def node_of(st: Stack) -> Server:

@@ -27,7 +27,12 @@ from tests.conftest import (
     make_settings_doc,
     sha,
 )
-from tests.integration.capture_helpers import captured, execute, origin_cli, prepare_database
+from tests.integration.capture_helpers import (
+    captured,
+    execute,
+    prepare_database,
+    running_with_capture,
+)
 from tests.integration.stack import Stack
 
 STREAM_DB = "cache_edge_streams"
@@ -64,19 +69,9 @@ def world(
         {"id": "initech", "api_keys_sha256": [sha(API_KEY_C)], "database_url": pg_databases[1]}
     )
     st = Stack(tmp_path_factory.mktemp("streams"), doc)
-    for tenant in ("acme", "globex"):
-        setup = origin_cli(st.config, "setup-auto-invalidation", "--tenant", tenant)
-        assert setup.returncode == 0, setup.stderr
-    st.start_origin()
-    st.start_node(region="region-a", redis_url=REGION_A_REDIS)
-    st.start_node(region="region-b", redis_url=REGION_B_REDIS)
-    try:
+    regions = [("region-a", REGION_A_REDIS), ("region-b", REGION_B_REDIS)]
+    with running_with_capture(st, ["acme", "globex"], regions):
         yield st
-    finally:
-        st.stop_all()
-        for tenant in ("acme", "globex"):
-            removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", tenant)
-            assert removed.returncode == 0, removed.stderr
 
 
 def _nodes(st: Stack) -> list[str]:
