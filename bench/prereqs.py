@@ -7,11 +7,12 @@ scenario) that need it are reported as skipped, naming the package to install.
 from __future__ import annotations
 
 import importlib.util
-import re
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from cache_edge.devtools.services import pg_bindir
 
 __all__ = ["SETUP_HINT", "Tools", "find_tools"]
 
@@ -33,19 +34,6 @@ _WHAT = {
     "matplotlib": ("pip install matplotlib (in the dev extra)", "PNG charts"),
     "rich": ("pip install rich (in the dev extra)", "live progress display"),
 }
-
-
-def _pg_bindir() -> Path | None:
-    """The newest PostgreSQL server binaries: Debian's layout first, then PATH."""
-
-    def version(p: Path) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", p.parent.name))
-
-    found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()]
-    if found:
-        return max(found, key=version)
-    initdb = shutil.which("initdb")
-    return Path(initdb).parent if initdb else None
 
 
 def _which(name: str) -> str | None:
@@ -87,7 +75,7 @@ class Tools:
 
 
 def find_tools() -> Tools:
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     paths: dict[str, str | None] = {
         name: _which(name)
         for name in ("wrk", "redis-server", "pgbench", "pgbouncer", "pgpool", "taskset", "py-spy")

@@ -27,6 +27,7 @@ __all__ = [
     "ServiceError",
     "find_postgres",
     "find_redis",
+    "pg_bindir",
     "pg_reachable",
     "redis_reachable",
 ]
@@ -106,7 +107,7 @@ async def _start_and_wait(
         raise
 
 
-def _pg_bindir() -> Path | None:
+def pg_bindir() -> Path | None:
     """The newest PostgreSQL server binaries: Debian's layout first, then PATH."""
 
     def version(p: Path) -> tuple[int, ...]:
@@ -136,7 +137,7 @@ def _run_as() -> str | None:
 
 
 async def _start_private_postgres(workdir: Path, logs: Path) -> Service:
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     if bindir is None:
         raise ServiceError(INSTALL_PG)
     user = _run_as()

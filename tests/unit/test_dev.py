@@ -189,6 +189,6 @@ async def test_missing_redis_says_what_to_install(
 async def test_missing_postgres_says_what_to_install(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(services, "_pg_bindir", lambda: None)
+    monkeypatch.setattr(services, "pg_bindir", lambda: None)
     with pytest.raises(ServiceError, match=r"apt-get install postgresql.*DATABASE_URL="):
         await services.find_postgres(tmp_path, tmp_path, {}, private=True)
