@@ -28,7 +28,7 @@ from cache_edge.errors import (
     PoolTimeout,
     QueryTimeout,
 )
-from cache_edge.invalidation import is_current, required_watermark
+from cache_edge.invalidation import is_current, required_watermark, survives
 from cache_edge.keys import cache_key
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
@@ -75,6 +75,21 @@ class _Flight:
     tags: tuple[str, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A flight's result, and whether the region's purge state vouched for it.
+
+    Unchecked rows (Redis unavailable, or no sync lease) may predate a purge applied
+    while they were being fetched. They are fine for the requests that were waiting
+    when the fetch started, never for one that arrived later (see :meth:`QueryCache._fill`).
+    """
+
+    entry: Entry
+    checked: bool
+    started: float  # time.monotonic() when the fetch began
+    cache_error: str | None = None
+
+
 def _merged(tags: tuple[str, ...], extra: tuple[str, ...] | None) -> tuple[str, ...]:
     if not extra:
         return tags  # the hit path of tenants without implicit tags: nothing to build
@@ -95,6 +110,8 @@ class Stats:
     refresh_failures: int = 0
     raced_purges: int = 0  # fetches discarded because a purge overtook them
     memory_hits: int = 0  # answered from this process's hot tier, no Redis round trip
+    unvouched_fills: int = 0  # fetches not stored: no sync lease to check them against
+    unchecked_refetches: int = 0  # joiners that needed a fetch begun after they arrived
 
 
 class QueryCache:
@@ -114,7 +131,7 @@ class QueryCache:
         self._mirror = mirror
         self._origin = origin
         self._clock = clock
-        self._flights: Group[Entry] = Group()
+        self._flights: Group[_Fetched] = Group()
         self._background: set[asyncio.Task[None]] = set()
         self._lock_ttl_ms = int((config.origin_timeout + 2) * 1000)
         # (tenant, sql) -> the implicit tags (tables) its entries carry, so a hit can read
@@ -162,6 +179,9 @@ class QueryCache:
         # Without a sync lease (cut off from the origin) we cannot tell: such entries may
         # still stand in on origin failure (staleIfError), never as fresh.
         fallback: Entry | None = None
+        # Not current only because the region lost its sync lease: may stand in for an
+        # origin failure if no purge the region knows of has voided it (checked then).
+        unvouched: Entry | None = None
         if entry is not None:
             if is_current(entry.watermark, state):
                 age = entry.age(self._clock())
@@ -177,11 +197,13 @@ class QueryCache:
                     )
                 fallback = entry
             elif state and state[0] is None and strategy.stale_if_error:
-                fallback = entry
+                unvouched = entry
 
         try:
             fresh = await self._fill(flight, entry, required_watermark(state))
         except _STALE_OK as exc:
+            if unvouched is not None and await self._survives(flight, unvouched, state):
+                fallback = unvouched
             if fallback is not None and fallback.age(self._clock()) < strategy.retention:
                 log.warning("serving_stale_on_error", code=exc.code, request_id=request_id)
                 return Answer(
@@ -194,13 +216,22 @@ class QueryCache:
                 )
             raise
         return Answer(
-            fresh.core,
+            fresh.entry.core,
             "miss",
-            fresh.produced_at_ms,
+            fresh.entry.produced_at_ms,
             sig,
-            cache_error=cache_error,
-            warnings=fresh.warnings,
+            cache_error=cache_error or fresh.cache_error,
+            warnings=fresh.entry.warnings,
         )
+
+    async def _survives(self, flight: _Flight, entry: Entry, state: list[bytes | None]) -> bool:
+        """May an entry the region cannot vouch for stand in as stale? Only if it was
+        produced after the region's durable floor and after every purge of its tags."""
+        try:
+            floor = await self._tier.durable_floor(flight.tenant)
+        except TierUnavailable:
+            return False
+        return floor is not None and survives(entry.watermark, floor, state[1:])
 
     @property
     def memory(self) -> MemoryTier | None:
@@ -268,17 +299,28 @@ class QueryCache:
 
     # ------------------------------------------------------------------ fills
 
-    async def _fill(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> Entry:
-        async def run() -> Entry:
+    async def _fill(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> _Fetched:
+        """One fetch per key per process; unchecked rows go only to whoever was waiting
+        before that fetch began. A request that arrived later (possibly after a purge
+        was applied) joins, or starts, a fetch that begins after it arrived."""
+        arrived = time.monotonic()
+
+        async def run() -> _Fetched:
             return await self._fill_region(flight, seen, min_watermark)
 
-        entry, shared = await self._flights.do((flight.tenant, flight.sig), run)
-        if shared:
-            self.stats.coalesced_local += 1
-        return entry
+        while True:
+            fetched, shared = await self._flights.do((flight.tenant, flight.sig), run)
+            if fetched.checked or not shared or fetched.started >= arrived:
+                if shared:
+                    self.stats.coalesced_local += 1
+                return fetched
+            self.stats.unchecked_refetches += 1
 
-    async def _fill_region(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> Entry:
+    async def _fill_region(
+        self, flight: _Flight, seen: Entry | None, min_watermark: int
+    ) -> _Fetched:
         """Fetch once per region: take the key's lock, or wait for its holder's entry."""
+        started = time.monotonic()
         tenant, sig = flight.tenant, flight.sig
         lock_key = self._tier.lock_key(tenant, sig)
         token = secrets.token_hex(8)
@@ -288,16 +330,19 @@ class QueryCache:
             try:
                 locked = await self._tier.try_lock(lock_key, token, self._lock_ttl_ms)
             except TierUnavailable:
-                # No shared tier: coalescing stays per process; correctness is unaffected.
-                return await self._fetch_and_store(flight, min_watermark)
+                # No shared tier: coalescing stays per process.
+                return await self._fetch_and_store(flight, min_watermark, started)
             if locked:
                 try:
                     # Double-check: the previous holder may have stored it just now.
                     newer = await self._newer_entry(flight, seen)
                     if newer is not None:
                         self.stats.coalesced_region += 1
-                        return newer
-                    return await self._fetch_and_store(flight, min_watermark)
+                        return _Fetched(newer, True, started)
+                except TierUnavailable:
+                    pass  # Redis failed under the lock: fetch like any other Redis failure
+                try:
+                    return await self._fetch_and_store(flight, min_watermark, started)
                 finally:
                     await self._release(lock_key, token)
             # Another process of the region is fetching this key: wait for its entry.
@@ -308,14 +353,14 @@ class QueryCache:
                     got = await self._newer_entry(flight, seen)
                     if got is not None:
                         self.stats.coalesced_region += 1
-                        return got
+                        return _Fetched(got, True, started)
                     if not await self._tier.exists(lock_key):
                         break  # the holder finished without a usable entry: try ourselves
                 except TierUnavailable:
-                    return await self._fetch_and_store(flight, min_watermark)
+                    return await self._fetch_and_store(flight, min_watermark, started)
             else:
                 # Waited long enough; a hung holder must not hang us.
-                return await self._fetch_and_store(flight, min_watermark)
+                return await self._fetch_and_store(flight, min_watermark, started)
 
     async def _newer_entry(self, flight: _Flight, seen: Entry | None) -> Entry | None:
         """A servable entry produced after ``seen`` (someone else refreshed it), if any."""
@@ -330,12 +375,16 @@ class QueryCache:
             return None
         return got
 
-    async def _fetch_and_store(self, flight: _Flight, min_watermark: int) -> Entry:
+    async def _fetch_and_store(
+        self, flight: _Flight, min_watermark: int, started: float
+    ) -> _Fetched:
         """Fetch from the origin; store only rows no purge applied here has voided.
 
         A purge can be applied while the fetch is in flight. Its rows may then predate
         the purge; they are neither stored nor served: we fetch again, asking the origin
-        for a watermark at least as new as the region's state.
+        for a watermark at least as new as the region's state. Rows the region cannot
+        check (Redis unavailable, or no sync lease) are returned unchecked and never
+        stored: a later reader must not find rows older than a purge it was told about.
         """
         tenant, strategy = flight.tenant, flight.strategy
         for _attempt in range(3):
@@ -361,8 +410,11 @@ class QueryCache:
                 tags = _merged(strategy.tags, entry.tags)
                 state = await self._tier.state(tenant, flight.sig, tags)
             except TierUnavailable:
-                return entry  # nothing to check against, and nowhere to store it
-            if state[0] is not None and not is_current(entry.watermark, state):
+                return _Fetched(entry, False, started, "redis_unavailable")
+            if state[0] is None:
+                self.stats.unvouched_fills += 1
+                return _Fetched(entry, False, started)
+            if not is_current(entry.watermark, state):
                 self.stats.raced_purges += 1
                 min_watermark = max(min_watermark, required_watermark(state))
                 continue
@@ -373,7 +425,7 @@ class QueryCache:
                 log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
             else:
                 self._remember(flight, entry)
-            return entry
+            return _Fetched(entry, True, started)
         raise OriginUnavailable("the origin keeps answering with rows older than a purge")
 
     async def _release(self, lock_key: str, token: str) -> None:
@@ -398,13 +450,14 @@ class QueryCache:
         except TierUnavailable:
             return  # without the lock we cannot promise one refresh per region; skip
 
-        async def run() -> Entry:
+        async def run() -> _Fetched:
+            started = time.monotonic()
             # Double-check under the lock: a refresh that just finished elsewhere counts.
             newer = await self._newer_entry(flight, seen)
             if newer is not None:
-                return newer
+                return _Fetched(newer, True, started)
             self.stats.refreshes += 1
-            return await self._fetch_and_store(flight, min_watermark)
+            return await self._fetch_and_store(flight, min_watermark, started)
 
         try:
             await self._flights.do((flight.tenant, flight.sig), run)

@@ -31,10 +31,10 @@ from cache_edge.errors import CacheEdgeError
 from cache_edge.logs import get_logger
 from cache_edge.origin_client import OriginClient
 from cache_edge.tasks import stop_tasks
-from cache_edge.tiers.redis import RedisTier, TierUnavailable
+from cache_edge.tiers.redis import RedisTier, StateLost, TierUnavailable
 from cache_edge.wire import packb
 
-__all__ = ["Applier", "is_current", "required_watermark"]
+__all__ = ["Applier", "is_current", "required_watermark", "survives"]
 
 log = get_logger(__name__)
 
@@ -42,9 +42,15 @@ log = get_logger(__name__)
 def is_current(watermark: int, state: Sequence[bytes | None]) -> bool:
     """May an entry with this watermark be served, given [sync floor, *tag versions]?"""
     floor = state[0]
-    if floor is None or watermark < int(floor):
-        return False
-    return all(v is None or int(v) <= watermark for v in state[1:])
+    return floor is not None and survives(watermark, int(floor), state[1:])
+
+
+def survives(watermark: int, floor: int, versions: Sequence[bytes | None]) -> bool:
+    """Has no purge the region knows of voided an entry with this watermark?
+
+    Weaker than :func:`is_current`: it holds for a region cut off from the origin too,
+    which is what staleIfError may stand on, and never on less."""
+    return watermark >= floor and all(v is None or int(v) <= watermark for v in versions)
 
 
 def required_watermark(state: Sequence[bytes | None]) -> int:
@@ -81,6 +87,7 @@ class Applier:
         self._tasks: list[asyncio.Task[None]] = []
         self._leader = asyncio.Event()
         self.applied: dict[str, int] = {}  # for tests and metrics
+        self.resyncs = 0  # times a tenant's state had to start over (lost, trimmed, epoch)
         self._floor: dict[str, int] = {}
         # Until when each tenant's region state is proven (a successful poll + sync_grace):
         # heartbeats never renew hot-tier leases past it.
@@ -129,22 +136,38 @@ class Applier:
                 backoff = min(backoff * 2, 2.0)
 
     async def _step(self, tenant: str, wait: float) -> None:
-        applied, floor = await self._tier.progress(tenant)
+        seen = await self._tier.progress(tenant)
+        applied = seen.applied if seen.intact else None
         answer = await self._origin.poll_invalidations(
-            tenant, self._region, -1 if applied is None else applied, wait, self._grace
+            tenant,
+            self._region,
+            -1 if applied is None else applied,
+            wait,
+            self._grace,
+            epoch=seen.epoch if applied is not None else None,
         )
         latest, oldest = int(answer["latest"]), int(answer["oldest"])
+        epoch = str(answer.get("epoch") or "")
         items = answer["items"]
-        if applied is None or (oldest > applied + 1 and not _covers(items, applied)):
-            # We cannot prove we saw every purge since our last sync (state lost, or the
-            # log was trimmed past us): void every entry older than now.
+        if applied is not None and seen.epoch != epoch:
+            # Our state belongs to another purge log (the database was restored or
+            # replaced): its seqs mean nothing here, and neither do its entries.
+            wiped = await self._tier.wipe(tenant)
             log.warning(
-                "invalidation_resync", tenant=tenant, applied=applied, latest=latest, floor=latest
+                "invalidation_epoch_changed", tenant=tenant, was=seen.epoch, now=epoch, wiped=wiped
             )
-            await self._tier.apply(tenant, {}, latest, latest, self._grace)
-            await self._publish(tenant, -1, latest, latest, {})
+            await self._resync(tenant, latest, epoch, "epoch_changed")
+            return
+        if applied is None:
+            # Never synced, or the state was lost (restart, flush, eviction, failover):
+            # we cannot prove we saw every purge, so void every entry older than now.
+            await self._resync(tenant, latest, epoch, "state_missing")
+            return
+        if oldest > applied + 1 and not _covers(items, applied):
+            await self._resync(tenant, latest, epoch, "log_trimmed")
             return
         tags: dict[str, int] = {}
+        floor = seen.floor
         last = applied
         for item in items:
             seq = int(item["seq"])
@@ -153,10 +176,21 @@ class Applier:
             for tag in item["tags"]:
                 tags[tag] = seq
             last = seq
-        await self._tier.apply(tenant, tags, last, floor, self._grace)
+        try:
+            await self._tier.apply(tenant, seen, tags, last, floor, self._grace)
+        except StateLost as exc:
+            if exc.lost:
+                await self._resync(tenant, latest, epoch, "state_lost")
+            return  # another applier moved on: read progress again
         await self._publish(tenant, applied, last, floor, tags)
         if items:
             log.info("invalidations_applied", tenant=tenant, upto=last, count=len(items))
+
+    async def _resync(self, tenant: str, latest: int, epoch: str, reason: str) -> None:
+        log.warning("invalidation_resync", tenant=tenant, reason=reason, floor=latest)
+        self.resyncs += 1
+        await self._tier.resync(tenant, latest, self._grace, epoch, secrets.token_hex(8))
+        await self._publish(tenant, -1, latest, latest, {})
 
     async def _publish(
         self, tenant: str, prev: int, to: int, floor: int, tags: dict[str, int]

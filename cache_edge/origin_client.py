@@ -115,9 +115,19 @@ class OriginClient:
         return dict(unpackb(result.body))
 
     async def poll_invalidations(
-        self, tenant: str, region: str, after: int, wait: float, lease: float
+        self,
+        tenant: str,
+        region: str,
+        after: int,
+        wait: float,
+        lease: float,
+        *,
+        epoch: str | None = None,
     ) -> dict[str, Any]:
-        body = {"region": region, "after": after, "wait": wait, "lease": lease}
+        body: dict[str, Any] = {"region": region, "after": after, "wait": wait, "lease": lease}
+        if epoch is not None:
+            # The origin records our progress only against the purge log it came from.
+            body["epoch"] = epoch
         # Long-polls wait for seconds by design: they must not hold a tenant's fair share.
         result = await self._post("/v1/invalidations/poll", tenant, body, "applier", fair=False)
         return dict(unpackb(result.body))

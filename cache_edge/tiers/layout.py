@@ -43,6 +43,31 @@ class Layout:
     def tag(self, tenant: str, shard: int, tag: str) -> str:
         return f"{self._slot(tenant, shard)}:tag:{tag}"
 
+    def shard_generation(self, tenant: str, shard: int) -> str:
+        return f"{self._slot(tenant, shard)}:gen"
+
+    def generation(self, tenant: str) -> str:
+        return f"{self._prefix}:{{{tenant}}}:gen"
+
+    def epoch(self, tenant: str) -> str:
+        return f"{self._prefix}:{{{tenant}}}:epoch"
+
+    def tenant_patterns(self, tenant: str) -> list[str]:
+        """SCAN patterns that cover every key of ``tenant`` (glob-escaped)."""
+        t = "".join(f"\\{c}" if c in "*?[]\\" else c for c in tenant)
+        return [f"{self._prefix}:{{{t}}}:*", f"{self._prefix}:{{{t}.*}}:*"]
+
+    def owns(self, tenant: str, key: str) -> bool:
+        """Is ``key`` one of ``tenant``'s (and not of a tenant whose id extends it)?"""
+        head = f"{self._prefix}:{{{tenant}"
+        if not key.startswith(head):
+            return False
+        rest = key[len(head) :]
+        if rest.startswith("}:"):
+            return True
+        shard, sep, _ = rest[1:].partition("}:")
+        return rest.startswith(".") and bool(sep) and shard.isdigit()
+
     def applied(self, tenant: str) -> str:
         return f"{self._prefix}:{{{tenant}}}:applied"
 

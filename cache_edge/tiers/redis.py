@@ -10,13 +10,21 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
 from cache_edge.tiers.layout import CLUSTER_SHARDS, Layout
 
-__all__ = ["REDIS_ERRORS", "RedisTier", "TierUnavailable", "redis_client"]
+__all__ = [
+    "REDIS_ERRORS",
+    "Progress",
+    "RedisTier",
+    "StateLost",
+    "TierUnavailable",
+    "redis_client",
+]
 
 # Delete the lock only if we still own it (the token), so a slow holder whose
 # lock expired cannot release a lock that another process has taken since.
@@ -32,6 +40,27 @@ if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) 
 return 0
 """
 
+# Purge state is written only under the generation the applier read: a flush, an
+# eviction or a failover to an empty replica removes the marker, so the write is
+# refused and the applier resyncs instead of quietly recreating a state that has
+# forgotten purges (docs/invalidation.md, "losing the region's state").
+# KEYS: shard generation, sync lease, tag keys...; ARGV: generation, floor, lease ms, seqs...
+_APPLY_SHARD = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 3, #KEYS do redis.call('set', KEYS[i], ARGV[i + 1]) end
+redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# KEYS: generation, applied, floor; ARGV: generation, applied as read, new applied, floor.
+# 0: the state was lost; 2: someone else moved ``applied`` (a deposed leader): re-read.
+_ADVANCE = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('get', KEYS[2]) ~= ARGV[2] then return 2 end
+redis.call('set', KEYS[2], ARGV[3])
+redis.call('set', KEYS[3], ARGV[4])
+return 1
+"""
+
 
 # Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
 # OSError and timeouts, redis-py's cluster client has raised AttributeError while a
@@ -41,6 +70,10 @@ REDIS_ERRORS: tuple[type[BaseException], ...] = (Exception,)
 
 def _as_bytes(values: list[bytes | str | None]) -> list[bytes | None]:
     return [v.encode() if isinstance(v, str) else v for v in values]
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def redis_client(url: str, *, timeout: float, max_connections: int, cluster: bool) -> Any:
@@ -68,6 +101,31 @@ class TierUnavailable(Exception):
     """The shared tier cannot be used right now (down, slow, or circuit open)."""
 
 
+class StateLost(Exception):
+    """The region's purge state is not the one the applier read.
+
+    ``lost``: part of it is gone (flush, eviction, failover): resync. Otherwise
+    another applier moved it on: read it again."""
+
+    def __init__(self, message: str, *, lost: bool) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the region's Redis says about a tenant's purge state."""
+
+    applied: int | None  # last purge seq applied; None: unknown (never synced, or lost)
+    floor: int
+    generation: str | None  # the marker every state write checks; None: lost
+    epoch: str | None  # which purge log the state belongs to (origin/invalidation_log.py)
+
+    @property
+    def intact(self) -> bool:
+        return self.applied is not None and self.generation is not None
+
+
 class RedisTier:
     def __init__(
         self,
@@ -85,6 +143,7 @@ class RedisTier:
         self.keys = layout or Layout(CLUSTER_SHARDS if cluster else 1)
         self._unlock = self._redis.register_script(_UNLOCK)
         self._lead = self._redis.register_script(_LEAD)
+        self._advance = self._redis.register_script(_ADVANCE)
         self._retry_after = retry_after
         self._open_until = 0.0
         self.failures = 0  # total Redis failures seen (for metrics)
@@ -138,43 +197,125 @@ class RedisTier:
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
-    async def progress(self, tenant: str) -> tuple[int | None, int]:
-        """(last applied purge seq or None if unknown, durable floor)."""
+    async def progress(self, tenant: str) -> Progress:
+        k = self.keys
         try:
-            applied, floor = await self._redis.mget(
-                [self.keys.applied(tenant), self.keys.floor(tenant)]
+            applied, floor, gen, epoch = await self._redis.mget(
+                [k.applied(tenant), k.floor(tenant), k.generation(tenant), k.epoch(tenant)]
             )
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
-        return (int(applied) if applied is not None else None, int(floor or 0))
+        return Progress(
+            int(applied) if applied is not None else None,
+            int(floor or 0),
+            _text(gen),
+            _text(epoch),
+        )
+
+    async def durable_floor(self, tenant: str) -> int | None:
+        """The floor no entry below which may ever be served, or None if the region's
+        state was lost (then nothing can be vouched for, not even as stale)."""
+        self._check()
+        k = self.keys
+        try:
+            floor, gen = await self._redis.mget([k.floor(tenant), k.generation(tenant)])
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        return int(floor or 0) if gen is not None else None
 
     async def apply(
         self,
         tenant: str,
+        seen: Progress,
         tag_versions: dict[str, int],
         applied: int,
         floor: int,
         sync_ttl: float,
     ) -> None:
-        """Record purges in every shard: tag versions first, then progress, then the sync
-        leases. No MULTI (shards are different slots): the order makes a crash midway
-        safe, since ``applied`` only moves after the tags and a lease only after both."""
-        shards = range(self.keys.shards)
+        """Record purges in every shard (tag versions with the sync lease, under the
+        generation marker), then move ``applied``. No MULTI across shards (they are
+        different slots): ``applied`` only moves after every shard has the tags, so a
+        crash midway is repaired by re-applying. Raises :class:`StateLost` when any
+        part of the state is no longer the one ``seen`` described."""
+        assert seen.generation is not None and seen.applied is not None
+        k, gen = self.keys, seen.generation
+        tags = list(tag_versions.items())
         lease_ms = int(sync_ttl * 1000)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for shard in shards:
-                    for tag, seq in tag_versions.items():
-                        pipe.set(self.keys.tag(tenant, shard, tag), seq)
-                await pipe.execute()
-            await self._redis.set(self.keys.floor(tenant), floor)
-            await self._redis.set(self.keys.applied(tenant), applied)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for shard in shards:
-                    pipe.set(self.keys.sync(tenant, shard), floor, px=lease_ms)
-                await pipe.execute()
+                for shard in range(k.shards):
+                    keys = [k.shard_generation(tenant, shard), k.sync(tenant, shard)]
+                    keys += [k.tag(tenant, shard, tag) for tag, _ in tags]
+                    args = [gen, floor, lease_ms, *(seq for _, seq in tags)]
+                    # EVAL, not EVALSHA: a cluster pipeline cannot load scripts first.
+                    pipe.eval(_APPLY_SHARD, len(keys), *keys, *args)
+                shard_ok = await pipe.execute()
+            if all(shard_ok):
+                moved = await self._advance(
+                    keys=[k.generation(tenant), k.applied(tenant), k.floor(tenant)],
+                    args=[gen, seen.applied, applied, floor],
+                )
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
+        if not all(shard_ok) or moved == 0:
+            raise StateLost(f"the region lost {tenant}'s purge state", lost=True)
+        if moved == 2:
+            raise StateLost(f"another applier moved {tenant}'s progress", lost=False)
+
+    async def resync(
+        self, tenant: str, floor: int, sync_ttl: float, epoch: str, generation: str
+    ) -> None:
+        """Start a new generation of ``tenant``'s state: every entry older than ``floor``
+        is void from now on. Shards first, so the state becomes readable as a whole."""
+        k = self.keys
+        lease_ms = int(sync_ttl * 1000)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in range(k.shards):
+                    pipe.set(k.shard_generation(tenant, shard), generation)
+                    pipe.set(k.sync(tenant, shard), floor, px=lease_ms)
+                await pipe.execute()
+            await self._redis.mset(
+                {
+                    k.floor(tenant): floor,
+                    k.applied(tenant): floor,
+                    k.epoch(tenant): epoch,
+                    k.generation(tenant): generation,
+                }
+            )
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def wipe(self, tenant: str) -> int:
+        """Delete every key of ``tenant`` in this region (its state belongs to another
+        purge log: a restored or replaced database). Sync leases go first, so nothing
+        is served while the rest is deleted. Returns how many keys were deleted."""
+        k = self.keys
+        deleted = 0
+        try:
+            await self._redis.delete(*(k.sync(tenant, s) for s in range(k.shards)))
+            for pattern in k.tenant_patterns(tenant):
+                batch: list[str] = []
+                async for raw in self._redis.scan_iter(match=pattern, count=1000):
+                    key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if k.owns(tenant, key):
+                        batch.append(key)
+                    if len(batch) >= 500:
+                        deleted += await self._delete(batch)
+                        batch = []
+                deleted += await self._delete(batch)
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        return deleted
+
+    async def _delete(self, keys: list[str]) -> int:
+        # One DEL per key: in a cluster the keys live in different slots.
+        if not keys:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.delete(key)
+            return sum(int(n) for n in await pipe.execute())
 
     # ------------------------------------------------- the region's purge feed
 
