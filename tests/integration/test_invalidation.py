@@ -366,3 +366,64 @@ async def test_hot_tiers_of_every_process_honour_a_purge(
     assert "region-a" in done.body["appliedRegions"]
     replies = await asyncio.gather(*(post(http, u, read(key, tag), API_KEY_A) for u in (a1, a2)))
     assert [r.body["rows"] for r in replies] == [[[2]], [[2]]]
+
+
+def _origin(st: Stack) -> Server:
+    return next(s for s in st.servers if s.kind == "origin")
+
+
+@pytest.mark.slow
+async def test_stale_if_error_never_serves_a_purged_entry_end_to_end(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    """Issue 13 A: purge applied, then the origin is gone past sync_grace."""
+    conn, key = row
+    a = nodes(world)[0].url
+    await wait_live(http, a, {"region-a", "region-b"})
+    purged, kept = marker("purged").replace("-", "_"), marker("kept").replace("-", "_")
+    body = {
+        "sql": "SELECT v FROM inv_t WHERE k = $1",
+        "params": [key],
+        "cacheStrategy": {"ttl": 1, "staleIfError": 300, "tags": [purged]},
+    }
+    control = {**body, "cacheStrategy": {"ttl": 1, "staleIfError": 300, "tags": [kept]}}
+    for b in (body, control):
+        assert (await post(http, a, b, API_KEY_A)).cache_status == "miss"
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    done = await purge(http, a, {"tags": [purged], "wait": 10})
+    assert "region-a" in done.body["appliedRegions"], done.body
+    _origin(world).stop()
+    await asyncio.sleep(2.5)  # past ttl and past sync_grace: the region's lease lapsed
+    voided = await post(http, a, body, API_KEY_A)
+    assert voided.status == 502 and voided.code == "origin_unavailable", voided.body
+    stale = await post(http, a, control, API_KEY_A)
+    assert stale.status == 200 and stale.cache_status == "stale", stale.body
+    assert stale.body["rows"] == [[1]]
+
+
+@pytest.mark.slow
+async def test_flushed_region_notices_and_never_serves_pre_purge_rows(
+    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+) -> None:
+    """Issue 13 B: a slow miss in flight, a purge applied, FLUSHALL, the miss completes."""
+    conn, key = row
+    node_a = nodes(world)[0]
+    await wait_live(http, node_a.url, {"region-a", "region-b"})
+    tag = marker("flush").replace("-", "_")
+    slow = {
+        "sql": "SELECT v FROM inv_t, pg_sleep(1.0) WHERE k = $1",
+        "params": [key],
+        "cacheStrategy": {"ttl": 300, "tags": [tag]},
+    }
+    in_flight = asyncio.create_task(post(http, node_a.url, slow, API_KEY_A))
+    await asyncio.sleep(0.3)  # the slow read has started and read v = 1
+    await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
+    done = await purge(http, node_a.url, {"tags": [tag], "wait": 10})
+    assert "region-a" in done.body["appliedRegions"]
+    await _flush(REGION_A_REDIS)
+    await in_flight
+    deadline = asyncio.get_running_loop().time() + 3.0
+    while asyncio.get_running_loop().time() < deadline:
+        reply = await post(http, node_a.url, slow, API_KEY_A)
+        assert reply.body["rows"] == [[2]], f"pre-purge rows served as {reply.cache_status}"
+    assert "invalidation_resync" in node_a.logs()
