@@ -206,9 +206,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What `pip install cache-edge` leaves out: the SDK and `cache-edge query` need none of it.
+_SERVER_PACKAGES = frozenset(
+    {"asyncpg", "redis", "hiredis", "prometheus_client", "structlog", "uvloop"}
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _SERVER_PACKAGES:
+            raise
+        print(
+            f"cache-edge: this command runs a server and needs the server extra "
+            f"({exc.name} is not installed): pip install 'cache-edge[server]'",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":
