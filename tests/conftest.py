@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import socket
 from collections.abc import Iterator
 
@@ -11,11 +10,18 @@ import asyncpg
 import pytest
 
 from cache_edge.config import Settings, parse_settings
+from tests.services import ensure_services
 
-PG_ADMIN_DSN = os.environ.get("CACHE_EDGE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+PG_ADMIN_DSN, REDIS_URL = ensure_services()
 TEST_DB = "cache_edge_test"
 TEST_DB_B = "cache_edge_test_b"  # a second tenant's database
-REDIS_URL = os.environ.get("CACHE_EDGE_TEST_REDIS", "redis://127.0.0.1:6379/15")
+
+
+def redis_db(n: int) -> str:
+    """Database ``n`` of the tests' Redis (each test module that flushes owns its own)."""
+    return REDIS_URL.rsplit("/", 1)[0] + f"/{n}"
+
+
 NODE_SECRET = "test-node-secret-0123456789abcdef"
 
 API_KEY_A = "ce_test_key_tenant_a"
@@ -109,6 +115,12 @@ def make_settings_doc(dsn_a: str, dsn_b: str, **sections: dict[str, object]) -> 
         assert isinstance(base, dict)
         base.update(values)
     return doc
+
+
+def make_shared_settings_doc(dsn: str, **sections: dict[str, object]) -> dict[str, object]:
+    """Like :func:`make_settings_doc`, but both tenants (own keys, own entries) use the same
+    database, as two applications or two environments on one database would."""
+    return make_settings_doc(dsn, dsn, **sections)
 
 
 @pytest.fixture(scope="session")

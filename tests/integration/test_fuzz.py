@@ -24,11 +24,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cache_edge.signing import sign_headers
-from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc
+from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc, redis_db
 from tests.integration.security_helpers import metric_value
 from tests.integration.stack import Server, Stack
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_db(9)
 LIMITS = {"max_body_bytes": 65536, "max_params": 20, "max_string_length": 2000}
 
 pytestmark = pytest.mark.slow

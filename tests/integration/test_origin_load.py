@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
+from cache_edge.devtools.services import (
+    Service,
+    _start_and_wait,
+    _start_private_postgres,
+    pg_reachable,
+)
 from tests.conftest import make_settings_doc
 from tests.integration.origin_helpers import OriginClient, Reply, origin_settings, running_origin
 from tests.integration.stack import Stack
@@ -52,13 +58,25 @@ async def test_a_thousand_concurrent_requests_through_ten_connections(
         assert 'cache_edge_origin_pool_in_use{tenant="acme"} 0.0' in metrics
 
 
-def _restart_postgres() -> None:
-    subprocess.run(
-        ["pg_ctlcluster", "--skip-systemctl-redirect", "15", "main", "restart"],
-        check=True,
-        timeout=60,
-        capture_output=True,
-    )
+@pytest.fixture
+async def own_postgres(tmp_path: Path) -> AsyncIterator[Service]:
+    """A PostgreSQL this test may restart: never the machine's (or another test's) server."""
+    service = await _start_private_postgres(tmp_path, tmp_path / "logs")
+    try:
+        yield service
+    finally:
+        assert service.child is not None
+        await service.child.stop()
+
+
+async def _restart(service: Service) -> None:
+    child = service.child
+    assert child is not None
+    # Stop the server but keep its data directory (deleted only at the final stop).
+    cleanup, child.cleanup = child.cleanup, None
+    await child.stop()
+    child.cleanup = cleanup
+    await _start_and_wait(child, pg_reachable, service.url, 30.0)
 
 
 async def _query_ok_within(origin: OriginClient, seconds: float) -> list[Reply]:
@@ -75,14 +93,15 @@ async def _query_ok_within(origin: OriginClient, seconds: float) -> list[Reply]:
 
 @pytest.mark.slow
 async def test_origin_recovers_by_itself_after_a_database_restart(
-    pg_databases: tuple[str, str],
+    own_postgres: Service,
 ) -> None:
-    settings = origin_settings(pg_databases, pool_min_size=2, connect_timeout=2.0)
+    dsn = own_postgres.url
+    settings = origin_settings((dsn, dsn), pool_min_size=2, connect_timeout=2.0)
     async with running_origin(settings) as origin:
         assert await origin.rows("SELECT 1") == [[1]]
         in_flight = asyncio.create_task(origin.query("SELECT pg_sleep(20), $1::int", 1))
         await asyncio.sleep(0.3)
-        await asyncio.to_thread(_restart_postgres)
+        await _restart(own_postgres)
         interrupted = await asyncio.wait_for(in_flight, 10)
         assert interrupted.status == 503, interrupted.body
         assert interrupted.error["code"] == "database_unavailable"

@@ -13,12 +13,12 @@ import aiohttp
 import pytest
 import redis
 
-from tests.conftest import API_KEY_A, API_KEY_B, sha
+from tests.conftest import API_KEY_A, API_KEY_B, redis_db, sha
 from tests.integration.node_helpers import Reply, new_stack, post
 from tests.integration.security_helpers import eventually, rewrite_config
 from tests.integration.stack import Server, Stack
 
-REGION_REDIS = ("redis://127.0.0.1:6379/8", "redis://127.0.0.1:6379/9")
+REGION_REDIS = (redis_db(8), redis_db(9))
 NEW_KEY_A = "ce_rotated_key_for_tenant_a_0123456789"
 QUERY = {"sql": "SELECT current_database() AS db"}
 

@@ -23,11 +23,12 @@ from tests.conftest import (
     TEST_DB_B,
     dsn_for,
     executions,
+    redis_db,
 )
 from tests.integration.node_helpers import marker, new_stack, post
 from tests.integration.stack import Server, Stack
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_db(11)
 SECRET_VALUE = "globex-confidential-7f3a9c"
 BROKEN_PASSWORD = "pw-of-a-broken-tenant-91b2"
 

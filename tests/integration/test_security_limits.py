@@ -12,12 +12,12 @@ import aiohttp
 import pytest
 import redis
 
-from tests.conftest import API_KEY_A, API_KEY_B, free_port, make_settings_doc, sha
+from tests.conftest import API_KEY_A, API_KEY_B, free_port, make_settings_doc, redis_db, sha
 from tests.integration.node_helpers import Reply, post
 from tests.integration.security_helpers import eventually, metric_value
 from tests.integration.stack import Server, Stack
 
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_db(10)
 SECOND_KEY_A = "ce_second_key_of_tenant_a_abcdef"
 SELECT = {"sql": "SELECT 1"}
 

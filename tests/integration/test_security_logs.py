@@ -11,12 +11,12 @@ import redis
 
 from cache_edge.signing import sign_headers
 from cache_edge.wire import packb
-from tests.conftest import API_KEY_A, API_KEY_B, NODE_SECRET, make_settings_doc, sha
+from tests.conftest import API_KEY_A, API_KEY_B, NODE_SECRET, make_settings_doc, redis_db, sha
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import rewrite_config
 from tests.integration.stack import Stack
 
-REDIS_URL = "redis://127.0.0.1:6379/9"
+REDIS_URL = redis_db(9)
 DB_PASSWORD = "pg-pass-S3cr3t-4b1f"
 REDIS_PASSWORD = "redis-pass-9e2d7c"
 OLD_SECRET = "old-node-secret-still-accepted-5a"
@@ -49,7 +49,7 @@ async def test_secrets_never_reach_logs_metrics_or_errors(
     bad_stack = Stack(bad_dir, bad_doc)
     bad_node = bad_stack.start_node(
         region="eu-west",
-        redis_url=f"redis://:{REDIS_PASSWORD}@127.0.0.1:6379/9",
+        redis_url=redis_db(9).replace("redis://", f"redis://:{REDIS_PASSWORD}@"),
         origin_url=origin.url,
     )
     texts: list[str] = []

@@ -13,12 +13,12 @@ import pytest
 import redis
 
 from cache_edge.wire import EXT_DECIMAL, EXT_UUID, packb
-from tests.conftest import API_KEY_A, executions, make_settings_doc
+from tests.conftest import API_KEY_A, executions, make_settings_doc, redis_db
 from tests.integration.node_helpers import marker, post
 from tests.integration.security_helpers import eventually, metric_value
 from tests.integration.stack import Server, Stack
 
-REDIS_URL = "redis://127.0.0.1:6379/11"
+REDIS_URL = redis_db(11)
 IDLE = 1.5  # keepalive_timeout: also the deadline for a first request's headers
 BODY = 1.0  # body_timeout
 

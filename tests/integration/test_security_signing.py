@@ -11,7 +11,7 @@ import pytest
 
 from cache_edge.signing import TENANT_HEADER, sign_headers
 from cache_edge.wire import packb, unpackb
-from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc
+from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc, redis_db
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import eventually, rewrite_config
 from tests.integration.stack import Server, Stack
@@ -19,7 +19,7 @@ from tests.integration.stack import Server, Stack
 OLD = "rotation-old-secret-0123456789"
 NEW = "rotation-new-secret-0123456789"
 THIRD = "some-other-secret-0123456789ab"
-REDIS_URL = "redis://127.0.0.1:6379/10"
+REDIS_URL = redis_db(10)
 QUERY = {"sql": "SELECT 1 AS one"}
 
 

@@ -11,12 +11,12 @@ import aiohttp
 import pytest
 import tomli_w
 
-from tests.conftest import API_KEY_A, free_port, make_settings_doc
+from tests.conftest import API_KEY_A, free_port, make_settings_doc, redis_db
 from tests.integration.node_helpers import marker, post
 from tests.integration.security_helpers import Certs, HttpsServer, client_ssl, make_certs
 from tests.integration.stack import Server, Stack
 
-REDIS_URL = "redis://127.0.0.1:6379/8"
+REDIS_URL = redis_db(8)
 
 
 @pytest.fixture(scope="module")
