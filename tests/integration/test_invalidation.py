@@ -427,3 +427,51 @@ async def test_flushed_region_notices_and_never_serves_pre_purge_rows(
         reply = await post(http, node_a.url, slow, API_KEY_A)
         assert reply.body["rows"] == [[2]], f"pre-purge rows served as {reply.cache_status}"
     assert "invalidation_resync" in node_a.logs()
+
+
+@pytest.mark.slow
+async def test_a_database_whose_purge_log_starts_over_does_not_lock_regions_out(
+    tmp_path: Path, pg_databases: tuple[str, str], http: aiohttp.ClientSession
+) -> None:
+    """Issue 13 I: purges reach seq 5, the database is dropped and created again (as a
+    restore from an older backup or a new database would), the stack starts again."""
+    db = "cache_edge_test_epoch"
+    admin = await asyncpg.connect(dsn_for("postgres"))
+
+    async def recreate() -> None:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{db}"')
+
+    await recreate()
+    await _flush(REGION_A_REDIS)
+    dsns = (dsn_for(db), pg_databases[1])
+    body = {"sql": "SELECT 42 AS answer", "cacheStrategy": {"ttl": 300, "tags": ["t"]}}
+    try:
+        st = new_stack(tmp_path, dsns, REGION_A_REDIS, node={"sync_grace": 2.0})
+        st.start_origin()
+        node = st.start_node(region="region-a", redis_url=REGION_A_REDIS)
+        await wait_live(http, node.url, {"region-a"})
+        for _ in range(5):
+            await purge(http, node.url, {"tags": ["t"], "wait": 5})
+        assert (await post(http, node.url, body, API_KEY_A)).status == 200
+        st.stop_all()
+        await recreate()  # the purge log starts over; the region's Redis still remembers
+        st.start_origin()
+        node = st.start_node(region="region-a", redis_url=REGION_A_REDIS)
+        statuses = []
+        for _ in range(50):
+            reply = await post(http, node.url, body, API_KEY_A)
+            statuses.append((reply.status, reply.cache_status))
+            if reply.cache_status == "ttl":
+                break
+            await asyncio.sleep(0.1)
+        assert reply.status == 200 and reply.cache_status == "ttl", (statuses, reply.body)
+        assert "invalidation_epoch_changed" in node.logs()
+        # And purges of the new log are applied and reported as such.
+        done = await purge(http, node.url, {"tags": ["t"], "wait": 5})
+        assert "region-a" in done.body["appliedRegions"], done.body
+        assert (await post(http, node.url, body, API_KEY_A)).cache_status == "miss"
+    finally:
+        st.stop_all()
+        await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        await admin.close()
