@@ -6,6 +6,7 @@ caching lives in :mod:`cache_edge.cache`.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import functools
 import math
@@ -29,11 +30,13 @@ from cache_edge.invalidation import Applier
 from cache_edge.logs import get_logger
 from cache_edge.node_metrics import NodeMetrics
 from cache_edge.origin_client import OriginClient
+from cache_edge.origin_guard import OriginGuard
 from cache_edge.protocol import parse_invalidate, parse_query_body, parse_transaction
 from cache_edge.purge_mirror import PurgeMirror
 from cache_edge.ratelimit import RateLimiter
 from cache_edge.reload import ConfigWatcher, LiveSettings
 from cache_edge.request_ids import REQUEST_ID_HEADER, request_id
+from cache_edge.serving import ConnectionCap, raise_fd_limit, serve
 from cache_edge.stream_http import serve_stream
 from cache_edge.streams import StreamHub
 from cache_edge.tiers.memory import MemoryTier
@@ -64,6 +67,7 @@ LIVE = web.AppKey("live", LiveSettings)  # the reloadable part of the settings, 
 LIMITER = web.AppKey("limiter", RateLimiter)
 TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
 STREAMS = web.AppKey("streams", StreamHub)
+CONNECTIONS = web.AppKey("connections", ConnectionCap)
 
 _RID = "request_id"
 _FMT = "wire_format"
@@ -277,6 +281,9 @@ async def handle_metrics(request: web.Request) -> web.Response:
     metrics.coalesced.labels("region").set(stats.coalesced_region)
     metrics.refreshes.set(stats.refreshes)
     metrics.memory_hits.set(stats.memory_hits)
+    metrics.unchecked.labels("no_sync_lease").set(stats.unvouched_fills)
+    metrics.unchecked.labels("late_joiner").set(stats.unchecked_refetches)
+    metrics.resyncs.set(request.app[APPLIER].resyncs)
     if STREAMS in request.app:
         hub = request.app[STREAMS]
         for tenant, (subscribers, received) in hub.stats().items():
@@ -309,6 +316,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
         connect_timeout=node.origin_connect_timeout,
         max_connections=node.origin_max_connections,
         ssl_context=client_context(node.origin_ca),
+        guard=OriginGuard(
+            max_waiting=node.origin_max_waiting,
+            failures=node.origin_breaker_failures,
+            probe_interval=node.origin_probe_interval,
+        ),
     )
     limiter = RateLimiter(
         node.redis_url,
@@ -319,10 +331,17 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     app[TIER] = tier
     app[ORIGIN] = origin
     app[LIMITER] = limiter
+    # Every Redis client is set up before the node serves (issue 13, H), within a bound:
+    # Redis is an accelerator, so a node whose Redis is down starts and falls back.
+    budget = max(1.0, 4 * node.redis_timeout)
+    redis_ready = await _ready(asyncio.gather(tier.connect(), limiter.connect()), budget)
     memory = MemoryTier(node.memory_cache_mb * 1024 * 1024)
     mirror = PurgeMirror(node.region, uuid.uuid4().hex[:12], tier, memory)
     if node.memory_cache_mb:
         mirror.start()
+        redis_ready = redis_ready and await mirror.subscribed(budget)
+    if not redis_ready:
+        log.warning("redis_not_ready", region=node.region, waited=budget)
     app[CACHE] = QueryCache(node, tier, origin, memory=memory, mirror=mirror)
     applier = Applier(
         node.region,
@@ -346,6 +365,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await origin.close()
     await limiter.close()
     await tier.close()
+
+
+async def _ready(setup: Awaitable[tuple[bool, ...]], timeout: float) -> bool:
+    try:
+        return all(await asyncio.wait_for(setup, timeout))
+    except TimeoutError:
+        return False
 
 
 async def _end_streams(app: web.Application) -> None:
@@ -372,9 +398,12 @@ def _watch_config(app: web.Application, origin: OriginClient) -> ConfigWatcher |
 
 
 def create_node_app(settings: Settings) -> web.Application:
+    connections = ConnectionCap(settings.node.max_connections)
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=settings.limits.max_body_bytes
+        middlewares=[connections.middleware, error_middleware],
+        client_max_size=settings.limits.max_body_bytes,
     )
+    app[CONNECTIONS] = connections
     app[SETTINGS] = settings
     app[LIVE] = LiveSettings(settings)
     app[KEYS] = ApiKeys(settings.tenants)
@@ -406,19 +435,30 @@ def run_node(settings: Settings) -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
         pass
-    listen = settings.node.listen
+    node = settings.node
     app = create_node_app(settings)
-    web.run_app(
+    cap = app[CONNECTIONS]
+    before, soft, hard = raise_fd_limit()
+    # Room for the node's own sockets and files: Redis and origin pools, long-polls, logs.
+    reserve = node.redis_max_connections * 2 + node.origin_max_connections + 256
+    cap.limit = max(1, min(node.max_connections, soft - reserve))
+    log.info("fd_limit", soft_before=before, soft=soft, hard=hard, max_connections=cap.limit)
+    if cap.limit < node.max_connections:
+        log.warning(
+            "max_connections_lowered",
+            configured=node.max_connections,
+            max_connections=cap.limit,
+            reason=f"file-descriptor limit {soft} (hard {hard})",
+        )
+    serve(
         app,
-        host=listen.host,
-        port=listen.port,
+        cap,
+        host=node.listen.host,
+        port=node.listen.port,
         ssl_context=app.get(TLS),
-        # Also the deadline for a new connection's first request headers (slowloris).
-        keepalive_timeout=settings.node.keepalive_timeout,
-        access_log=None,
-        print=None,
-        shutdown_timeout=settings.node.shutdown_timeout,
-        reuse_port=settings.node.reuse_port or None,
+        keepalive_timeout=node.keepalive_timeout,
+        shutdown_timeout=node.shutdown_timeout,
+        reuse_port=node.reuse_port,
         # aiohttp's default (128) overflows when a thousand clients connect at once.
-        backlog=settings.node.backlog,
+        backlog=node.backlog,
     )

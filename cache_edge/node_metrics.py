@@ -45,6 +45,20 @@ class NodeMetrics:
             ["scope"],
             registry=self.registry,
         )
+        self.resyncs = Gauge(
+            "cache_edge_node_invalidation_resyncs",
+            "Times this process's applier found the region's purge state lost (flush, "
+            "eviction, failover), trimmed past, or from another purge log, and resynced",
+            registry=self.registry,
+        )
+        self.unchecked = Gauge(
+            "cache_edge_node_unchecked_fetches",
+            "Fetched rows the region could not check against its purge state, so not "
+            "stored (reason=no_sync_lease) or fetched again for a later request "
+            "(reason=late_joiner)",
+            ["reason"],
+            registry=self.registry,
+        )
         self.refreshes = Gauge(
             "cache_edge_node_swr_refreshes", "Background refreshes started", registry=self.registry
         )

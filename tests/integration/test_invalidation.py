@@ -427,6 +427,14 @@ async def test_flushed_region_notices_and_never_serves_pre_purge_rows(
         reply = await post(http, node_a.url, slow, API_KEY_A)
         assert reply.body["rows"] == [[2]], f"pre-purge rows served as {reply.cache_status}"
     assert "invalidation_resync" in node_a.logs()
+    async with http.get(f"{node_a.url}/metrics") as resp:
+        text = await resp.text()
+    resyncs = next(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("cache_edge_node_invalidation_resyncs ")
+    )
+    assert resyncs >= 2  # the first sync at start, and the flush
 
 
 @pytest.mark.slow
