@@ -169,6 +169,13 @@ class NodeConfig:
     origin_timeout: float = 30.0
     origin_connect_timeout: float = 3.0
     origin_max_connections: int = 100
+    # Origin calls clients wait on at once, per process (queued for a connection or in
+    # flight); one more gets 503 origin_overloaded at once (cache_edge.origin_guard).
+    origin_max_waiting: int = 2000
+    # Consecutive calls that cannot reach the origin before the node stops trying it
+    # (503 origin_down); then one probe call per origin_probe_interval s until one answers.
+    origin_breaker_failures: int = 5
+    origin_probe_interval: float = 1.0
     redis_timeout: float = 0.5
     redis_max_connections: int = 100
     # After a Redis failure, skip Redis for this long instead of paying its timeout per request.
@@ -192,6 +199,10 @@ class NodeConfig:
     reuse_port: bool = False
     backlog: int = 4096
     keepalive_timeout: float = 75.0  # as OriginConfig's
+    # Open client connections per process (also kept under the file-descriptor limit).
+    # At the cap the longest-idle one is closed to make room; if every one is busy, the
+    # newcomer is (cache_edge.serving).
+    max_connections: int = 20000
     body_timeout: float = 30.0
     tls_cert: str = ""
     tls_key: str = ""

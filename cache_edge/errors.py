@@ -14,6 +14,8 @@
     ├── QueryError                      query_error       400  (+ sqlstate)
     ├── InternalError                   internal          500
     ├── OriginUnavailable               origin_unavailable 502
+    │   ├── OriginOverloaded            origin_overloaded 503  (+ Retry-After)
+    │   └── OriginDown                  origin_down       503  (+ Retry-After)
     ├── DatabaseUnavailable             database_unavailable 503
     ├── PoolTimeout                     pool_timeout      503  (+ Retry-After)
     └── QueryTimeout                    query_timeout     504
@@ -35,6 +37,8 @@ __all__ = [
     "InternalError",
     "NotCacheable",
     "NotFound",
+    "OriginDown",
+    "OriginOverloaded",
     "OriginUnavailable",
     "PayloadTooLarge",
     "PoolTimeout",
@@ -169,6 +173,29 @@ class OriginUnavailable(CacheEdgeError):
     status = 502
 
 
+class OriginOverloaded(OriginUnavailable):
+    """Too many of this node's requests are already waiting for the origin: shed at once."""
+
+    code = "origin_overloaded"
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
+class OriginDown(OriginUnavailable):
+    """The origin kept failing to answer; the node does not try it again until a probe
+    gets through (Retry-After says when)."""
+
+    code = "origin_down"
+    status = 503
+
+    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
+
+
 class DatabaseUnavailable(CacheEdgeError):
     """The origin could not reach PostgreSQL."""
 
@@ -214,6 +241,8 @@ _BY_CODE: dict[str, type[CacheEdgeError]] = {
         QueryError,
         InternalError,
         OriginUnavailable,
+        OriginOverloaded,
+        OriginDown,
         DatabaseUnavailable,
         PoolTimeout,
         QueryTimeout,

@@ -4,7 +4,9 @@ Every network failure is translated here, in one place, into OriginUnavailable;
 an error body from the origin becomes the same typed error the origin raised.
 The connections are shared fairly among tenants (:mod:`cache_edge.fairshare`):
 one tenant's flood of slow queries cannot queue another tenant's requests
-behind it. With an https origin URL the origin's certificate is verified.
+behind it. The calls clients wait on are bounded, and fail fast while the origin is
+down (:mod:`cache_edge.origin_guard`). With an https origin URL the origin's
+certificate is verified.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import aiohttp
 from cache_edge.errors import CacheEdgeError, OriginUnavailable, error_from_body
 from cache_edge.fairshare import FairShare
 from cache_edge.logs import get_logger
+from cache_edge.origin_guard import OriginGuard
 from cache_edge.protocol import Statement
 from cache_edge.signing import sign_headers
 from cache_edge.wire import MSGPACK_TYPE, packb, unpackb
@@ -48,8 +51,10 @@ class OriginClient:
         connect_timeout: float,
         max_connections: int,
         ssl_context: ssl.SSLContext | bool = True,
+        guard: OriginGuard,
     ) -> None:
         self._base = base_url.rstrip("/")
+        self.guard = guard
         self._secret = secret
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._ssl = ssl_context
@@ -172,6 +177,15 @@ class OriginClient:
 
     async def _post(
         self, path: str, tenant: str, payload: dict[str, Any], request_id: str, fair: bool = True
+    ) -> OriginResult:
+        if not fair:
+            return await self._send(path, tenant, payload, request_id, fair)
+        # Calls clients wait on: bounded, and failed fast while the origin is down.
+        with self.guard.admit():
+            return await self._send(path, tenant, payload, request_id, fair)
+
+    async def _send(
+        self, path: str, tenant: str, payload: dict[str, Any], request_id: str, fair: bool
     ) -> OriginResult:
         data = packb(payload)
         turn = self._share.slot(tenant) if fair else contextlib.nullcontext()
