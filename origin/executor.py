@@ -283,6 +283,22 @@ class Executor:
                 mark(True)
         return reported_read_only(conn) is True
 
+    async def _read_write_session(self, conn: asyncpg.Connection) -> None:
+        """Undo ``_read_only_session`` before a write (a round trip only when it was set).
+
+        It has to be a statement of its own, after the write's prepare: asyncpg sends Parse
+        and Describe without a Sync, so a Parse sent under the read-only default opened the
+        implicit transaction read-only and took its snapshot there. A ``BEGIN READ WRITE``
+        would join that transaction and fail (25001, "read-write mode must be set before any
+        query"); a simple query commits it, and the block starts anew read-write.
+        """
+        if reported_read_only(conn) is not True:
+            return
+        await conn.execute("RESET default_transaction_read_only", timeout=self._timeout)
+        mark = getattr(conn, "set_session_read_only", None)
+        if mark is not None:
+            mark(False)
+
     async def _prepare(
         self, conn: asyncpg.Connection, stmt: Statement, fresh: bool = False
     ) -> _Bound:
@@ -346,6 +362,7 @@ class Executor:
         bound = await self._prepare(conn, stmt, progress.fresh)
         has_rows = bool(bound.attributes)
         key = (tenant, stmt.sql)
+        tried = False
         # Most uncached statements are plain SELECTs: try it read-only in one round trip.
         # A write fails there before changing anything, and runs below (remembered).
         if (
@@ -354,6 +371,7 @@ class Executor:
             and looks_like_read(stmt.sql)
             and await self._read_only_session(conn)
         ):
+            tried = True
             try:
                 result, tag = await self._read_rows(conn, bound, progress, "BEGIN READ WRITE", True)
             except asyncpg.ReadOnlySQLTransactionError:
@@ -363,12 +381,12 @@ class Executor:
             else:
                 keep_session_if_untouched(conn, stmt.sql, tag)
                 return QueryResult(result, progress.produced_at)
+        if not tried:
+            # (After the try, its Sync ended the Parse's transaction: BEGIN READ WRITE works.)
+            await self._read_write_session(conn)
         budget = SizeBudget(self._max_bytes)
         if not has_rows:
             # No rows to stream: run it like a single auto-committed statement (VACUUM works too).
-            if getattr(conn, "session_read_only", False) is True:
-                await conn.execute("RESET default_transaction_read_only", timeout=self._timeout)
-                conn.set_session_read_only(False)
             found = await self._rows(conn, bound, budget, progress, in_block=True)
             assert found is not None
             result = found[0]

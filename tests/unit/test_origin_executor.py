@@ -318,7 +318,13 @@ async def test_an_uncached_query_runs_read_only_and_a_writing_one_runs_again_rea
     assert runs(conn) == ["run", "BEGIN READ WRITE", "run", "COMMIT"]
     conn.log.clear()
     await ex.query("acme", writing)  # remembered: no read-only try any more
-    assert runs(conn) == ["BEGIN READ WRITE", "run", "COMMIT"]
+    # The session is still read-only (no pool reset here): made read-write before the block.
+    assert runs(conn) == [
+        "RESET default_transaction_read_only",
+        "BEGIN READ WRITE",
+        "run",
+        "COMMIT",
+    ]
 
 
 async def test_forgotten_dependencies_are_explained_again() -> None:
