@@ -4,7 +4,10 @@
     ReadOnlySQLTransactionError (25006)                  -> NotCacheable
     QueryCanceledError (57014), client-side timeout      -> QueryTimeout
     connection lost/refused, 08xxx, 57P01-57P03, 53300,
-      bad database or credentials at connect             -> DatabaseUnavailable
+      bad database or credentials at connect,
+      the client's protocol state broken by a lost
+      connection (InternalClientError, InterfaceError
+      "closed" / "another operation is in progress")     -> DatabaseUnavailable
     invalid input for a query argument (client side)     -> BadRequest
     any other PostgresError                              -> QueryError (+ sqlstate)
     anything else                                        -> InternalError (details logged only)
@@ -43,15 +46,24 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     pg.TooManyConnectionsError,  # 53300
     pg.InvalidCatalogNameError,  # 3D000 at connect: the database does not exist
     pg.InvalidAuthorizationSpecificationError,  # 28xxx at connect: bad user or password
+    # asyncpg's protocol state machine is out of step with the server. Seen when the server
+    # ended the session (a restart, pg_terminate_backend) while the connection was idle or
+    # mid-statement: its FATAL error was read, the socket's close not yet, and the next
+    # call finds the protocol still consuming that error ("cannot switch to state 15;
+    # another operation (2) is in progress"). The connection is unusable, whatever the cause.
+    pg.InternalClientError,
     OSError,  # refused, reset, unreachable (ConnectionError is a subclass)
 )
 
-# Messages asyncpg uses when the socket went away under a live connection object.
+# Messages asyncpg uses when the socket went away under a live connection object, or
+# when a call finds the connection still busy with an operation the lost socket ended.
 _CLOSED_MARKERS = (
     "connection is closed",
     "connection was closed",
     "underlying connection",
     "released back to the pool",  # the pool detached a connection that died under us
+    "another operation is in progress",
+    "another operation is cancelling",
 )
 
 

@@ -37,6 +37,7 @@ from cache_edge.wire import (
     request_format,
     response_format,
 )
+from origin.db_errors import map_database_error
 from origin.metrics import OriginMetrics
 from origin.replay import ReplayCache
 
@@ -150,9 +151,13 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         if "Allow" in exc.headers:
             response.headers["Allow"] = exc.headers["Allow"]
     except Exception as exc:
-        code = "internal"
-        log.error("internal_error", request_id=rid, exc_info=exc)
-        response = _error_response(InternalError("internal error in the origin"), request)
+        # A driver failure that a handler did not map (the database went away mid-request)
+        # still gets its code from the one mapping; only the rest is internal.
+        mapped = map_database_error(exc)
+        code = mapped.code
+        if isinstance(mapped, InternalError):
+            log.error("internal_error", request_id=rid, exc_info=exc)
+        response = _error_response(mapped, request)
     response.headers[REQUEST_ID_HEADER] = rid
     if stalled:
         await answer_and_close(request, response)  # the client stalled: no lingering for it

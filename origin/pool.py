@@ -7,6 +7,11 @@ waits for a slot, so its acquire only ever waits on connecting, bounded by
 ``connect_timeout``. After a database restart asyncpg finds its connections
 closed and reconnects on the next acquire, so the pool recovers by itself.
 
+Broken connections: a lease that ends in a connection failure (``is_connection_error``)
+terminates its connection instead of releasing it. A session the server ended can look
+open for a moment while asyncpg's protocol is still stuck on the error that ended it, and
+asyncpg's own release would put it back for the next request to fail on.
+
 Sessions: a released connection is reset (``RESET ALL``, advisory locks, cursors,
 listeners: one round trip) unless the executor vouched that its request only read
 (:meth:`OriginConnection.keep_session`). The executor runs reads in a read-only session
@@ -34,6 +39,7 @@ from cache_edge.config import OriginConfig, Settings, TenantConfig
 from cache_edge.errors import DatabaseUnavailable, PoolTimeout
 from cache_edge.logs import get_logger
 from cache_edge.wire import json_dumps
+from origin.db_errors import is_connection_error
 
 __all__ = ["OriginConnection", "PoolStats", "TenantPool", "TenantPools"]
 
@@ -210,13 +216,28 @@ class TenantPool:
             try:
                 await conn.execute("RESET default_transaction_read_only", timeout=_RESET_TIMEOUT)
                 conn.set_session_read_only(False)
-            except BaseException:
-                await self._return(pool, conn)
+            except BaseException as exc:
+                await self._return(pool, conn, exc)
                 raise
         return pool, conn
 
-    async def _return(self, pool: Any, conn: asyncpg.Connection) -> None:
+    async def _return(
+        self, pool: Any, conn: asyncpg.Connection, failure: BaseException | None = None
+    ) -> None:
         self._in_use -= 1
+        if failure is not None and _broke_connection(failure):
+            log.warning(
+                "connection_discarded",
+                tenant=self.tenant.id,
+                error=type(failure).__name__,
+                detail=str(failure)[:200],
+            )
+            # Terminated, the connection leaves the pool for good (asyncpg's release is then
+            # a no-op and its slot reconnects on next use).
+            try:
+                conn.terminate()
+            except Exception as exc:
+                log.debug("terminate_failed", tenant=self.tenant.id, error=type(exc).__name__)
         try:
             # asyncpg shields the release itself: a cancelled request cannot leak the
             # connection (its permit then comes back while the release finishes).
@@ -252,8 +273,20 @@ class _Lease:
         self._pool, self._conn = await self._owner._lend(self._read_only_session)
         return self._conn
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self._owner._return(self._pool, self._conn)
+    async def __aexit__(
+        self, exc_type: object, exc: BaseException | None, traceback: object
+    ) -> None:
+        await self._owner._return(self._pool, self._conn, exc)
+
+
+def _broke_connection(exc: BaseException) -> bool:
+    """Whether ``exc``, or a failure it was mapped from, means the connection is unusable."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if is_connection_error(seen):
+            return True
+        seen = seen.__cause__
+    return False
 
 
 class TenantPools:
