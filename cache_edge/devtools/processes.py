@@ -29,7 +29,14 @@ def free_port() -> int:
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether our servers could not listen on ``port``.
+
+    Binds as they do, with SO_REUSEADDR (asyncio's default): connections of a stopped
+    ``cache-edge dev`` linger in TIME_WAIT for a minute and would make a plain bind fail,
+    though only a live listener keeps a server from starting there.
+    """
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
