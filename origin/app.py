@@ -28,6 +28,7 @@ from cache_edge.tls import reload_server_context, server_context
 from cache_edge.wire import encode_body, json_dumps
 from origin.capture import Capture, CaptureSink
 from origin.change_log import CHANGES_CHANNEL, ChangeLog
+from origin.databases import by_database
 from origin.db_errors import map_database_error
 from origin.executor import Executor
 from origin.http import (
@@ -46,6 +47,7 @@ from origin.pool import TenantPools
 from origin.purges import Purges
 from origin.replay import ReplayCache
 from origin.results import encode_query_response, encode_transaction_response
+from origin.slots import warn_orphan_slots
 from origin.table_purges import TablePurges
 
 __all__ = ["EXECUTOR", "POOLS", "create_origin_app", "run_origin"]
@@ -82,7 +84,7 @@ async def handle_query(request: web.Request) -> web.Response:
     tables = deps.tables if deps else ()
     tags: tuple[str, ...] = ()
     invalidation = None
-    if capture is not None and capture.invalidates:
+    if capture is not None and capture.invalidates(signed.tenant):
         # Implicit tags only where writes purge them; elsewhere they would cost every hit.
         tags = tuple(table_tag(t) for t in tables)
         if deps is not None and not deps.known:
@@ -90,7 +92,7 @@ async def handle_query(request: web.Request) -> web.Response:
     if capture is not None:
         if query.read_only and capture.state == "not_set_up":
             warnings.append(_NOT_SET_UP)
-        if not query.read_only and capture.invalidates:
+        if not query.read_only and capture.invalidates(signed.tenant):
             invalidation = await _write_invalidation(request.app, signed.tenant, capture)
     body = encode_query_response(
         result.result,
@@ -123,7 +125,7 @@ async def _write_invalidation(
     latest = await app[PURGES].log_for(tenant).latest()
     if latest is None:
         return {"recorded": recorded}
-    return {"id": latest.id, "seq": latest.seq, "recorded": recorded}
+    return {"id": latest.id, "seq": latest.seq, "recorded": recorded, "epoch": latest.epoch}
 
 
 async def handle_invalidate(request: web.Request) -> web.Response:
@@ -175,7 +177,7 @@ async def handle_transaction(request: web.Request) -> web.Response:
     result = await request.app[EXECUTOR].transaction(signed.tenant, tx)
     capture = request.app[CAPTURES].get(signed.tenant)
     invalidation = None
-    if capture is not None and capture.invalidates:
+    if capture is not None and capture.invalidates(signed.tenant):
         invalidation = await _write_invalidation(request.app, signed.tenant, capture)
     body = encode_transaction_response(result.results, result.produced_at, signed.fmt, invalidation)
     return binary_response(body, signed.fmt)
@@ -205,9 +207,14 @@ async def handle_metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": content_type})
 
 
+def _unique(captures: dict[str, Capture]) -> list[Capture]:
+    """Each database's capture once (tenants of one database share it)."""
+    return list({id(c): c for c in captures.values()}.values())
+
+
 async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
     app[PURGES].start()
-    for capture in app[CAPTURES].values():
+    for capture in _unique(app[CAPTURES]):
         capture.start()
     settings = app[SETTINGS]
     listeners = [
@@ -220,11 +227,12 @@ async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
         )
         for tenant, changes in app[CHANGES].items()
     ]
+    listeners.append(asyncio.create_task(warn_orphan_slots(settings)))
     watcher = _watch_config(app)
     yield
     if watcher is not None:
         await watcher.stop()
-    for capture in app[CAPTURES].values():
+    for capture in _unique(app[CAPTURES]):
         await capture.stop()
     await stop_tasks(listeners)
     await app[PURGES].stop()
@@ -240,31 +248,36 @@ async def _end_waits(app: web.Application) -> None:
 
 
 def _captures(settings: Settings, app: web.Application) -> dict[str, Capture]:
-    """A WAL capture for every tenant that opted in to automatic invalidation or streams."""
+    """The WAL capture of each opted-in tenant (automatic invalidation or streams): one per
+    database, shared by every opted-in tenant of it, each with its own sinks."""
     out: dict[str, Capture] = {}
     metrics = app[METRICS]
-    for tenant in settings.tenants:
+    for group in by_database(settings.tenants):
+        tenants = [t for t in group if t.captured]
+        if not tenants:
+            continue
         sinks: list[CaptureSink] = []
-        if tenant.auto_invalidation:
-            sinks.append(
-                TablePurges(
-                    tenant.id,
-                    app[PURGES].log_for(tenant.id),
-                    app[EXECUTOR].forget_dependencies,
-                    metrics.capture_lag.labels(tenant.id).observe,
+        for tenant in tenants:
+            if tenant.auto_invalidation:
+                sinks.append(
+                    TablePurges(
+                        tenant.id,
+                        app[PURGES].log_for(tenant.id),
+                        app[EXECUTOR].forget_dependencies,
+                        metrics.capture_lag.labels(tenant.id).observe,
+                    )
                 )
-            )
-        if tenant.change_streams:
-            sinks.append(app[CHANGES][tenant.id])
-        if sinks:
-            out[tenant.id] = Capture(
-                tenant,
-                settings.origin,
-                sinks,
-                want_rows=tenant.change_streams,
-                invalidates=tenant.auto_invalidation,
-                acquire=functools.partial(app[POOLS].acquire, tenant.id),
-            )
+            if tenant.change_streams:
+                sinks.append(app[CHANGES][tenant.id])
+        capture = Capture(
+            tenants,
+            settings.origin,
+            sinks,
+            want_rows=any(t.change_streams for t in tenants),
+            invalidating=[t.id for t in tenants if t.auto_invalidation],
+            acquire=functools.partial(app[POOLS].acquire, tenants[0].id),
+        )
+        out.update((t.id, capture) for t in tenants)
     return out
 
 
@@ -305,7 +318,9 @@ def create_origin_app(settings: Settings) -> web.Application:
     )
     pools = TenantPools(settings)
     captures: dict[str, Capture] = {}
-    metrics = OriginMetrics(pools.stats, captures.values)
+    metrics = OriginMetrics(
+        pools.stats, lambda: [status for c in _unique(captures) for status in c.status()]
+    )
     app[SETTINGS] = settings
     app[LIVE] = LiveSettings(settings)
     app[REPLAY] = ReplayCache()

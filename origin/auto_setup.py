@@ -3,7 +3,9 @@
 ``cache-edge origin setup-auto-invalidation --tenant T`` runs :func:`setup`: it checks
 ``wal_level``, creates the publication the capture reads, the DDL log with the event
 triggers that fill it, and the replication slot. :func:`remove` drops all of them. Both
-are idempotent. See docs/auto-invalidation.md for why these pieces.
+are idempotent. All of it belongs to the tenant's *database*: one slot serves every tenant
+of a database (origin/databases.py), so removing it for one tenant keeps it while other
+tenants of the database still use it. See docs/auto-invalidation.md for why these pieces.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from cache_edge.errors import CaptureUnavailable
 __all__ = [
     "PUBLICATION",
     "SetupReport",
+    "cache_edge_slots",
+    "legacy_slot_name",
     "remove",
     "setup",
     "slot_name",
@@ -120,10 +124,25 @@ class SetupReport:
     advice: tuple[str, ...]
 
 
-def slot_name(tenant: str, database: str) -> str:
-    """One slot per tenant and database; slot names are cluster-wide, so the database is in it."""
+def slot_name(database: str) -> str:
+    """One slot per database; slot names are cluster-wide, so the database is in it."""
+    return f"cache_edge_{xxhash.xxh32_hexdigest(database.encode())}"
+
+
+def legacy_slot_name(tenant: str, database: str) -> str:
+    """The slot older versions made per tenant (the capture replaces it by the database's)."""
     clean = re.sub(r"[^a-z0-9_]", "_", tenant.lower())[:32]
     return f"cache_edge_{clean}_{xxhash.xxh32_hexdigest(database.encode())}"
+
+
+async def cache_edge_slots(conn: asyncpg.Connection) -> list[str]:
+    """Names of the ``cache_edge_*`` replication slots of the connection's database."""
+    rows = await conn.fetch(
+        "SELECT slot_name FROM pg_replication_slots "
+        "WHERE database = current_database() AND slot_name LIKE 'cache\\_edge\\_%' "
+        "ORDER BY slot_name"
+    )
+    return [str(r["slot_name"]) for r in rows]
 
 
 async def check_wal_level(conn: asyncpg.Connection) -> None:
@@ -137,10 +156,11 @@ async def check_wal_level(conn: asyncpg.Connection) -> None:
 
 
 async def setup(conn: asyncpg.Connection, tenant: str) -> SetupReport:
-    """Create publication, DDL log and event triggers, and the slot (all idempotent)."""
+    """Create publication, DDL log and event triggers, and the database's slot (all
+    idempotent; a database already set up for another tenant is set up for this one)."""
     await check_wal_level(conn)
     database = await conn.fetchval("SELECT current_database()")
-    slot = slot_name(tenant, database)
+    slot = slot_name(database)
     try:
         async with conn.transaction():
             if not await conn.fetchval(
@@ -188,17 +208,20 @@ async def drop_slot(conn: asyncpg.Connection, slot: str) -> None:
         await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
 
 
-async def remove(conn: asyncpg.Connection, tenant: str) -> str:
-    """Drop the slot, the triggers, the DDL log and the publication; returns the slot name."""
+async def remove(conn: asyncpg.Connection, tenant: str, *, still_used_by: bool = False) -> str:
+    """Drop the slot, the triggers, the DDL log and the publication; returns the slot name.
+
+    ``still_used_by``: other configured tenants of this database still read the slot, so
+    only what belonged to ``tenant`` alone (a slot of an older version) is dropped.
+    """
     database = await conn.fetchval("SELECT current_database()")
-    slot = slot_name(tenant, database)
+    await drop_slot(conn, legacy_slot_name(tenant, database))
+    slot = slot_name(database)
+    if still_used_by:
+        return slot
     await drop_slot(conn, slot)
-    remaining = await conn.fetchval(
-        "SELECT count(*) FROM pg_replication_slots "
-        "WHERE database = current_database() AND slot_name LIKE 'cache\\_edge\\_%'"
-    )
-    # Other tenants on the same database may still read the publication and the DDL log.
-    if not remaining:
+    # Older versions' per-tenant slots of tenants not in this config may still read them.
+    if not await cache_edge_slots(conn):
         async with conn.transaction():
             await conn.execute(_REMOVE_SQL)
     return slot

@@ -1,16 +1,20 @@
-"""Capturing every committed write of a tenant's database from its WAL.
+"""Capturing every committed write of a database from its WAL, for the tenants on it.
 
-One logical replication slot per tenant (``pgoutput``), read over plain SQL with
+One logical replication slot per database (``pgoutput``), however many tenants share the
+database: every opted-in tenant of it has its own sinks (its purges, its change log) fed
+from the one slot (origin/databases.py says which tenants share a database). Read over
+plain SQL with
 ``pg_logical_slot_peek_binary_changes`` and advanced with ``pg_replication_slot_advance``
 only after every sink has handled what was read: delivery is at-least-once, and nothing
 committed while no origin was reading is lost, because the slot keeps it.
 
-Origin replicas are interchangeable: each runs a :class:`Capture` per opted-in tenant,
-and the one holding a session advisory lock in the tenant's database reads the slot; if
+Origin replicas are interchangeable: each runs a :class:`Capture` per database with an
+opted-in tenant, and the one holding a session advisory lock in the database reads the slot; if
 it dies, its lock goes with its connection and another replica takes over from the slot's
 confirmed position. A slot that PostgreSQL invalidated (``max_slot_wal_keep_size``), that
 disappeared, or that fell further behind than ``capture_max_lag_mb`` is replaced, and the
-sinks are told to reset (purge everything of the tenant): a gap is never silent.
+sinks are told to reset (purge everything of each tenant): a gap is never silent. So are
+they when the per-tenant slots of an older version are replaced by the database's.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,7 +32,14 @@ import asyncpg
 from cache_edge.config import OriginConfig, TenantConfig
 from cache_edge.logs import get_logger
 from cache_edge.tasks import stop_tasks
-from origin.auto_setup import PUBLICATION, drop_slot, ensure_slot, is_set_up, slot_name
+from origin.auto_setup import (
+    PUBLICATION,
+    drop_slot,
+    ensure_slot,
+    is_set_up,
+    legacy_slot_name,
+    slot_name,
+)
 from origin.invalidation_log import Acquire
 from origin.pgoutput import (
     Begin,
@@ -45,11 +56,11 @@ from origin.pgoutput import (
 )
 from origin.signal import ChangeSignal
 
-__all__ = ["Capture", "CaptureSink", "Change", "DdlEvent", "Transaction"]
+__all__ = ["Capture", "CaptureReport", "CaptureSink", "Change", "DdlEvent", "Transaction"]
 
 log = get_logger("origin.capture")
 
-# Advisory lock key of "the capture reader" in a tenant's database ("cecp").
+# Advisory lock key of "the capture reader" in a database ("cecp").
 _OWNER_LOCK = 0x63656370
 # Changes read per peek; whole transactions are always read, so this may be exceeded.
 _PEEK_CHANGES = 20_000
@@ -109,25 +120,37 @@ class CaptureSink(Protocol):
         ...
 
 
+@dataclass(slots=True)
+class CaptureReport:
+    """What the metrics report for one tenant: the state of its database's capture."""
+
+    tenant: str
+    state: str
+    lag_bytes: int
+    transactions: int
+    resets: int
+
+
 class Capture:
     def __init__(
         self,
-        tenant: TenantConfig,
+        tenants: Sequence[TenantConfig],
         config: OriginConfig,
         sinks: Sequence[CaptureSink],
         *,
         want_rows: bool = False,
-        invalidates: bool = False,
+        invalidating: Collection[str] = (),
         acquire: Acquire | None = None,
     ) -> None:
-        self.tenant = tenant.id
-        self._dsn = tenant.database_url
+        assert tenants, "a capture serves at least one tenant"
+        self.tenants = tuple(t.id for t in tenants)
+        self._dsn = tenants[0].database_url  # any tenant's URL reaches the database
         self._connect_timeout = config.connect_timeout
         self._interval = config.capture_interval
         self._max_lag = config.capture_max_lag_mb * 1024 * 1024
         self._sinks = list(sinks)
         self._want_rows = want_rows
-        self.invalidates = invalidates  # its commits purge implicit table tags
+        self._invalidating = frozenset(invalidating)  # their commits purge implicit table tags
         self._acquire = acquire  # a pooled connection, to see another replica's progress
         self.slot = ""
         self.state = "starting"  # owner | standby | not_set_up | error
@@ -139,6 +162,16 @@ class Capture:
         self._progress = ChangeSignal()
         self._relations: dict[int, Relation] = {}
         self._task: asyncio.Task[None] | None = None
+
+    def invalidates(self, tenant: str) -> bool:
+        """Do the tenant's committed writes purge implicit table tags?"""
+        return tenant in self._invalidating
+
+    def status(self) -> list[CaptureReport]:
+        return [
+            CaptureReport(t, self.state, self.lag_bytes, self.transactions, self.resets)
+            for t in self.tenants
+        ]
 
     # ------------------------------------------------------------------ control
 
@@ -202,19 +235,20 @@ class Capture:
                     },
                 )
                 database = await conn.fetchval("SELECT current_database()")
-                self.slot = slot_name(self.tenant, database)
+                self.slot = slot_name(database)
                 if not await is_set_up(conn):
                     if self.state != "not_set_up":
                         log.error(
                             "auto_invalidation_not_set_up",
-                            tenant=self.tenant,
+                            tenants=list(self.tenants),
                             hint="run: cache-edge origin setup-auto-invalidation --tenant "
-                            + self.tenant,
+                            + self.tenants[0],
                         )
                     self.state = "not_set_up"
                 elif await conn.fetchval("SELECT pg_try_advisory_lock($1)", _OWNER_LOCK):
                     self.state = "owner"
-                    log.info("capture_owner", tenant=self.tenant, slot=self.slot)
+                    log.info("capture_owner", tenants=list(self.tenants), slot=self.slot)
+                    await self._replace_legacy_slots(conn, database)
                     await self._read_forever(conn)
                 else:
                     self.state = "standby"  # another replica reads the slot
@@ -222,7 +256,7 @@ class Capture:
                 raise
             except Exception as exc:
                 if self.state != "error":
-                    log.warning("capture_error", tenant=self.tenant, error=f"{exc!r}"[:300])
+                    log.warning("capture_error", tenants=list(self.tenants), error=f"{exc!r}"[:300])
                 self.state = "error"
             finally:
                 if conn is not None:
@@ -266,12 +300,12 @@ class Capture:
             return now, confirmed
         # Replace first, then purge: writes after the new slot's start are captured by it,
         # writes before are covered by the purge, which commits after the slot exists.
-        log.error("capture_slot_replaced", tenant=self.tenant, slot=self.slot, reason=reason)
+        log.error(
+            "capture_slot_replaced", tenants=list(self.tenants), slot=self.slot, reason=reason
+        )
         await drop_slot(conn, self.slot)
         await ensure_slot(conn, self.slot)
-        for sink in self._sinks:
-            await sink.reset(reason)
-        self.resets += 1
+        await self._reset(reason)
         confirmed_text = await conn.fetchval(
             "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
             self.slot,
@@ -280,6 +314,38 @@ class Capture:
         self.processed_lsn = max(self.processed_lsn, confirmed)
         self.lag_bytes = 0
         return confirmed, confirmed
+
+    async def _reset(self, reason: str) -> None:
+        for sink in self._sinks:
+            await sink.reset(reason)
+        self.resets += 1
+
+    async def _replace_legacy_slots(self, conn: asyncpg.Connection, database: str) -> None:
+        """Older versions read one slot per tenant. What they had not read yet is not in the
+        database's slot, so its tenants are purged (and streams get a gap) once, after the
+        database's slot exists; then the old slots go (they would keep WAL for ever)."""
+        legacy = [legacy_slot_name(t, database) for t in self.tenants]
+        found = await conn.fetch(
+            "SELECT slot_name FROM pg_replication_slots WHERE slot_name = ANY($1::text[])", legacy
+        )
+        if not found:
+            return
+        names = [str(r["slot_name"]) for r in found]
+        log.warning(
+            "capture_slot_replaced",
+            tenants=list(self.tenants),
+            slot=self.slot,
+            reason="per_tenant_slots",
+            replaced=names,
+        )
+        await ensure_slot(conn, self.slot)
+        await self._reset("per_tenant_slots")
+        for name in names:
+            try:
+                await drop_slot(conn, name)
+            except asyncpg.ObjectInUseError:
+                # An origin of an older version still reads it: it goes once that one stops.
+                log.warning("capture_legacy_slot_in_use", slot=name)
 
     async def _step(self, conn: asyncpg.Connection) -> bool:
         """Read, hand over and confirm one batch; True if more is waiting."""

@@ -2,10 +2,12 @@
 
 The capture hands every batch of committed changes to :class:`ChangeLog` before it
 advances the slot; the log stores them in ``cache_edge.changes`` in the tenant's own
-database, so any origin replica can answer polls. The table is UNLOGGED: storing events
-costs no WAL (which the capture would decode again) and they need no replication. A
-PostgreSQL crash empties it, and its floor with it, so resuming clients get ``stream_gap``
-instead of a silent gap (docs/change-streams.md).
+database, so any origin replica can answer polls. Tenants sharing a database share its
+capture but not their history: every row and every floor is the tenant's own.
+The table is UNLOGGED: storing events costs no WAL (which the capture would decode
+again) and they need no replication. A PostgreSQL crash empties it, and its floor with
+it, so resuming clients get ``stream_gap`` instead of a silent gap
+(docs/change-streams.md).
 
 Cursors are ``<commit LSN, 16 hex digits>-<index in transaction, 8 hex digits>``: they
 sort as strings in commit order. The commit LSN is known from a transaction's first
@@ -41,7 +43,24 @@ _PRUNE_EVERY = 10.0
 
 _SCHEMA_SQL = """
 CREATE SCHEMA IF NOT EXISTS cache_edge;
+-- History from before it was kept per tenant cannot be attributed: it goes, and with its
+-- floor, so a cursor from then gets stream_gap (docs/decisions.md).
+DO $migrate$
+BEGIN
+    IF to_regclass('cache_edge.changes') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cache_edge.changes')
+        AND attname = 'tenant' AND NOT attisdropped) THEN
+        DROP TABLE cache_edge.changes;
+    END IF;
+    IF to_regclass('cache_edge.changes_floor') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('cache_edge.changes_floor')
+        AND attname = 'tenant' AND NOT attisdropped) THEN
+        DROP TABLE cache_edge.changes_floor;
+    END IF;
+END
+$migrate$;
 CREATE UNLOGGED TABLE IF NOT EXISTS cache_edge.changes (
+    tenant      text NOT NULL,
     lsn         bigint NOT NULL,
     idx         integer NOT NULL,
     xid         bigint NOT NULL,
@@ -49,16 +68,16 @@ CREATE UNLOGGED TABLE IF NOT EXISTS cache_edge.changes (
     tbl         text NOT NULL,
     op          text NOT NULL,
     payload     bytea NOT NULL,
-    PRIMARY KEY (lsn, idx)
+    PRIMARY KEY (tenant, lsn, idx)
 );
-CREATE INDEX IF NOT EXISTS changes_commit_time ON cache_edge.changes (commit_time);
--- Every event after position (lsn, idx) is in cache_edge.changes; a cursor before it may
--- have missed events (pruned, or lost with a replaced slot): stream_gap.
+CREATE INDEX IF NOT EXISTS changes_tenant_commit_time ON cache_edge.changes (tenant, commit_time);
+-- Every event of the tenant after position (lsn, idx) is in cache_edge.changes; a cursor
+-- before it may have missed events (pruned, or lost with a replaced slot): stream_gap.
 CREATE UNLOGGED TABLE IF NOT EXISTS cache_edge.changes_floor (
-    one boolean PRIMARY KEY DEFAULT true CHECK (one),
-    lsn bigint NOT NULL
+    tenant text PRIMARY KEY,
+    lsn    bigint NOT NULL,
+    idx    integer NOT NULL DEFAULT 0
 );
-ALTER TABLE cache_edge.changes_floor ADD COLUMN IF NOT EXISTS idx integer NOT NULL DEFAULT 0;
 """
 _LOCK_KEY = 0x63656368  # serialises schema creation ("cech")
 _LAST_IDX = 2**31 - 1  # "every event of this transaction": a pruned one is gone whole
@@ -136,8 +155,9 @@ class ChangeLog:
         async with self._acquire() as conn:
             await self._ensure_schema(conn)
             await conn.execute(
-                "INSERT INTO cache_edge.changes_floor (lsn, idx) VALUES ($1, $2) "
+                "INSERT INTO cache_edge.changes_floor (tenant, lsn, idx) VALUES ($1, $2, $3) "
                 "ON CONFLICT DO NOTHING",
+                self._tenant,
                 # Just before the first position a transaction after it can have.
                 confirmed_lsn - 1,
                 _LAST_IDX,
@@ -152,6 +172,7 @@ class ChangeLog:
             for idx, change in enumerate(txn.changes, start=txn.handed_over):
                 records.append(
                     (
+                        self._tenant,
                         txn.commit_lsn,
                         idx,
                         txn.xid,
@@ -187,11 +208,15 @@ class ChangeLog:
         async with self._acquire() as conn:
             await self._ensure_schema(conn)
             async with conn.transaction():
-                latest = await conn.fetchval("SELECT coalesce(max(lsn), 0) FROM cache_edge.changes")
+                latest = await conn.fetchval(
+                    "SELECT coalesce(max(lsn), 0) FROM cache_edge.changes WHERE tenant = $1",
+                    self._tenant,
+                )
                 await conn.execute(
-                    "INSERT INTO cache_edge.changes_floor (lsn, idx) VALUES ($1, 0) "
-                    "ON CONFLICT (one) DO UPDATE SET lsn = $1, idx = 0 "
-                    "WHERE changes_floor.lsn < $1",
+                    "INSERT INTO cache_edge.changes_floor (tenant, lsn, idx) VALUES ($1, $2, 0) "
+                    "ON CONFLICT (tenant) DO UPDATE SET lsn = $2, idx = 0 "
+                    "WHERE changes_floor.lsn < $2",
+                    self._tenant,
                     int(latest) + 1,
                 )
         log.warning("change_stream_gap", tenant=self._tenant, reason=reason)
@@ -203,14 +228,17 @@ class ChangeLog:
         self._pruned_at = time.monotonic()
         async with conn.transaction():
             pruned = await conn.fetchval(
-                "WITH gone AS (DELETE FROM cache_edge.changes "
-                "WHERE commit_time < now() - make_interval(secs => $1) RETURNING lsn) "
+                "WITH gone AS (DELETE FROM cache_edge.changes WHERE tenant = $1 "
+                "AND commit_time < now() - make_interval(secs => $2) RETURNING lsn) "
                 "SELECT max(lsn) FROM gone",
+                self._tenant,
                 self._retention,
             )
             if pruned is not None:
                 await conn.execute(
-                    "UPDATE cache_edge.changes_floor SET lsn = $1, idx = $2 WHERE lsn <= $1",
+                    "UPDATE cache_edge.changes_floor SET lsn = $2, idx = $3 "
+                    "WHERE tenant = $1 AND lsn <= $2",
+                    self._tenant,
                     int(pruned),
                     _LAST_IDX,
                 )
@@ -232,14 +260,17 @@ class ChangeLog:
             changed = self._changed.take()
             async with self._acquire() as conn:
                 await self._ensure_schema(conn)
-                floor_row = await conn.fetchrow("SELECT lsn, idx FROM cache_edge.changes_floor")
+                floor_row = await conn.fetchrow(
+                    "SELECT lsn, idx FROM cache_edge.changes_floor WHERE tenant = $1", self._tenant
+                )
                 floor = (int(floor_row["lsn"]), int(floor_row["idx"])) if floor_row else None
                 if position is None:
                     if tables:
                         await _check_exist(conn, tables)
                     tail = await conn.fetchrow(
-                        "SELECT lsn, idx FROM cache_edge.changes "
-                        "ORDER BY lsn DESC, idx DESC LIMIT 1"
+                        "SELECT lsn, idx FROM cache_edge.changes WHERE tenant = $1 "
+                        "ORDER BY lsn DESC, idx DESC LIMIT 1",
+                        self._tenant,
                     )
                     start = (
                         (int(tail["lsn"]), int(tail["idx"]))
@@ -254,13 +285,15 @@ class ChangeLog:
                     )
                 rows = await conn.fetch(
                     "SELECT lsn, idx, xid, commit_time, tbl, op, payload FROM cache_edge.changes "
-                    "WHERE (lsn, idx) > ($1, $2) AND ($3::text[] IS NULL OR tbl = ANY($3)) "
+                    "WHERE tenant = $6 AND (lsn, idx) > ($1, $2) "
+                    "AND ($3::text[] IS NULL OR tbl = ANY($3)) "
                     "AND ($4::text[] IS NULL OR op = ANY($4)) ORDER BY lsn, idx LIMIT $5",
                     position[0],
                     position[1],
                     tables,
                     ops,
                     limit,
+                    self._tenant,
                 )
             if rows or time.monotonic() >= deadline or self._changed.closed:
                 break

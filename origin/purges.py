@@ -22,6 +22,7 @@ __all__ = ["Purges"]
 log = get_logger("origin.purges")
 
 _REGION_MAX = 64
+_EPOCH_MAX = 128
 T = TypeVar("T")
 
 
@@ -42,7 +43,8 @@ class Purges:
     def __init__(self, settings: Settings, pools: TenantPools) -> None:
         self._settings = settings
         self._logs = {
-            t.id: InvalidationLog(functools.partial(pools.acquire, t.id)) for t in settings.tenants
+            t.id: InvalidationLog(t.id, functools.partial(pools.acquire, t.id))
+            for t in settings.tenants
         }
         self._listeners: list[asyncio.Task[None]] = []
 
@@ -81,6 +83,7 @@ class Purges:
             raise BadRequest("the poll body must be an object")
         region, after, wait = payload.get("region"), payload.get("after"), payload.get("wait", 5)
         lease = payload.get("lease", 10)
+        epoch = payload.get("epoch")
         if not isinstance(region, str) or not 0 < len(region) <= _REGION_MAX:
             raise BadRequest("region must be a region name", field="region")
         if isinstance(after, bool) or not isinstance(after, int) or after < -1:
@@ -93,7 +96,9 @@ class Purges:
             raise BadRequest("wait must be 0 to 30 seconds", field="wait")
         if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease <= 3600:
             raise BadRequest("lease must be 0 to 3600 seconds", field="lease")
-        return await self._logs[tenant].poll(region, after, float(wait), float(lease))
+        if epoch is not None and (not isinstance(epoch, str) or len(epoch) > _EPOCH_MAX):
+            raise BadRequest("epoch must be the epoch of a purge log", field="epoch")
+        return await self._logs[tenant].poll(region, after, float(wait), float(lease), epoch=epoch)
 
     # ------------------------------------------------------------ replicas
 

@@ -11,6 +11,7 @@ import asyncpg
 from cache_edge.config import Settings
 from cache_edge.errors import CaptureUnavailable
 from origin.auto_setup import remove, setup
+from origin.databases import database_key
 
 __all__ = ["run_setup_command"]
 
@@ -32,8 +33,24 @@ async def _run(settings: Settings, args: argparse.Namespace) -> int:
         return 1
     try:
         if args.action == "remove-auto-invalidation":
-            slot = await remove(conn, tenant.id)
-            print(f"removed automatic invalidation of tenant {tenant.id!r} (slot {slot} dropped)")
+            # One slot serves every tenant of a database: keep it while others read it.
+            users = [
+                t.id
+                for t in settings.tenants
+                if t.id != tenant.id
+                and t.captured
+                and database_key(t.database_url) == database_key(tenant.database_url)
+            ]
+            slot = await remove(conn, tenant.id, still_used_by=bool(users))
+            if users:
+                print(
+                    f"automatic invalidation of tenant {tenant.id!r} removed; the database's "
+                    f"slot {slot} stays: tenants {', '.join(users)} of the same database use it"
+                )
+            else:
+                print(
+                    f"removed automatic invalidation of tenant {tenant.id!r} (slot {slot} dropped)"
+                )
             if tenant.auto_invalidation:
                 print("now set auto_invalidation = false for it in the config and reload")
             return 0

@@ -12,6 +12,7 @@ from typing import Any
 
 import asyncpg
 
+from origin.auto_setup import slot_name
 from tests.conftest import PG_ADMIN_DSN, dsn_for
 from tests.integration.stack import Stack
 
@@ -52,18 +53,18 @@ def origin_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def captured(database: str, tenant: str = "acme") -> None:
-    """Wait until the tenant's capture has read (and acted on) everything committed so far:
-    it confirms its slot only after its sinks handled what it read."""
+    """Wait until the capture of ``database`` (one for all its tenants) has read, and acted
+    on, everything committed so far: it confirms its slot only after its sinks handled what
+    it read. ``tenant`` is unused: the slot belongs to the database."""
+    del tenant
     conn = await asyncpg.connect(dsn_for(database))
     try:
         target = await conn.fetchval("SELECT pg_current_wal_lsn()")
         confirmed = None
         for _ in range(500):
             confirmed = await conn.fetchval(
-                "SELECT confirmed_flush_lsn FROM pg_replication_slots "
-                "WHERE database = $1 AND slot_name LIKE $2",
-                database,
-                f"cache_edge\\_{tenant}\\_%",
+                "SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = $1",
+                slot_name(database),
             )
             if confirmed is not None and confirmed >= target:
                 return

@@ -22,6 +22,7 @@ import asyncpg
 import pytest
 import redis
 
+from origin.auto_setup import slot_name
 from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import captured as capture_read_all
 from tests.integration.capture_helpers import (
@@ -302,9 +303,7 @@ async def test_lost_slot_purges_the_tenant_and_is_replaced(
     conn = await asyncpg.connect(dsn_for(AUTO_DB))
     try:
         before = await conn.fetchval("SELECT coalesce(max(seq), 0) FROM cache_edge.invalidations")
-        slot = await conn.fetchval(
-            "SELECT slot_name FROM pg_replication_slots WHERE slot_name LIKE 'cache_edge_acme_%'"
-        )
+        slot = slot_name(AUTO_DB)
         for _ in range(50):  # the capture holds it only while it reads
             try:
                 await conn.execute("SELECT pg_drop_replication_slot($1)", slot)
