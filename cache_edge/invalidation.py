@@ -163,6 +163,11 @@ class Applier:
             # we cannot prove we saw every purge, so void every entry older than now.
             await self._resync(tenant, latest, epoch, "state_missing")
             return
+        if applied > latest:
+            # The log is behind what we applied: restored in place with the same epoch
+            # (a point-in-time restore). Our seqs no longer name its purges.
+            await self._resync(tenant, latest, epoch, "ahead_of_log")
+            return
         if oldest > applied + 1 and not _covers(items, applied):
             await self._resync(tenant, latest, epoch, "log_trimmed")
             return

@@ -332,3 +332,19 @@ async def test_coalescing_survives_redis_dying_mid_fetch(world: World, redis_ser
     # Those waiting when the fetch began share it; those that joined after it began
     # (their Redis lookup took longer) share one second fetch, never one each.
     assert world.origin.calls <= 2
+
+
+async def test_a_log_behind_the_region_means_resync(world: World) -> None:
+    """A database restored in place (same epoch): the log's latest is below ``applied``."""
+    await world.read()
+    for _ in range(3):
+        world.origin.purge(["t1"])
+    await world.step()
+    world.origin.purges.clear()
+    world.origin.latest = 1  # restored from a point in time after the first purge only
+    world.origin.value = 3
+    await world.step()
+    assert world.applier.resyncs == 2
+    progress = await world.tier.progress(TENANT)
+    assert progress.applied == 1 and progress.floor == 1
+    assert rows(await world.read()) == [[3]]
