@@ -165,7 +165,11 @@ class Applier:
             return
         if applied > latest:
             # The log is behind what we applied: restored in place with the same epoch
-            # (a point-in-time restore). Our seqs no longer name its purges.
+            # (a point-in-time restore). Our seqs, tag versions included, no longer name
+            # its purges: start over as for a new epoch.
+            wiped = await self._tier.wipe(tenant)
+            log.warning("invalidation_log_behind", tenant=tenant, applied=applied, latest=latest)
+            log.info("invalidation_state_wiped", tenant=tenant, wiped=wiped)
             await self._resync(tenant, latest, epoch, "ahead_of_log")
             return
         if oldest > applied + 1 and not _covers(items, applied):
