@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 import pytest
 
 from cache_edge.devtools.services import (
     Service,
-    _start_and_wait,
-    _start_private_postgres,
-    pg_reachable,
 )
+from tests.integration.conftest import restart_postgres
 from tests.integration.origin_helpers import OriginClient, Reply, origin_settings, running_origin
 
 TABLE = "origin_broken_connections_t"
@@ -112,17 +109,6 @@ async def test_sessions_ended_under_load_give_503_never_500_and_the_pool_recover
         await admin.close()
 
 
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[Service]:
-    """A PostgreSQL this test may restart: never the machine's (or another test's) server."""
-    service = await _start_private_postgres(tmp_path, tmp_path / "logs")
-    try:
-        yield service
-    finally:
-        assert service.child is not None
-        await service.child.stop()
-
-
 @pytest.mark.slow
 async def test_database_restarts_under_load_give_503_never_500_and_the_pool_recovers(
     own_postgres: Service,
@@ -130,18 +116,12 @@ async def test_database_restarts_under_load_give_503_never_500_and_the_pool_reco
     dsn = own_postgres.url
     await _create_table(dsn)
     settings = origin_settings((dsn, dsn), pool_max_size=4, pool_min_size=4, connect_timeout=2)
-    child = own_postgres.child
-    assert child is not None
     async with running_origin(settings) as origin:
 
         async def restart_twice() -> None:
             for _ in range(2):
                 await asyncio.sleep(0.5)
-                # Stop the server but keep its data directory (deleted only at the final stop).
-                cleanup, child.cleanup = child.cleanup, None
-                await child.stop()
-                child.cleanup = cleanup
-                await _start_and_wait(child, pg_reachable, dsn, 30.0)
+                await restart_postgres(own_postgres)
             await asyncio.sleep(0.5)
 
         failed = await _under_load(origin, restart_twice)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -13,11 +12,9 @@ import pytest
 
 from cache_edge.devtools.services import (
     Service,
-    _start_and_wait,
-    _start_private_postgres,
-    pg_reachable,
 )
 from tests.conftest import make_settings_doc
+from tests.integration.conftest import restart_postgres
 from tests.integration.origin_helpers import OriginClient, Reply, origin_settings, running_origin
 from tests.integration.stack import Stack
 
@@ -58,27 +55,6 @@ async def test_a_thousand_concurrent_requests_through_ten_connections(
         assert 'cache_edge_origin_pool_in_use{tenant="acme"} 0.0' in metrics
 
 
-@pytest.fixture
-async def own_postgres(tmp_path: Path) -> AsyncIterator[Service]:
-    """A PostgreSQL this test may restart: never the machine's (or another test's) server."""
-    service = await _start_private_postgres(tmp_path, tmp_path / "logs")
-    try:
-        yield service
-    finally:
-        assert service.child is not None
-        await service.child.stop()
-
-
-async def _restart(service: Service) -> None:
-    child = service.child
-    assert child is not None
-    # Stop the server but keep its data directory (deleted only at the final stop).
-    cleanup, child.cleanup = child.cleanup, None
-    await child.stop()
-    child.cleanup = cleanup
-    await _start_and_wait(child, pg_reachable, service.url, 30.0)
-
-
 async def _query_ok_within(origin: OriginClient, seconds: float) -> list[Reply]:
     seen: list[Reply] = []
     deadline = time.monotonic() + seconds
@@ -101,7 +77,7 @@ async def test_origin_recovers_by_itself_after_a_database_restart(
         assert await origin.rows("SELECT 1") == [[1]]
         in_flight = asyncio.create_task(origin.query("SELECT pg_sleep(20), $1::int", 1))
         await asyncio.sleep(0.3)
-        await _restart(own_postgres)
+        await restart_postgres(own_postgres)
         interrupted = await asyncio.wait_for(in_flight, 10)
         assert interrupted.status == 503, interrupted.body
         assert interrupted.error["code"] == "database_unavailable"
