@@ -8,8 +8,10 @@ from types import ModuleType
 from bench.context import Context
 from bench.scenarios import (
     autoinv,
+    chaos,
     heavy,
     hit,
+    idle,
     memory,
     miss,
     purge,
@@ -37,5 +39,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "autoinv": autoinv,
     "stream": stream,
     "memory": memory,
+    "idle": idle,
     "workers": workers,
+    "chaos": chaos,
 }
