@@ -11,7 +11,6 @@ from bench.scenarios import (
     chaos,
     heavy,
     hit,
-    idle,
     memory,
     miss,
     purge,
@@ -39,7 +38,6 @@ SCENARIOS: dict[str, ModuleType] = {
     "autoinv": autoinv,
     "stream": stream,
     "memory": memory,
-    "idle": idle,
     "workers": workers,
     "chaos": chaos,
 }
