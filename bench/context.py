@@ -32,6 +32,7 @@ class Budget:
     memory_keys: int
     stampede_repeats: int
     clients: int = 1000  # storm and stampede
+    idle_connections: int = 10_000  # held open to one node by the idle scenario
 
 
 FULL = Budget(
@@ -51,6 +52,7 @@ QUICK = Budget(
     purges=50,
     memory_keys=5_000,
     stampede_repeats=1,
+    idle_connections=2_000,
 )
 
 

@@ -117,6 +117,13 @@ def _extra_lines(r: ScenarioResult) -> list[str]:
             f"{e['rss_growth_bytes_per_key_hot_tier_off']} bytes per key)."
         )
         lines.append(f"Redis: {e['redis_keys']:,} keys, {e['redis_used_memory_mib']} MiB.")
+    if r.name == "idle" and "bytes_per_idle_connection" in e:
+        lines.append(
+            f"Node RSS per idle connection: {e['bytes_per_idle_connection'] / 1024:.1f} KiB "
+            f"({e['idle_connections']:,} held), "
+            f"{e['bytes_per_idle_connection_after_100kb_answer'] / 1024:.1f} KiB when the last "
+            "answer was 100 KB (each measured on a fresh node process)."
+        )
     if r.name == "stampede" and "executions" in e:
         per = ", ".join(f"{k}: {v}" for k, v in e["executions"].items())
         lines.append(f"Database executions per stampede: {per}.")

@@ -11,6 +11,7 @@ from bench.scenarios import (
     chaos,
     heavy,
     hit,
+    idle,
     memory,
     miss,
     purge,
@@ -38,6 +39,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "autoinv": autoinv,
     "stream": stream,
     "memory": memory,
+    "idle": idle,
     "workers": workers,
     "chaos": chaos,
 }
