@@ -64,6 +64,7 @@ class PurgeMirror:
         self._clock = clock
         self._tenants: dict[str, _TenantState] = {}
         self._task: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
         self.gaps = 0  # flushes because continuity could not be proven
 
     # ------------------------------------------------------------ the check
@@ -119,13 +120,19 @@ class PurgeMirror:
     def start(self) -> None:
         self._task = asyncio.create_task(self._listen())
 
+    async def subscribed(self, timeout: float) -> bool:
+        """Wait until the feed is subscribed (at most ``timeout`` s); whether it is."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._subscribed.wait(), timeout)
+        return self._subscribed.is_set()
+
     async def stop(self) -> None:
         await stop_tasks([self._task])
 
     async def _listen(self) -> None:
         while True:
             try:
-                async for raw in self._tier.purge_messages(self._region):
+                async for raw in self._tier.purge_messages(self._region, self._subscribed.set):
                     try:
                         msg = unpackb(raw)
                         tenant = self.apply(msg)

@@ -9,7 +9,8 @@ all node processes of a region share it.
 If Redis is down or slow the limiter neither fails open (no limit at all) nor
 closed (refusing everyone): it falls back to a bucket in this process with the
 same rate and burst, and goes back to Redis after ``retry_after`` seconds. While
-it falls back, a region of P processes lets through up to P times the limit.
+it falls back, a region of P processes lets through up to P times the limit. On a
+Redis Cluster only the keys whose buckets live on a failed node fall back.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from cache_edge.auth import Principal
 from cache_edge.config import RateLimit
 from cache_edge.errors import RateLimited
 from cache_edge.logs import get_logger
+from cache_edge.tiers.cluster import NodeUnavailable
 from cache_edge.tiers.redis import REDIS_ERRORS, redis_client
 
 __all__ = ["LocalBuckets", "RateLimiter"]
@@ -92,7 +94,11 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis: Any = redis_client(
-            url, timeout=timeout, max_connections=_MAX_CONNECTIONS, cluster=cluster
+            url,
+            timeout=timeout,
+            max_connections=_MAX_CONNECTIONS,
+            cluster=cluster,
+            retry_after=retry_after,
         )
         self._take = self._redis.register_script(_TAKE)
         self._retry_after = retry_after
@@ -128,11 +134,31 @@ class RateLimiter:
             allowed, wait_ms = await self._take(
                 keys=[self._key(who)], args=[repr(limit.rate), limit.burst, 1]
             )
+        except NodeUnavailable as exc:
+            # One cluster node: its own breaker is open; buckets on other nodes stay shared.
+            if exc.cause is not None:
+                log.warning("rate_limit_redis_unavailable", error=str(exc))
+            return None
         except REDIS_ERRORS as exc:
             self._open_until = self._clock() + self._retry_after
             log.warning("rate_limit_redis_unavailable", error=type(exc).__name__)
             return None
         return 0.0 if int(allowed) else max(int(wait_ms), 1) / 1000
+
+    async def connect(self) -> bool:
+        """Set the client up and load the script before the node serves; False if Redis
+        cannot be reached now (then requests use the local buckets until it can).
+
+        A cluster client set up lazily by the first burst of concurrent requests failed
+        some of them, and each process then counted locally: a region let several times
+        its burst through right after starting (issue 13, H)."""
+        try:
+            await self._redis.initialize()
+            await self._redis.script_load(_TAKE)
+        except REDIS_ERRORS as exc:
+            log.warning("rate_limit_redis_unavailable", error=type(exc).__name__)
+            return False
+        return True
 
     async def close(self) -> None:
         await self._redis.aclose()

@@ -2,19 +2,25 @@
 
 Redis is an accelerator, never a dependency of correctness or availability: any
 Redis failure surfaces as TierUnavailable, and after one failure the tier stays
-open-circuited for ``retry_after`` seconds so requests stop paying its timeout.
+open-circuited for ``retry_after`` seconds so requests stop paying its timeout. On a
+Redis Cluster the breaker opens per node (tiers/cluster.py): keys on healthy masters
+keep hitting while one master is down.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
+from cache_edge.tiers.cluster import NODE_ERRORS, NodeUnavailable, ScopedCluster
 from cache_edge.tiers.layout import CLUSTER_SHARDS, Layout
 
 __all__ = [
@@ -76,13 +82,20 @@ def _text(value: bytes | str | None) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def redis_client(url: str, *, timeout: float, max_connections: int, cluster: bool) -> Any:
-    """A region's Redis client: standalone with a bounded, blocking pool, or Redis Cluster."""
-    if cluster:
-        from redis.asyncio.cluster import RedisCluster
+def redis_client(
+    url: str, *, timeout: float, max_connections: int, cluster: bool, retry_after: float = 1.0
+) -> Any:
+    """A region's Redis client: standalone with a bounded, blocking pool, or Redis Cluster
+    with a circuit breaker per node (tiers/cluster.py).
 
-        return RedisCluster.from_url(
+    A command that fails with a connection error is retried once on a fresh connection:
+    after a Redis restart every pooled connection is dead, and without the retry each one
+    failed a request (and opened the breaker) when it was next used. A timeout is not
+    retried: that Redis is slow, and waiting twice would not help."""
+    if cluster:
+        return ScopedCluster.from_url(
             url,
+            retry_after=retry_after,
             max_connections=max_connections,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
@@ -93,6 +106,7 @@ def redis_client(url: str, *, timeout: float, max_connections: int, cluster: boo
         timeout=timeout,
         socket_timeout=timeout,
         socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -138,7 +152,11 @@ class RedisTier:
         layout: Layout | None = None,
     ) -> None:
         self._redis = redis_client(
-            url, timeout=timeout, max_connections=max_connections, cluster=cluster
+            url,
+            timeout=timeout,
+            max_connections=max_connections,
+            cluster=cluster,
+            retry_after=retry_after,
         )
         self.keys = layout or Layout(CLUSTER_SHARDS if cluster else 1)
         self._unlock = self._redis.register_script(_UNLOCK)
@@ -163,8 +181,18 @@ class RedisTier:
             raise TierUnavailable("redis unavailable (recent failure; retrying shortly)")
 
     def _failed(self, exc: BaseException) -> TierUnavailable:
+        if isinstance(exc, NodeUnavailable):
+            # One cluster node: its own breaker is open (tiers/cluster.py) and keys on
+            # the other nodes keep hitting. A refusal by that breaker is no new failure.
+            if exc.cause is not None:
+                self.failures += 1
+            return TierUnavailable(f"redis error: {exc}")
         self.failures += 1
-        self._open_until = time.monotonic() + self._retry_after
+        # A cluster node's error that did not come through its breaker came from a
+        # pipeline (the applier writing every shard): the requests' own commands open
+        # that node's breaker, and the cluster as a whole is not down.
+        if not (isinstance(self._redis, ScopedCluster) and isinstance(exc, NODE_ERRORS)):
+            self._open_until = time.monotonic() + self._retry_after
         return TierUnavailable(f"redis error: {type(exc).__name__}: {exc}")
 
     async def get(self, key: str) -> bytes | None:
@@ -325,14 +353,23 @@ class RedisTier:
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
 
-    async def purge_messages(self, region: str) -> AsyncIterator[bytes]:
-        """Messages on the region's purge channel, in order, until the connection fails."""
+    async def purge_messages(
+        self, region: str, subscribed: Callable[[], None] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Messages on the region's purge channel, in order, until the connection fails;
+        ``subscribed`` is called once Redis has confirmed the subscription."""
+        # A cluster client picks the pub/sub node from its slot map, which it only has
+        # once set up: before that redis-py raised KeyError (the channel's slot).
+        await self._redis.initialize()
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self.keys.purge_channel(region))
             async for message in pubsub.listen():
-                if message.get("type") == "message":
+                kind = message.get("type")
+                if kind == "message":
                     yield message["data"]
+                elif kind == "subscribe" and subscribed is not None:
+                    subscribed()
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -400,6 +437,20 @@ class RedisTier:
             return bool(await self._redis.exists(key))
         except REDIS_ERRORS as exc:
             raise self._failed(exc) from None
+
+    async def connect(self) -> bool:
+        """Set the client up before the node serves; False if Redis cannot be reached now.
+
+        redis-py sets a cluster client up (slot map, node pools) on first use, and a
+        burst of concurrent first uses raced that setup (issue 13, H). A node whose Redis
+        is down still starts: every command falls back until Redis answers."""
+        try:
+            if isinstance(self._redis, ScopedCluster):
+                await self._redis.initialize()
+                return True
+            return bool(await self._redis.ping())
+        except REDIS_ERRORS:
+            return False
 
     async def ping(self) -> bool:
         try:
