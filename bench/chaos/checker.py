@@ -343,17 +343,23 @@ class Checker:
     # ------------------------------------------------------------------ other checks
 
     def recovery(
-        self, fault: FaultWindow, region: str, seconds: float | None, bound: float
+        self,
+        fault: FaultWindow,
+        region: str,
+        seconds: float | None,
+        bound: float,
+        since: str = "",
     ) -> None:
-        """A region answered again ``seconds`` after ``fault`` was repaired (None: never)."""
+        """A region answered again ``seconds`` after ``fault`` was repaired (None: not
+        within ``bound``); ``since``: the earlier fault it has not recovered from yet."""
         self.checks["recovery"] += 1
         if seconds is None or seconds > bound:
-            took = "never" if seconds is None else f"{seconds:.1f}s"
+            took = "not" if seconds is None else f"{seconds:.1f}s after repair, not"
+            still = f"; down since {since}" if since and since != fault.kind else ""
             self._add(
                 Violation(
                     "slow_recovery",
-                    f"{region} after {fault.kind}: recovered {took} after repair "
-                    f"(bound {bound:.0f}s)",
+                    f"{region} after {fault.kind}: recovered {took} within {bound:.0f}s{still}",
                     fault.repaired or fault.start,
                     {"fault": fault.kind, "region": region, "seconds": seconds, "sub": fault.kind},
                 )

@@ -15,8 +15,9 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from bench.chaos.checker import Answer, Checker, FaultWindow
+from bench.chaos.checker import TIMEOUT, Answer, Checker, FaultWindow
 from bench.chaos.cluster import Cluster
 from bench.chaos.load import RECOVERY_SQL, Load, Reply
 
@@ -149,30 +150,28 @@ async def _hurt(cluster: Cluster, f: PlannedFault) -> None:
 
 async def _recovered(load: Load, region: str, deadline: float) -> float | None:
     """Seconds until ``region`` serves an uncached read, a cached read and applies a
-    purge (all 200); None if not by ``deadline`` (monotonic)."""
+    purge (all 200); None if not by ``deadline`` (monotonic), which no probe outlives."""
     started = time.monotonic()
-    need = {"uncached", "cached", "purge"}
-    while need and time.monotonic() < deadline:
-        if "uncached" in need:
-            reply = await load.post(region, "/v1/query", {"sql": RECOVERY_SQL, "params": ["x"]}, 5)
-            _observe(load, region, reply)
-            if reply.status == 200:
-                need.discard("uncached")
-        if "cached" in need:
-            body = {
-                "sql": RECOVERY_SQL,
-                "params": [secrets.token_hex(6)],
-                "cacheStrategy": {"ttl": 5},
-            }
-            reply = await load.post(region, "/v1/query", body, 5)
-            _observe(load, region, reply)
-            if reply.status == 200:
-                need.discard("cached")
-        if "purge" in need:
-            purge = await load.purge(region, ["chaos_recovery"], op="recovery", wait=2)
-            if purge is not None and region in purge.applied:
-                need.discard("purge")
-        if need:
+    need = ["uncached", "cached", "purge"]
+    while need and (left := deadline - time.monotonic()) > 0:
+        what = need[0]
+        if what == "purge":
+            wait = min(2, int(left))
+            purge = await load.purge(
+                region, ["chaos_recovery"], op="recovery", wait=wait, timeout=left
+            )
+            ok = purge is not None and region in purge.applied
+        else:
+            body: dict[str, Any] = {"sql": RECOVERY_SQL, "params": [secrets.token_hex(6)]}
+            if what == "cached":
+                body["cacheStrategy"] = {"ttl": 5}
+            reply = await load.post(region, "/v1/query", body, min(5.0, left))
+            if reply.status != TIMEOUT:  # cut short by the bound: slow_recovery says it
+                _observe(load, region, reply)
+            ok = reply.status == 200
+        if ok:
+            need.pop(0)
+        elif need:
             await asyncio.sleep(0.1)
     return None if need else time.monotonic() - started
 
@@ -204,18 +203,26 @@ async def inject(
     checker: Checker,
     faults: list[PlannedFault],
     *,
+    until: float,
     grace: float,
     recovery_bound: float,
     step: Callable[[str], None],
     t0: float,
 ) -> list[Injected]:
-    """Inject ``faults`` one after another, each once the previous one's grace is over."""
+    """Inject ``faults`` one after another, each once the previous one's grace is over.
+
+    The first of each kind always runs; the others only while they fit before ``until``.
+    """
     done: list[Injected] = []
+    kinds: set[str] = set()
+    unrecovered: dict[str, str] = {}  # region -> the fault it never recovered from
     await _sleep_unless(load, FIRST_FAULT)
     for i, f in enumerate(faults, 1):
         await _sleep_unless(load, f.gap)
-        if load.stop.is_set():
+        late = time.monotonic() + f.hold + grace > until
+        if load.stop.is_set() or (f.kind in kinds and late):
             break
+        kinds.add(f.kind)
         window = FaultWindow(f.kind, f.region, time.monotonic(), grace=grace, detail=f.describe())
         checker.fault_started(window)
         step(f"[{window.start - t0:6.1f}s] fault {i}/{len(faults)}: {f.describe()}")
@@ -226,7 +233,10 @@ async def inject(
         took = await asyncio.gather(*(_recovered(load, r, deadline) for r in regions))
         recovery = dict(zip(regions, took, strict=True))
         for region, seconds in recovery.items():
-            checker.recovery(window, region, seconds, recovery_bound)
+            before = unrecovered.pop(region, "") if seconds is not None else ""
+            if seconds is None:
+                before = unrecovered.setdefault(region, f"{f.kind} at {window.start - t0:.0f}s")
+            checker.recovery(window, region, seconds, recovery_bound, since=before)
         shown = ", ".join(
             f"{r} {'never' if s is None else f'{s:.2f}s'}" for r, s in recovery.items()
         )

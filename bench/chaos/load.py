@@ -237,16 +237,22 @@ class Load:
     # ------------------------------------------------------------------ purges
 
     async def purge(
-        self, region: str, tags: list[str] | None, op: str = "purge", wait: int = PURGE_WAIT
+        self,
+        region: str,
+        tags: list[str] | None,
+        op: str = "purge",
+        wait: int = PURGE_WAIT,
+        timeout: float | None = None,
     ) -> Purge | None:
         """Purge ``tags`` (None: everything) at ``region``; returns it once answered 200."""
         floors = dict(self.committed)  # every version committed before the purge is sent
         sent_wall = time.time()
         body: dict[str, Any] = {"all": True} if tags is None else {"tags": tags}
-        reply = await self.post(
-            region, "/v1/invalidate", body | {"wait": wait}, wait + self.timeouts.purge_extra
-        )
+        limit = timeout if timeout is not None else wait + self.timeouts.purge_extra
+        reply = await self.post(region, "/v1/invalidate", body | {"wait": wait}, limit)
         doc = reply.doc if isinstance(reply.doc, dict) else {}
+        if op == "recovery" and reply.status == TIMEOUT:
+            return None  # a recovery probe cut short by its bound: slow_recovery says it
         self.observe(
             Answer(
                 op=op,

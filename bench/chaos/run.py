@@ -130,6 +130,7 @@ async def _run(
                     load,
                     checker,
                     faults,
+                    until=until,
                     grace=config.grace,
                     recovery_bound=config.recovery_bound,
                     step=step,
@@ -207,7 +208,7 @@ def _report(
     load: Load,
     planned: list[PlannedFault],
 ) -> dict[str, Any]:
-    per_kind: dict[str, dict[str, float]] = {}
+    per_kind: dict[str, dict[str, Any]] = {}
     faults = []
     for item in injected:
         w = item.window
@@ -217,7 +218,6 @@ def _report(
         any_gap = max(checker.longest_gap(r, w.start, stop) for r in regions)
         origin_gap = max(checker.longest_gap(r, w.start, stop, origin=True) for r in regions)
         recovered = [s for s in item.recovery.values() if s is not None]
-        rec = max(recovered) if len(recovered) == len(item.recovery) else float("inf")
         kind = per_kind.setdefault(
             w.kind,
             {
@@ -225,6 +225,7 @@ def _report(
                 "longest_no_answer_s": 0.0,
                 "longest_no_uncached_answer_s": 0.0,
                 "longest_recovery_s": 0.0,
+                "not_recovered": 0,  # regions that did not recover within the bound
             },
         )
         kind["count"] += 1
@@ -232,7 +233,8 @@ def _report(
         kind["longest_no_uncached_answer_s"] = round(
             max(kind["longest_no_uncached_answer_s"], origin_gap), 2
         )
-        kind["longest_recovery_s"] = round(max(kind["longest_recovery_s"], rec), 2)
+        kind["longest_recovery_s"] = round(max([kind["longest_recovery_s"], *recovered]), 2)
+        kind["not_recovered"] += len(item.recovery) - len(recovered)
         faults.append(
             {
                 "kind": w.kind,
@@ -321,9 +323,12 @@ def format_report(r: dict[str, Any]) -> str:
         "recovery after repair):"
     )
     for kind, u in r["unavailability"].items():
+        never = (
+            f" ({u['not_recovered']} region(s) not within the bound)" if u["not_recovered"] else ""
+        )
         lines.append(
-            f"  {kind:<15} {u['longest_no_answer_s']:6.2f}s / "
-            f"{u['longest_no_uncached_answer_s']:6.2f}s / {u['longest_recovery_s']:6.2f}s"
+            f"  {kind:<17} {u['longest_no_answer_s']:6.2f}s / "
+            f"{u['longest_no_uncached_answer_s']:6.2f}s / {u['longest_recovery_s']:6.2f}s{never}"
         )
     for server, bad in r.get("logs", {}).get("not_json", {}).items():
         lines.append(f"log lines that are not JSON: {server} {bad['lines']} ({bad['first']!r})")

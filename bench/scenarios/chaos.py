@@ -104,6 +104,7 @@ def _notes(r: dict[str, Any]) -> list[str]:
         + "; ".join(
             f"{k} {u['longest_no_answer_s']:.2f} s / {u['longest_no_uncached_answer_s']:.2f} s / "
             f"{u['longest_recovery_s']:.2f} s"
+            + (f" ({u['not_recovered']} not within the bound)" if u["not_recovered"] else "")
             for k, u in r["unavailability"].items()
         )
         + ".",
