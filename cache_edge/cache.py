@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,7 @@ from cache_edge.protocol import QueryRequest, Statement
 from cache_edge.purge_mirror import PurgeMirror
 from cache_edge.singleflight import Group
 from cache_edge.strategy import CacheStrategy
+from cache_edge.tasks import stop_tasks
 from cache_edge.tiers.memory import MemoryTier
 from cache_edge.tiers.redis import RedisTier, TierUnavailable
 
@@ -97,6 +98,8 @@ def _merged(tags: tuple[str, ...], extra: tuple[str, ...] | None) -> tuple[str, 
     return tags + missing if missing else tags
 
 
+_LOCK_LEASE_MS = 3000
+
 # Statement texts whose implicit tags a process remembers (a flush past it is harmless).
 _MAX_IMPLICIT = 10_000
 
@@ -112,6 +115,7 @@ class Stats:
     memory_hits: int = 0  # answered from this process's hot tier, no Redis round trip
     unvouched_fills: int = 0  # fetches not stored: no sync lease to check them against
     unchecked_refetches: int = 0  # joiners that needed a fetch begun after they arrived
+    unstored_after_races: int = 0  # fetches overtaken by purges three times: answered only
 
 
 class QueryCache:
@@ -133,7 +137,10 @@ class QueryCache:
         self._clock = clock
         self._flights: Group[_Fetched] = Group()
         self._background: set[asyncio.Task[None]] = set()
-        self._lock_ttl_ms = int((config.origin_timeout + 2) * 1000)
+        # Fill locks are short leases renewed while their holder fetches: a holder that
+        # died (kill -9) stops renewing, and the region's waiters take over within
+        # seconds instead of waiting out a lock as long as the origin timeout.
+        self._lock_ttl_ms = _LOCK_LEASE_MS
         # (tenant, sql) -> the implicit tags (tables) its entries carry, so a hit can read
         # their purge state in the same round trip as the entry (docs/auto-invalidation.md).
         self._implicit: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -333,18 +340,16 @@ class QueryCache:
                 # No shared tier: coalescing stays per process.
                 return await self._fetch_and_store(flight, min_watermark, started)
             if locked:
-                try:
-                    # Double-check: the previous holder may have stored it just now.
-                    newer = await self._newer_entry(flight, seen)
-                    if newer is not None:
-                        self.stats.coalesced_region += 1
-                        return _Fetched(newer, True, started)
-                except TierUnavailable:
-                    pass  # Redis failed under the lock: fetch like any other Redis failure
-                try:
+                async with self._holding(lock_key, token):
+                    try:
+                        # Double-check: the previous holder may have stored it just now.
+                        newer = await self._newer_entry(flight, seen)
+                        if newer is not None:
+                            self.stats.coalesced_region += 1
+                            return _Fetched(newer, True, started)
+                    except TierUnavailable:
+                        pass  # Redis failed under the lock: fetch like any Redis failure
                     return await self._fetch_and_store(flight, min_watermark, started)
-                finally:
-                    await self._release(lock_key, token)
             # Another process of the region is fetching this key: wait for its entry.
             while time.monotonic() < deadline:
                 await asyncio.sleep(delay)
@@ -388,6 +393,7 @@ class QueryCache:
         """
         tenant, strategy = flight.tenant, flight.strategy
         for _attempt in range(3):
+            attempt_started = time.monotonic()
             result = await self._origin.query(
                 tenant,
                 flight.stmt,
@@ -426,7 +432,32 @@ class QueryCache:
             else:
                 self._remember(flight, entry)
             return _Fetched(entry, True, started)
-        raise OriginUnavailable("the origin keeps answering with rows older than a purge")
+        # Purges keep overtaking this key's fetches (a hot tag). The last rows were
+        # produced after every request waiting now had arrived, so they are fresh for
+        # those requests; they are not stored, and later arrivals fetch again.
+        self.stats.unstored_after_races += 1
+        log.info("fill_raced_repeatedly", request_id=flight.request_id)
+        return _Fetched(entry, False, attempt_started)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, lock_key: str, token: str) -> AsyncIterator[None]:
+        """Keep a fill lock alive while its holder works; release it afterwards."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._lock_ttl_ms / 3000)
+                try:
+                    if not await self._tier.lead(lock_key, token, self._lock_ttl_ms):
+                        return  # lost it (expired and taken): the new holder fetches too
+                except TierUnavailable:
+                    return
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            await stop_tasks([renewing])
+            await self._release(lock_key, token)
 
     async def _release(self, lock_key: str, token: str) -> None:
         with contextlib.suppress(TierUnavailable):  # it expires on its own
@@ -460,7 +491,8 @@ class QueryCache:
             return await self._fetch_and_store(flight, min_watermark, started)
 
         try:
-            await self._flights.do((flight.tenant, flight.sig), run)
+            async with self._holding(lock_key, token):
+                await self._flights.do((flight.tenant, flight.sig), run)
         except (CacheEdgeError, TierUnavailable) as exc:
             self.stats.refresh_failures += 1
             code = exc.code if isinstance(exc, CacheEdgeError) else "redis_unavailable"
@@ -468,8 +500,6 @@ class QueryCache:
         except Exception:
             self.stats.refresh_failures += 1
             log.exception("swr_refresh_crashed", request_id=flight.request_id)
-        finally:
-            await self._release(lock_key, token)
 
     async def drain(self, timeout: float = 5.0) -> None:
         """Let background refreshes finish (graceful shutdown)."""

@@ -32,6 +32,10 @@ class Group(Generic[T]):
         """Run ``fn`` once per key at a time; return (result, shared) where ``shared``
         is True for callers that joined a flight started by someone else."""
         task = self._calls.get(key)
+        if task is not None and task.done():
+            # Finished, but its _forget callback has not run yet: awaiting it would not
+            # yield, so a caller that must not take its result would spin (issue 13 M).
+            task = None
         shared = task is not None
         if task is None:
             task = asyncio.ensure_future(fn())

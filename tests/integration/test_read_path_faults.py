@@ -11,10 +11,13 @@ where it happens). The same stories run end to end in test_freshness_faults.py.
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,6 +54,8 @@ class ScriptedOrigin:
     down: bool = False
     epoch: str = "e1"
     poll_gate: asyncio.Event | None = None
+    # Runs while a query is in flight, after its rows were read (a purge arriving then).
+    during_query: Callable[[], Awaitable[None]] | None = None
     polling: asyncio.Event = field(default_factory=asyncio.Event)
 
     def purge(self, tags: list[str] | None = None, all_: bool = False) -> int:
@@ -72,6 +77,8 @@ class ScriptedOrigin:
         value, watermark = self.value, self.latest
         if self.gates:
             await self.gates.pop(0).wait()
+        if self.during_query is not None:
+            await self.during_query()
         if self.down:
             raise OriginUnavailable("scripted origin is down")
         body = packb(
@@ -348,3 +355,97 @@ async def test_a_log_behind_the_region_means_resync(world: World) -> None:
     progress = await world.tier.progress(TENANT)
     assert progress.applied == 1 and progress.floor == 1
     assert rows(await world.read()) == [[3]]
+
+
+async def test_a_hot_tag_that_overtakes_every_fetch_still_gets_an_answer(world: World) -> None:
+    """Issue 13 K: each fetch is overtaken by a purge of its tag; after three tries the
+    requester gets the last rows (produced after it arrived), unstored, not a 502."""
+
+    async def purge_meanwhile() -> None:
+        world.origin.purge(["t1"])
+        await world.step()
+
+    world.origin.during_query = purge_meanwhile
+    answer = await world.read()
+    assert answer.status == "miss" and rows(answer) == [[1]]
+    assert world.origin.calls == 3
+    world.origin.during_query = None
+    assert (await world.read()).status == "miss", "rows that failed the check were stored"
+
+
+_HOLDER = """
+import asyncio, sys
+from tests.integration.test_read_path_faults import _world
+async def main():
+    world = await _world(sys.argv[1])
+    world.origin.gates.append(asyncio.Event())  # the fetch never finishes
+    task = asyncio.create_task(world.read())
+    await asyncio.sleep(0.5)
+    print("fetching", flush=True)
+    await task
+asyncio.run(main())
+"""
+
+
+async def test_a_dead_holders_fill_lock_delays_the_region_by_seconds_not_a_timeout(
+    world: World, redis_server: str
+) -> None:
+    """Issue 13 L: a process killed (-9) while fetching leaves its fill lock. Waiters
+    take over once its lease runs out (nobody renews it), not after coalesce_wait (30 s
+    here); before, the lock lived origin_timeout + 2 s and the region waited it out."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLDER, redis_server],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
+    )
+    try:
+        assert holder.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(holder.stdout.readline), 20)
+        assert line.strip() == "fetching"
+    finally:
+        holder.kill()
+        holder.wait()
+    cache = QueryCache(
+        NodeConfig(region="r1", sync_grace=2.0, coalesce_wait=30.0, memory_cache_mb=0),
+        world.tier,
+        world.origin,  # type: ignore[arg-type]
+    )
+    req = QueryRequest(Statement(SQL, ["k1"]), CacheStrategy.from_wire({"ttl": 60, "tags": ["t1"]}))
+    assert await world.tier._redis.exists(world.tier.lock_key(TENANT, _signature(req)))
+    began = time.monotonic()
+    reading = asyncio.create_task(cache.query(TENANT, req, "req"))
+    while not reading.done():  # the region stays in sync meanwhile
+        await asyncio.sleep(0.5)
+        await world.step()
+    assert rows(await reading) == [[1]]
+    assert time.monotonic() - began < 6.0
+
+
+async def test_a_live_holder_keeps_its_fill_lock_past_the_lease(
+    world: World, redis_server: str
+) -> None:
+    """The other side of L: a fetch slower than the lease keeps renewing its lock, so
+    another process of the region waits for its entry instead of fetching too."""
+    other = await _world(redis_server)  # a second process of the same region
+    gate = asyncio.Event()
+    world.origin.gates.append(gate)
+    first = asyncio.create_task(world.read())
+    await asyncio.sleep(0.1)
+    second = asyncio.create_task(other.read())
+    for _ in range(9):  # past the 3 s lease; the region stays in sync meanwhile
+        await asyncio.sleep(0.5)
+        await world.step()
+    gate.set()
+    a, b = await first, await second
+    assert rows(a) == rows(b) == [[1]]
+    assert world.origin.calls == 1 and other.origin.calls == 0
+    await other.tier.close()
+
+
+def _signature(req: QueryRequest) -> str:
+    from cache_edge.keys import cache_key
+
+    st, stmt = req.strategy, req.statement
+    return cache_key(TENANT, stmt.sql, stmt.params, st.ttl, st.swr, st.tags)
