@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -46,8 +47,9 @@ async def stack(
     tmp_path: Path, pg_databases: tuple[str, str], region_redis: str
 ) -> AsyncIterator[Stack]:
     st = new_stack(tmp_path, pg_databases, region_redis)
-    broken = pg_databases[0].replace("postgres@", f"postgres:{BROKEN_PASSWORD}@")
-    broken = broken.replace("127.0.0.1:5432", "127.0.0.1:1")  # nothing listens there
+    u = urlsplit(pg_databases[0])
+    # Port 1: nothing listens there, whichever PostgreSQL the tests use.
+    broken = u._replace(netloc=f"{u.username}:{BROKEN_PASSWORD}@127.0.0.1:1").geturl()
     tenants: list[dict[str, Any]] = st.doc["tenants"]  # type: ignore[assignment]
     tenants.append({"id": "broken", "api_keys_sha256": [], "database_url": broken})
     st.config.write_text(tomli_w.dumps(st.doc))
