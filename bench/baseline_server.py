@@ -39,7 +39,7 @@ def create_app(args: argparse.Namespace) -> web.Application:
 
     import redis.asyncio as aioredis
 
-    # The node's Redis tier uses the same pool kind and size (cache_edge.tiers.redis).
+    # The node's Redis tier uses the same pool kind and size (cache_edge.node.tiers.redis).
     pool = aioredis.BlockingConnectionPool.from_url(
         args.redis_url, max_connections=100, timeout=0.5, socket_timeout=0.5
     )

@@ -1,6 +1,6 @@
 """The servers of one scenario, on free loopback ports; all stopped, newest first, on exit.
 
-cache-edge servers are real ``python -m cache_edge.cli`` processes configured by a
+cache-edge servers are real ``python -m cache_edge.cli.main`` processes configured by a
 TOML file, as a user runs them. Redis, PgBouncer, pgpool-II and (for the storm) a
 PostgreSQL are private instances with their own configs in the run's tmp folder.
 PgBouncer and PostgreSQL refuse to run as root; as root they run as ``postgres``.

@@ -61,7 +61,7 @@ def render(shared_toml: str, secret: str) -> str:
 def check(rendered: str) -> None:
     """Validate with the servers' own parser when it is importable (it is, in the image)."""
     try:
-        from cache_edge.config import ConfigError, parse_settings
+        from cache_edge.server.config import ConfigError, parse_settings
     except ImportError:  # pragma: no cover - only outside the image
         return
     try:

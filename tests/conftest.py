@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from cache_edge.config import Settings, parse_settings
+from cache_edge.server.config import Settings, parse_settings
 from tests.services import ensure_services
 
 PG_ADMIN_DSN, REDIS_URL = ensure_services()

@@ -6,7 +6,7 @@ RSS growth per idle connection, its open file descriptors, how many of them it k
 open to the end, and the latency of one ordinary client (a closed loop of the same
 hit on its own connection) with and without the idle crowd, interleaved over rounds.
 A second, smaller leg holds connections whose last answer was 100 KB: an idle
-connection must not keep its last answer (cache_edge.serving drops it once sent).
+connection must not keep its last answer (cache_edge.server.serving drops it once sent).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-from cache_edge.config import redact_dsn
 from cache_edge.devtools.services import ServiceError
+from cache_edge.server.config import redact_dsn
 
 __all__ = ["DEMO_DB", "dsn_with_database", "ensure_demo_database"]
 

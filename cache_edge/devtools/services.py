@@ -17,8 +17,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache_edge.config import redact_dsn
 from cache_edge.devtools.processes import Child, free_port
+from cache_edge.server.config import redact_dsn
 
 __all__ = [
     "DEFAULT_PG",

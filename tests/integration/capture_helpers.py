@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from origin.auto_setup import slot_name
+from origin.capture.setup import slot_name
 from tests.conftest import PG_ADMIN_DSN, dsn_for
 from tests.integration.stack import Stack
 

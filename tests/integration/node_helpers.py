@@ -10,7 +10,7 @@ from typing import Any
 import aiohttp
 from multidict import CIMultiDict
 
-from cache_edge.wire import json_dumps, json_loads, packb, unpackb
+from cache_edge.common.wire import json_dumps, json_loads, packb, unpackb
 from tests.conftest import make_settings_doc
 from tests.integration.stack import Stack
 

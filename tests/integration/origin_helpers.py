@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from cache_edge.config import Settings, parse_settings
-from cache_edge.signing import sign_headers
-from cache_edge.wire import CONTENT_TYPES, WireFormat, decode_body, encode_body
-from origin.app import create_origin_app
+from cache_edge.common.signing import sign_headers
+from cache_edge.common.wire import CONTENT_TYPES, WireFormat, decode_body, encode_body
+from cache_edge.server.config import Settings, parse_settings
+from origin.core.app import create_origin_app
 from tests.conftest import NODE_SECRET, make_settings_doc
 
 

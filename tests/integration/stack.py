@@ -1,6 +1,6 @@
 """Run real origin and node processes for integration tests.
 
-Each server is a separate `python -m cache_edge.cli ...` process on a free loopback
+Each server is a separate `python -m cache_edge.cli.main ...` process on a free loopback
 port, configured by a TOML file written for the test, so tests see exactly what a
 user would: sockets, status codes and bytes on the wire.
 """

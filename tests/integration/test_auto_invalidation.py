@@ -22,7 +22,7 @@ import asyncpg
 import pytest
 import redis
 
-from origin.auto_setup import slot_name
+from origin.capture.setup import slot_name
 from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import captured as capture_read_all
 from tests.integration.capture_helpers import (

@@ -1,6 +1,6 @@
 """The change-stream history against real PostgreSQL: retention, gaps, repeated batches.
 
-These drive :class:`origin.change_log.ChangeLog` directly (no servers): pruning by
+These drive :class:`origin.capture.change_log.ChangeLog` directly (no servers): pruning by
 retention and a replaced slot must turn old cursors into ``stream_gap``, never a silent
 gap, and a batch written twice (at-least-once capture) must not duplicate events.
 """
@@ -14,10 +14,10 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from cache_edge.errors import BadRequest, StreamGap
-from origin.capture import Change, Transaction
-from origin.change_log import ChangeLog, format_cursor
-from origin.pgoutput import Column, Relation
+from cache_edge.common.errors import BadRequest, StreamGap
+from origin.capture.change_log import ChangeLog, format_cursor
+from origin.capture.pgoutput import Column, Relation
+from origin.capture.reader import Change, Transaction
 from tests.conftest import dsn_for
 from tests.integration.capture_helpers import prepare_database
 

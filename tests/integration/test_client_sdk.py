@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from cache_edge.client import AsyncClient, CacheStrategy, Client
-from cache_edge.errors import QueryError, Unauthorized
+from cache_edge.common.errors import QueryError, Unauthorized
 from tests.conftest import API_KEY_A, make_settings_doc
 from tests.integration.stack import Stack
 

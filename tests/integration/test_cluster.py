@@ -19,7 +19,7 @@ import aiohttp
 import asyncpg
 import pytest
 
-from cache_edge.tiers.layout import CLUSTER_SHARDS, Layout
+from cache_edge.node.tiers.layout import CLUSTER_SHARDS, Layout
 from tests.conftest import API_KEY_A, TEST_DB, dsn_for, executions, free_port
 from tests.integration.node_helpers import marker, new_stack, post
 from tests.integration.stack import Server, Stack

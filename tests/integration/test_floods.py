@@ -19,8 +19,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from cache_edge.serving import raise_fd_limit
-from cache_edge.wire import json_dumps
+from cache_edge.common.wire import json_dumps
+from cache_edge.server.serving import raise_fd_limit
 from tests.conftest import API_KEY_A
 from tests.integration.node_helpers import Reply, marker, new_stack, post
 from tests.integration.stack import Server, Stack

@@ -23,7 +23,7 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cache_edge.signing import sign_headers
+from cache_edge.common.signing import sign_headers
 from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc, redis_db
 from tests.integration.security_helpers import metric_value
 from tests.integration.stack import Server, Stack

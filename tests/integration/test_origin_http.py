@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from cache_edge.config import parse_settings
-from cache_edge.signing import SIGNATURE_HEADER, TENANT_HEADER, sign_headers
-from cache_edge.wire import JSON_TYPE, MSGPACK_TYPE, json_dumps, packb
-from origin.app import EXECUTOR
+from cache_edge.common.signing import SIGNATURE_HEADER, TENANT_HEADER, sign_headers
+from cache_edge.common.wire import JSON_TYPE, MSGPACK_TYPE, json_dumps, packb
+from cache_edge.server.config import parse_settings
+from origin.core.app import EXECUTOR
 from tests.conftest import NODE_SECRET, make_settings_doc
 from tests.integration.origin_helpers import OriginClient, running_origin
 
@@ -120,7 +120,7 @@ async def test_oversized_body_is_413_with_or_without_content_length(origin: Orig
         "Content-Type": MSGPACK_TYPE,
         **sign_headers(NODE_SECRET, "POST", "/v1/query", "acme", big),
     }
-    async with origin.session.post(
+    async with origin.core.session.post(
         origin.base_url + "/v1/query", data=chunks(), headers=headers
     ) as resp:
         assert resp.status == 413
@@ -138,24 +138,24 @@ async def test_request_ids(origin: OriginClient) -> None:
 
 
 async def test_unknown_route_and_wrong_method_get_error_bodies(origin: OriginClient) -> None:
-    async with origin.session.get(origin.base_url + "/v1/nothing") as resp:
+    async with origin.core.session.get(origin.base_url + "/v1/nothing") as resp:
         assert resp.status == 404
         body = await resp.json()
         assert body["error"]["code"] == "not_found"
         assert resp.headers["X-Request-Id"]
-    async with origin.session.get(origin.base_url + "/v1/query") as resp:
+    async with origin.core.session.get(origin.base_url + "/v1/query") as resp:
         assert resp.status == 405
         assert "POST" in resp.headers["Allow"]
         assert (await resp.json())["error"]["code"] == "bad_request"
 
 
 async def test_unexpected_exception_is_a_generic_500(origin: OriginClient) -> None:
-    assert origin.app is not None
+    assert origin.core.app is not None
 
     async def explode(*_args: Any) -> Any:
         raise RuntimeError("secret internals: password=hunter2")
 
-    origin.app[EXECUTOR].query = explode  # type: ignore[method-assign, assignment]
+    origin.core.app[EXECUTOR].query = explode  # type: ignore[method-assign, assignment]
     reply = await origin.post("/v1/query", QUERY, fmt="json")
     assert reply.status == 500
     assert reply.headers["Content-Type"].startswith(JSON_TYPE)

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
-from cache_edge.wire import packb
+from cache_edge.common.wire import packb
 from tests.conftest import executions
 from tests.integration.origin_helpers import OriginClient, origin_settings, running_origin
 

@@ -11,7 +11,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cache_edge.wire import MSGPACK_TYPE
+from cache_edge.common.wire import MSGPACK_TYPE
 from tests.integration.origin_helpers import OriginClient, origin_settings, running_origin
 
 PLUS_530 = dt.timezone(dt.timedelta(hours=5, minutes=30))

@@ -17,7 +17,7 @@ from typing import Any
 import asyncpg
 import pytest
 
-from cache_edge.config import parse_settings
+from cache_edge.server.config import parse_settings
 from tests.conftest import PG_ADMIN_DSN, dsn_for, make_shared_settings_doc
 from tests.integration.origin_helpers import OriginClient, running_origin
 

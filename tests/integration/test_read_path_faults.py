@@ -23,15 +23,15 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from cache_edge.cache import QueryCache
-from cache_edge.config import NodeConfig
-from cache_edge.errors import OriginUnavailable
-from cache_edge.invalidation import Applier
-from cache_edge.origin_client import OriginResult
-from cache_edge.protocol import QueryRequest, Statement
-from cache_edge.strategy import CacheStrategy
-from cache_edge.tiers.redis import RedisTier, TierUnavailable
-from cache_edge.wire import packb
+from cache_edge.common.errors import OriginUnavailable
+from cache_edge.common.protocol import QueryRequest, Statement
+from cache_edge.common.strategy import CacheStrategy
+from cache_edge.common.wire import packb
+from cache_edge.node.applier import Applier
+from cache_edge.node.origin_client import OriginResult
+from cache_edge.node.read_path import QueryCache
+from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
+from cache_edge.server.config import NodeConfig
 from tests.conftest import free_port
 
 TENANT = "acme"
@@ -172,7 +172,7 @@ async def world(redis_server: str) -> AsyncIterator[World]:
 
 
 def rows(answer: Any) -> Any:
-    from cache_edge.entry import core_to_dict
+    from cache_edge.node.entry import core_to_dict
 
     return core_to_dict(answer.core)["rows"]
 
@@ -251,7 +251,7 @@ async def test_flush_between_progress_read_and_apply_is_detected(
     seen = await world.tier.progress(TENANT)
     assert seen.intact
     await admin.flushall()
-    from cache_edge.tiers.redis import StateLost
+    from cache_edge.node.tiers.redis import StateLost
 
     with pytest.raises(StateLost) as lost:
         await world.tier.apply(TENANT, seen, {"t1": 1}, 1, 1, 2.0)
@@ -445,7 +445,7 @@ async def test_a_live_holder_keeps_its_fill_lock_past_the_lease(
 
 
 def _signature(req: QueryRequest) -> str:
-    from cache_edge.keys import cache_key
+    from cache_edge.common.keys import cache_key
 
     st, stmt = req.strategy, req.statement
     return cache_key(TENANT, stmt.sql, stmt.params, st.ttl, st.swr, st.tags)

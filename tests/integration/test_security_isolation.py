@@ -14,8 +14,8 @@ import pytest
 import redis
 import tomli_w
 
-from cache_edge.signing import sign_headers
-from cache_edge.wire import packb, unpackb
+from cache_edge.common.signing import sign_headers
+from cache_edge.common.wire import packb, unpackb
 from tests.conftest import (
     API_KEY_A,
     API_KEY_B,

@@ -9,8 +9,8 @@ from pathlib import Path
 import aiohttp
 import redis
 
-from cache_edge.signing import sign_headers
-from cache_edge.wire import packb
+from cache_edge.common.signing import sign_headers
+from cache_edge.common.wire import packb
 from tests.conftest import API_KEY_A, API_KEY_B, NODE_SECRET, make_settings_doc, redis_db, sha
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import rewrite_config

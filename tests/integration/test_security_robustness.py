@@ -12,7 +12,7 @@ import msgpack
 import pytest
 import redis
 
-from cache_edge.wire import EXT_DECIMAL, EXT_UUID, packb
+from cache_edge.common.wire import EXT_DECIMAL, EXT_UUID, packb
 from tests.conftest import API_KEY_A, executions, make_settings_doc, redis_db
 from tests.integration.node_helpers import marker, post
 from tests.integration.security_helpers import eventually, metric_value

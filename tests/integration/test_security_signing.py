@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from cache_edge.signing import TENANT_HEADER, sign_headers
-from cache_edge.wire import packb, unpackb
+from cache_edge.common.signing import TENANT_HEADER, sign_headers
+from cache_edge.common.wire import packb, unpackb
 from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc, redis_db
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import eventually, rewrite_config

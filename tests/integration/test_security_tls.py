@@ -176,8 +176,8 @@ async def test_sslmode_in_the_database_url_reaches_postgresql(
     stack = Stack(tmp_path, doc)
     origin = stack.start_origin()
     try:
-        from cache_edge.signing import sign_headers
-        from cache_edge.wire import packb, unpackb
+        from cache_edge.common.signing import sign_headers
+        from cache_edge.common.wire import packb, unpackb
         from tests.conftest import NODE_SECRET
 
         async with aiohttp.ClientSession() as http:

@@ -20,8 +20,8 @@ import pytest
 import redis
 import tomli_w
 
-from cache_edge.config import parse_settings
-from origin.auto_setup import legacy_slot_name, remove, setup, slot_name
+from cache_edge.server.config import parse_settings
+from origin.capture.setup import legacy_slot_name, remove, setup, slot_name
 from tests.conftest import (
     API_KEY_A,
     API_KEY_B,

@@ -23,7 +23,7 @@ import pytest
 import redis
 
 from cache_edge.client import AsyncClient, Backoff, ChangeEvent, Client
-from cache_edge.errors import BadRequest, CaptureUnavailable, Unauthorized
+from cache_edge.common.errors import BadRequest, CaptureUnavailable, Unauthorized
 from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import (
     execute,

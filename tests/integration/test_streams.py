@@ -332,7 +332,7 @@ async def test_tenants_see_only_their_own_database(world: Stack, subscribe: Any)
 
 
 async def test_a_huge_transaction_arrives_whole_and_in_order(world: Stack, subscribe: Any) -> None:
-    """Read and stored in chunks (origin/capture.py), delivered as one ordered run."""
+    """Read and stored in chunks (origin/capture/reader.py), delivered as one ordered run."""
     sub = await subscribe(_nodes(world)[1], "tables=public.s_other")
     rows = 12_000  # more than two capture chunks
     await db("INSERT INTO s_other SELECT g, 'p' FROM generate_series(1, $1) g", rows)

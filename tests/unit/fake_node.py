@@ -15,8 +15,14 @@ from typing import Any
 
 from aiohttp import web
 
-from cache_edge.errors import QueryError, RateLimited, Unauthorized
-from cache_edge.wire import CONTENT_TYPES, decode_body, encode_body, request_format, response_format
+from cache_edge.common.errors import QueryError, RateLimited, Unauthorized
+from cache_edge.common.wire import (
+    CONTENT_TYPES,
+    decode_body,
+    encode_body,
+    request_format,
+    response_format,
+)
 
 API_KEY = "ce_unit_test_key"
 INFO = {

@@ -12,11 +12,11 @@ from decimal import Decimal
 
 import pytest
 
-from cache_edge.errors import BadRequest, SubscriberTooSlow
-from cache_edge.protocol import parse_changes_poll, parse_ops, parse_tables
-from cache_edge.streams import Event, Subscription
-from origin.change_log import format_cursor, parse_cursor
-from origin.pgoutput import (
+from cache_edge.common.errors import BadRequest, SubscriberTooSlow
+from cache_edge.common.protocol import parse_changes_poll, parse_ops, parse_tables
+from cache_edge.node.streams import Event, Subscription
+from origin.capture.change_log import format_cursor, parse_cursor
+from origin.capture.pgoutput import (
     UNCHANGED,
     Begin,
     Commit,
@@ -29,7 +29,7 @@ from origin.pgoutput import (
     parse_lsn,
     parse_message,
 )
-from origin.text_values import decode_text
+from origin.capture.text_values import decode_text
 
 
 def _s(text: str) -> bytes:

@@ -15,7 +15,7 @@ _HIDE = "import sys\nfor m in {mods}: sys.modules[m] = None\n"
 
 def _run(args: list[str], hidden: list[str]) -> subprocess.CompletedProcess[str]:
     code = _HIDE.format(mods=hidden) + (
-        "from cache_edge.cli import main\nraise SystemExit(main(sys.argv[1:]))"
+        "from cache_edge.cli.main import main\nraise SystemExit(main(sys.argv[1:]))"
     )
     return subprocess.run(
         [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=60

@@ -9,16 +9,15 @@ from decimal import Decimal
 
 import pytest
 
-from cache_edge import _client_core as core
-from cache_edge.client import CacheStrategy, Statement
-from cache_edge.errors import (
+from cache_edge.client import CacheStrategy, Statement, core
+from cache_edge.common.errors import (
     OriginUnavailable,
     PoolTimeout,
     QueryError,
     RateLimited,
     Unauthorized,
 )
-from cache_edge.wire import json_dumps, packb, unpackb
+from cache_edge.common.wire import json_dumps, packb, unpackb
 
 URL = "http://127.0.0.1:7411/v1/query"
 

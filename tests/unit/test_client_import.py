@@ -70,7 +70,7 @@ def test_blocking_client_does_not_import_aiohttp() -> None:
     done = run_python(
         f"""
         import cache_edge.client
-        from cache_edge.errors import OriginUnavailable
+        from cache_edge.common.errors import OriginUnavailable
 
         db = cache_edge.client.Client("http://127.0.0.1:{free_port()}", "k")
         backoff = cache_edge.client.Backoff(initial=0.01, maximum=0.02, give_up_after=0.05)

@@ -10,10 +10,10 @@ from decimal import Decimal
 
 import pytest
 
-from cache_edge.cli import main
-from cache_edge.errors import QueryError
-from cache_edge.query_cli import format_error
-from cache_edge.table import format_table, render_value
+from cache_edge.cli.main import main
+from cache_edge.cli.query import format_error
+from cache_edge.client.table import format_table, render_value
+from cache_edge.common.errors import QueryError
 from tests.conftest import free_port
 from tests.unit.fake_node import API_KEY, Seen, running_fake_node
 

@@ -7,8 +7,8 @@ import pickle
 
 import pytest
 
-from cache_edge._client_core import info_from_wire, result_from_wire
 from cache_edge.client import Column, Info, Row, Rows
+from cache_edge.client.core import info_from_wire, result_from_wire
 
 INFO = Info("miss", "eu", dt.datetime(2024, 1, 1, tzinfo=dt.UTC), 0.0, "r1")
 COLUMNS = [Column("id", "int4"), Column("name", "text")]

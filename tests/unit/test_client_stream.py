@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from cache_edge._stream import (
+from cache_edge.client import AsyncClient, ChangeEvent, Client
+from cache_edge.client.stream import (
     Backoff,
     SSEEvent,
     SSEParser,
@@ -26,8 +27,7 @@ from cache_edge._stream import (
     stream_error,
     stream_query,
 )
-from cache_edge.client import AsyncClient, ChangeEvent, Client
-from cache_edge.errors import (
+from cache_edge.common.errors import (
     BadRequest,
     CaptureUnavailable,
     OriginUnavailable,
@@ -504,7 +504,7 @@ def test_stream_validates_its_arguments_before_connecting() -> None:
 
 
 def test_cli_formats_one_readable_line_per_event() -> None:
-    from cache_edge.stream_cli import format_event
+    from cache_edge.cli.stream import format_event
 
     update = change_from_sse(SSEEvent("change", json.dumps(CHANGE)))
     assert format_event(update) == (

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from cache_edge.client import AsyncClient, CacheStrategy, Client
-from cache_edge.errors import OriginUnavailable, QueryError, RateLimited, Unauthorized
-from cache_edge.wire import packb
+from cache_edge.common.errors import OriginUnavailable, QueryError, RateLimited, Unauthorized
+from cache_edge.common.wire import packb
 from tests.conftest import free_port
 from tests.unit.fake_node import API_KEY, Seen, running_fake_node
 

@@ -1,10 +1,10 @@
-"""The per-node circuit breaker of the cluster client (cache_edge/tiers/cluster.py)."""
+"""The per-node circuit breaker of the cluster client (cache_edge/node/tiers/cluster.py)."""
 
 from __future__ import annotations
 
 import pytest
 
-from cache_edge.tiers.cluster import NodeBreakers, NodeUnavailable
+from cache_edge.node.tiers.cluster import NodeBreakers, NodeUnavailable
 
 
 class Clock:

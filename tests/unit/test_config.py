@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cache_edge.config import ConfigError, load_settings, parse_settings, redact_dsn
+from cache_edge.server.config import ConfigError, load_settings, parse_settings, redact_dsn
 
 GOOD = """
 node_secret = "0123456789abcdef0123"

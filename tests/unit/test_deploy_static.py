@@ -1,7 +1,7 @@
 """The deployment files agree with the code: real CLI parser, real routes, ports, metrics.
 
 No Docker engine and no cluster: every check reads the files in deploy/ (and docs/deploy.md)
-and holds them against the objects the servers are built from — ``cache_edge.cli``'s parser
+and holds them against the objects the servers are built from — ``cache_edge.cli.main``'s parser
 and its config loading, the aiohttp apps' routers, the Prometheus registries.
 """
 
@@ -26,13 +26,13 @@ import yaml
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-import cache_edge.app
-import origin.app
-from cache_edge import cli
-from cache_edge.config import NodeConfig, OriginConfig, Settings, parse_settings
-from cache_edge.node_metrics import NodeMetrics
-from origin.metrics import OriginMetrics
-from origin.pool import PoolStats
+import cache_edge.node.app
+import origin.core.app
+from cache_edge.cli import main as cli
+from cache_edge.node.metrics import NodeMetrics
+from cache_edge.server.config import NodeConfig, OriginConfig, Settings, parse_settings
+from origin.core.metrics import OriginMetrics
+from origin.core.pool import PoolStats
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -84,8 +84,8 @@ class Launch:
 def launch(argv: list[str], config: Path, monkeypatch: pytest.MonkeyPatch) -> Launch:
     """``cache-edge ARGV`` through the real CLI, stopped just before the server would start."""
     seen: list[Launch] = []
-    monkeypatch.setattr(cache_edge.app, "run_node", lambda s: seen.append(Launch("node", s)))
-    monkeypatch.setattr(origin.app, "run_origin", lambda s: seen.append(Launch("origin", s)))
+    monkeypatch.setattr(cache_edge.node.app, "run_node", lambda s: seen.append(Launch("node", s)))
+    monkeypatch.setattr(origin.core.app, "run_origin", lambda s: seen.append(Launch("origin", s)))
     monkeypatch.setenv("CACHE_EDGE_CONFIG", str(config))
     try:
         cli.build_parser().parse_args(argv)
@@ -102,8 +102,8 @@ def get_routes(app: web.Application) -> set[str]:
 
 def app_for(run: Launch) -> web.Application:
     if run.command == "node":
-        return cache_edge.app.create_node_app(run.settings)
-    return origin.app.create_origin_app(run.settings)
+        return cache_edge.node.app.create_node_app(run.settings)
+    return origin.core.app.create_origin_app(run.settings)
 
 
 def listen_port(run: Launch) -> int:
@@ -247,8 +247,8 @@ def test_dockerfile_healthcheck_hits_a_real_route() -> None:
     # The default port is the node's; origins set CACHE_EDGE_HEALTH_PORT (checked below).
     assert f"'CACHE_EDGE_HEALTH_PORT', '{NodeConfig().listen.port}'" in code
     settings = valid_settings()
-    assert path in get_routes(cache_edge.app.create_node_app(settings))
-    assert path in get_routes(origin.app.create_origin_app(settings))
+    assert path in get_routes(cache_edge.node.app.create_node_app(settings))
+    assert path in get_routes(origin.core.app.create_origin_app(settings))
 
 
 def test_docker_build_context_keeps_what_the_dockerfile_copies() -> None:
@@ -330,8 +330,8 @@ def test_compose_topology() -> None:
 def check_one_shot(name: str, svc: dict[str, Any], compose_config: Path) -> None:
     """A one-shot cache-edge command (the auto-invalidation setup): it parses with the real
     CLI, names a tenant of the config that opted in, and gates the origin's start."""
-    from cache_edge.cli import build_parser
-    from cache_edge.config import load_settings
+    from cache_edge.cli.main import build_parser
+    from cache_edge.server.config import load_settings
 
     args = build_parser().parse_args([*svc["command"], "--config", str(compose_config)])
     assert args.command == "origin" and args.action == "setup-auto-invalidation", name

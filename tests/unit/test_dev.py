@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from cache_edge.cli import build_parser
-from cache_edge.config import load_settings
-from cache_edge.dev import (
+from cache_edge.cli.main import build_parser
+from cache_edge.devtools import services
+from cache_edge.devtools.check import RegionCheck, format_checks
+from cache_edge.devtools.config_file import load_or_make_secrets, write_config
+from cache_edge.devtools.delay_relay import DelayRelay
+from cache_edge.devtools.demo_db import dsn_with_database
+from cache_edge.devtools.dev import (
     DevOptions,
     DevStack,
     Region,
@@ -20,12 +24,8 @@ from cache_edge.dev import (
     redis_url_for_region,
     render_banner,
 )
-from cache_edge.devtools import services
-from cache_edge.devtools.check import RegionCheck, format_checks
-from cache_edge.devtools.config_file import load_or_make_secrets, write_config
-from cache_edge.devtools.delay_relay import DelayRelay
-from cache_edge.devtools.demo_db import dsn_with_database
 from cache_edge.devtools.services import Service, ServiceError
+from cache_edge.server.config import load_settings
 
 
 def dev_args(*argv: str) -> argparse.Namespace:

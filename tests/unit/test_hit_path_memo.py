@@ -5,11 +5,11 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from cache_edge.config import Limits
-from cache_edge.errors import BadRequest
-from cache_edge.keys import cache_key
-from cache_edge.protocol import parse_query, parse_query_body
-from cache_edge.wire import decode_body
+from cache_edge.common.errors import BadRequest
+from cache_edge.common.keys import cache_key
+from cache_edge.common.protocol import parse_query, parse_query_body
+from cache_edge.common.wire import decode_body
+from cache_edge.server.config import Limits
 
 
 def body(**fields: object) -> bytes:

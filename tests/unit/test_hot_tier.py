@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cache_edge.entry import Entry
-from cache_edge.purge_mirror import PurgeMirror
-from cache_edge.tiers.memory import MemoryTier
+from cache_edge.node.entry import Entry
+from cache_edge.node.purge_mirror import PurgeMirror
+from cache_edge.node.tiers.memory import MemoryTier
 
 
 def entry(size: int = 100, watermark: int = 10) -> Entry:

@@ -13,7 +13,7 @@ import pytest
 SCRIPT = textwrap.dedent(
     """
     import asyncio, gc, logging, sys, threading, warnings
-    from cache_edge.logs import configure_logging, get_logger
+    from cache_edge.server.logs import configure_logging, get_logger
 
     configure_logging("info", "json", service="test-service")
 

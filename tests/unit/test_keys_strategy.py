@@ -6,9 +6,9 @@ from decimal import Decimal
 
 import pytest
 
-from cache_edge.errors import BadRequest
-from cache_edge.keys import cache_key
-from cache_edge.strategy import CacheStrategy
+from cache_edge.common.errors import BadRequest
+from cache_edge.common.keys import cache_key
+from cache_edge.common.strategy import CacheStrategy
 
 
 def key(

@@ -7,14 +7,20 @@ import hashlib
 
 import pytest
 
-from cache_edge.auth import ApiKeys
-from cache_edge.config import Limits, TenantConfig
-from cache_edge.entry import Entry, core_to_dict, result_json, result_msgpack, split_origin_result
-from cache_edge.errors import BadRequest, OriginUnavailable, PayloadTooLarge, Unauthorized
-from cache_edge.protocol import parse_query, parse_transaction
-from cache_edge.signing import SignatureError, sign_headers, verify_headers
-from cache_edge.singleflight import Group
-from cache_edge.wire import json_loads, packb, unpackb
+from cache_edge.common.errors import BadRequest, OriginUnavailable, PayloadTooLarge, Unauthorized
+from cache_edge.common.protocol import parse_query, parse_transaction
+from cache_edge.common.signing import SignatureError, sign_headers, verify_headers
+from cache_edge.common.singleflight import Group
+from cache_edge.common.wire import json_loads, packb, unpackb
+from cache_edge.node.auth import ApiKeys
+from cache_edge.node.entry import (
+    Entry,
+    core_to_dict,
+    result_json,
+    result_msgpack,
+    split_origin_result,
+)
+from cache_edge.server.config import Limits, TenantConfig
 
 ORIGIN_ANSWER = {
     "columns": [{"name": "id", "type": "int4"}],
@@ -142,7 +148,7 @@ def test_entry_keeps_warnings_and_reads_the_old_format() -> None:
 
 
 def test_plan_dependencies_walks_subplans() -> None:
-    from origin.dependencies import plan_dependencies
+    from origin.core.dependencies import plan_dependencies
 
     plan = {
         "Relation Name": "orders", "Schema": "shop", "Output": ["orders.id", "now()"],
@@ -156,7 +162,7 @@ def test_plan_dependencies_walks_subplans() -> None:
 
 
 def test_node_and_origin_share_one_request_id_rule() -> None:
-    from cache_edge.request_ids import request_id
+    from cache_edge.common.request_ids import request_id
 
     for good in ("node-abc.123", "a:b", "x" * 128):
         assert request_id(good) == good
@@ -170,7 +176,7 @@ async def test_stop_tasks_outlasts_a_swallowed_cancellation() -> None:
     not make a graceful shutdown hang: the request to stop is repeated."""
     import asyncio
 
-    from cache_edge.tasks import stop_tasks
+    from cache_edge.server.tasks import stop_tasks
 
     swallowed = 0
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from asyncpg import exceptions as pg
 
-from cache_edge.config import OriginConfig, TenantConfig
-from cache_edge.errors import DatabaseUnavailable, InternalError, QueryError
-from origin.db_errors import is_connection_error, map_database_error
-from origin.pool import TenantPool
+from cache_edge.common.errors import DatabaseUnavailable, InternalError, QueryError
+from cache_edge.server.config import OriginConfig, TenantConfig
+from origin.core.db_errors import is_connection_error, map_database_error
+from origin.core.pool import TenantPool
 
 TENANT = TenantConfig("acme", (), "postgresql://app@db.invalid/app", pool_max_size=1)
 

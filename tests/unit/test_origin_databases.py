@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cache_edge.config import TenantConfig
-from origin.auto_setup import legacy_slot_name, slot_name
-from origin.databases import by_database, database_key
-from origin.slots import orphans
+from cache_edge.server.config import TenantConfig
+from origin.capture.setup import legacy_slot_name, slot_name
+from origin.capture.slots import orphans
+from origin.core.databases import by_database, database_key
 
 
 def tenant(tid: str, url: str, captured: bool = False) -> TenantConfig:

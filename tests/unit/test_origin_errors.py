@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from asyncpg import exceptions as pg
 
-from cache_edge.errors import (
+from cache_edge.common.errors import (
     BadRequest,
     CacheEdgeError,
     DatabaseUnavailable,
@@ -15,7 +15,7 @@ from cache_edge.errors import (
     QueryError,
     QueryTimeout,
 )
-from origin.db_errors import is_connection_error, is_stale_statement, map_database_error
+from origin.core.db_errors import is_connection_error, is_stale_statement, map_database_error
 
 
 @pytest.mark.parametrize(

@@ -12,12 +12,12 @@ import pytest
 from asyncpg import exceptions as pg
 from asyncpg.types import Attribute, Type
 
-from cache_edge.config import OriginConfig
-from cache_edge.errors import DatabaseUnavailable, NotCacheable, QueryError
-from cache_edge.protocol import QueryRequest, Statement, TransactionRequest
-from cache_edge.wire import unpackb
-from origin.executor import Executor
-from origin.session import looks_like_read
+from cache_edge.common.errors import DatabaseUnavailable, NotCacheable, QueryError
+from cache_edge.common.protocol import QueryRequest, Statement, TransactionRequest
+from cache_edge.common.wire import unpackb
+from cache_edge.server.config import OriginConfig
+from origin.core.executor import Executor
+from origin.core.session import looks_like_read
 
 INT4 = Type(oid=23, name="int4", kind="scalar", schema="pg_catalog")
 

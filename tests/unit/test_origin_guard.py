@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from cache_edge.errors import (
+from cache_edge.common.errors import (
     CacheEdgeError,
     DatabaseUnavailable,
     OriginDown,
@@ -14,7 +14,7 @@ from cache_edge.errors import (
     OriginUnavailable,
     QueryError,
 )
-from cache_edge.origin_guard import OriginGuard
+from cache_edge.node.origin_guard import OriginGuard
 
 
 class Clock:

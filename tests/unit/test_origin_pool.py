@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from cache_edge.config import OriginConfig, Settings, TenantConfig
-from cache_edge.errors import DatabaseUnavailable, PoolTimeout
-from origin.pool import OriginConnection, TenantPool, TenantPools, _reset_session
+from cache_edge.common.errors import DatabaseUnavailable, PoolTimeout
+from cache_edge.server.config import OriginConfig, Settings, TenantConfig
+from origin.core.pool import OriginConnection, TenantPool, TenantPools, _reset_session
 
 TENANT = TenantConfig("acme", (), "postgresql://app:hunter2@db.invalid/app", pool_max_size=2)
 

@@ -9,9 +9,9 @@ from decimal import Decimal
 
 import pytest
 
-from cache_edge.errors import ResponseTooLarge
-from cache_edge.wire import json_loads, packb, unpackb
-from origin.results import (
+from cache_edge.common.errors import ResponseTooLarge
+from cache_edge.common.wire import json_loads, packb, unpackb
+from origin.core.results import (
     ResultSet,
     RowBuffer,
     SizeBudget,
@@ -55,7 +55,7 @@ def test_first_three_entries_are_a_contiguous_spliceable_prefix() -> None:
 
 
 def test_node_splitter_accepts_the_origin_answer() -> None:
-    entry = pytest.importorskip("cache_edge.entry")
+    entry = pytest.importorskip("cache_edge.node.entry")
     raw = encode_query_response(result(), 5, "msgpack")
     core, rest = entry.split_origin_result(raw)
     assert rest == {"producedAt": 5, "watermark": 0}

@@ -12,8 +12,8 @@ import asyncpg
 import pytest
 from asyncpg.types import Type
 
-from cache_edge.errors import BadRequest
-from origin.types import coerce_params, to_wire_value, type_name
+from cache_edge.common.errors import BadRequest
+from origin.core.types import coerce_params, to_wire_value, type_name
 
 
 def t(name: str) -> Type:

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from cache_edge.config import ConfigError, RateLimit, load_settings, parse_settings
-from cache_edge.reloadable import merge_reloadable
+from cache_edge.server.config import ConfigError, RateLimit, load_settings, parse_settings
+from cache_edge.server.live_settings import merge_reloadable
 
 SECRET = "a-node-secret-of-enough-length"
 OLD = "the-old-node-secret-still-valid"

@@ -6,11 +6,11 @@ import asyncio
 
 import pytest
 
-from cache_edge.config import OriginConfig, RateLimit, TenantConfig
-from cache_edge.errors import PoolTimeout
-from cache_edge.fairshare import FairShare
-from cache_edge.ratelimit import LocalBuckets
-from origin.pool import TenantPool
+from cache_edge.common.errors import PoolTimeout
+from cache_edge.common.fairshare import FairShare
+from cache_edge.node.ratelimit import LocalBuckets
+from cache_edge.server.config import OriginConfig, RateLimit, TenantConfig
+from origin.core.pool import TenantPool
 from tests.unit.test_origin_pool import FakePool
 
 

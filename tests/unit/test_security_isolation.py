@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from cache_edge.auth import ApiKeys
-from cache_edge.config import TenantConfig
-from cache_edge.keys import cache_key, query_fingerprint
-from cache_edge.tiers.redis import RedisTier
+from cache_edge.common.keys import cache_key, query_fingerprint
+from cache_edge.node.auth import ApiKeys
+from cache_edge.node.tiers.redis import RedisTier
+from cache_edge.server.config import TenantConfig
 from tests.conftest import sha
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache_edge.signing import (
+from cache_edge.common.signing import (
     NONCE_HEADER,
     SIGNATURE_HEADER,
     TENANT_HEADER,
@@ -14,7 +14,7 @@ from cache_edge.signing import (
     signed_until,
     verify_headers,
 )
-from origin.replay import ReplayCache
+from origin.core.replay import ReplayCache
 
 NEW = "new-secret-0123456789abcdef"
 OLD = "old-secret-0123456789abcdef"

@@ -12,7 +12,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from cache_edge.serving import ConnectionCap
+from cache_edge.server.serving import ConnectionCap
 
 
 class FakeTransport(asyncio.Transport):

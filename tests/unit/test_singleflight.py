@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from cache_edge.singleflight import Group
+from cache_edge.common.singleflight import Group
 
 
 async def test_callers_during_a_flight_share_it() -> None:

@@ -9,8 +9,8 @@ from decimal import Decimal
 import msgpack
 import pytest
 
-from cache_edge.errors import BadRequest
-from cache_edge.wire import (
+from cache_edge.common.errors import BadRequest
+from cache_edge.common.wire import (
     format_duration,
     json_dumps,
     json_loads,

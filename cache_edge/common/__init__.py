@@ -1,0 +1,2 @@
+"""Leaves both sides use: errors, wire codec, keys, strategies, request shapes, single-
+flight, signing, request ids. They import nothing above them."""

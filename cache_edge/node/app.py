@@ -1,0 +1,470 @@
+"""The regional node's HTTP face: thin aiohttp handlers over the QueryCache.
+
+Handlers authenticate, decode, validate and encode; every decision about
+caching lives in :mod:`cache_edge.node.read_path`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import functools
+import math
+import ssl
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from cache_edge.common.errors import (
+    BadRequest,
+    CacheEdgeError,
+    InternalError,
+    NotFound,
+    PayloadTooLarge,
+)
+from cache_edge.common.protocol import parse_invalidate, parse_query_body, parse_transaction
+from cache_edge.common.request_ids import REQUEST_ID_HEADER, request_id
+from cache_edge.common.wire import (
+    CONTENT_TYPES,
+    WireFormat,
+    decode_body,
+    encode_body,
+    request_format,
+    response_format,
+    unpackb,
+)
+from cache_edge.node.applier import Applier
+from cache_edge.node.auth import ApiKeys, Principal
+from cache_edge.node.entry import result_json, result_msgpack
+from cache_edge.node.metrics import NodeMetrics
+from cache_edge.node.origin_client import OriginClient
+from cache_edge.node.origin_guard import OriginGuard
+from cache_edge.node.purge_mirror import PurgeMirror
+from cache_edge.node.ratelimit import RateLimiter
+from cache_edge.node.read_path import Answer, QueryCache
+from cache_edge.node.stream_http import serve_stream
+from cache_edge.node.streams import StreamHub
+from cache_edge.node.tiers.memory import MemoryTier
+from cache_edge.node.tiers.redis import RedisTier
+from cache_edge.server.bodies import BodyTimeout, answer_and_close, read_capped
+from cache_edge.server.config import Settings
+from cache_edge.server.httplog import quiet_client_errors
+from cache_edge.server.logs import get_logger
+from cache_edge.server.reload import ConfigWatcher, LiveSettings
+from cache_edge.server.serving import ConnectionCap, raise_fd_limit, serve
+from cache_edge.server.tls import client_context, reload_server_context, server_context
+
+__all__ = ["create_node_app", "run_node"]
+
+log = get_logger(__name__)
+
+SETTINGS = web.AppKey("settings", Settings)
+CACHE = web.AppKey("cache", QueryCache)
+TIER = web.AppKey("tier", RedisTier)
+ORIGIN = web.AppKey("origin", OriginClient)
+KEYS = web.AppKey("keys", ApiKeys)
+METRICS = web.AppKey("metrics", NodeMetrics)
+APPLIER = web.AppKey("applier", Applier)
+LIVE = web.AppKey("live", LiveSettings)  # the reloadable part of the settings, current
+LIMITER = web.AppKey("limiter", RateLimiter)
+TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
+STREAMS = web.AppKey("streams", StreamHub)
+CONNECTIONS = web.AppKey("connections", ConnectionCap)
+
+_RID = "request_id"
+_FMT = "wire_format"
+
+
+def _request_id(request: web.Request) -> str:
+    return request_id(request.headers.get(REQUEST_ID_HEADER))
+
+
+@functools.lru_cache(maxsize=4096)
+def _iso_ms(epoch_ms: int) -> str:
+    # Cached: every hit of an entry formats the same producedAt.
+    stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _error_response(exc: CacheEdgeError, request: web.Request) -> web.Response:
+    rid = request.get(_RID) or uuid.uuid4().hex
+    fmt = response_format(request.headers.get("Accept"), request.get(_FMT, "json"))
+    headers = {"X-Request-Id": rid, "Content-Type": CONTENT_TYPES[fmt]}
+    if exc.retry_after is not None:
+        # Rounded up: a client that waits as told finds a token (or a connection) free.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+    return web.Response(status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers)
+
+
+@web.middleware
+async def error_middleware(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    request[_RID] = _request_id(request)
+    metrics = request.app[METRICS]
+    try:
+        return await handler(request)
+    except BodyTimeout as exc:
+        metrics.errors.labels(exc.code).inc()
+        response = _error_response(exc, request)
+        await answer_and_close(request, response)  # the client stalled: no lingering for it
+        return response
+    except CacheEdgeError as exc:
+        metrics.errors.labels(exc.code).inc()
+        return _error_response(exc, request)
+    except web.HTTPRequestEntityTooLarge:
+        metrics.errors.labels("payload_too_large").inc()
+        limit = request.app[SETTINGS].limits.max_body_bytes
+        return _error_response(
+            PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"), request
+        )
+    except web.HTTPNotFound:
+        return _error_response(NotFound(f"no such endpoint: {request.path}"), request)
+    except web.HTTPMethodNotAllowed as exc:
+        err = BadRequest(
+            f"method {request.method} not allowed; use {', '.join(exc.allowed_methods)}"
+        )
+        return _error_response(err, request)
+    except web.HTTPException:
+        raise
+    except Exception:
+        metrics.errors.labels("internal").inc()
+        log.exception("unhandled_error", path=request.path, request_id=request[_RID])
+        return _error_response(InternalError("internal error; see the node's log"), request)
+
+
+async def _authenticate(request: web.Request) -> Principal:
+    """Who is calling (or Unauthorized), charged one token of its key's rate limit."""
+    who = request.app[KEYS].authenticate(request.headers.get("Authorization"))
+    limit = request.app[LIVE].current.rate_limit_for(who.tenant)
+    await request.app[LIMITER].check(who, limit)
+    return who
+
+
+async def _read_raw(request: web.Request) -> bytes:
+    settings = request.app[SETTINGS]
+    request[_FMT] = request_format(request.headers.get("Content-Type"))
+    return await read_capped(request, settings.limits.max_body_bytes, settings.node.body_timeout)
+
+
+async def _read_body(request: web.Request) -> Any:
+    return decode_body(await _read_raw(request), request[_FMT])
+
+
+def _answer_response(request: web.Request, answer: Answer, started: float) -> web.Response:
+    now = time.time()
+    age = max(0.0, now - answer.produced_at_ms / 1000) if answer.produced_at_ms else 0.0
+    if answer.status == "none":
+        age = 0.0
+    rid = request[_RID]
+    info: dict[str, Any] = {
+        "cacheStatus": answer.status,
+        "region": request.app[SETTINGS].node.region,
+        "lastModified": _iso_ms(answer.produced_at_ms),
+        "age": round(age, 3),
+        "requestId": rid,
+        "signature": answer.signature,
+    }
+    if answer.error:
+        info["error"] = answer.error
+    if answer.cache_error:
+        info["cacheError"] = answer.cache_error
+    if answer.warnings:
+        info["warnings"] = list(answer.warnings)
+    if answer.invalidation:
+        info["invalidation"] = answer.invalidation
+    fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
+    body = result_msgpack(answer.core, info) if fmt == "msgpack" else result_json(answer.core, info)
+    metrics = request.app[METRICS]
+    metrics.answered(answer.status, time.perf_counter() - started)
+    if answer.cache_error:
+        metrics.redis_errors.inc()
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": CONTENT_TYPES[fmt],
+            "X-Cache-Status": answer.status,
+            "Age": str(int(age)),
+            "X-Request-Id": rid,
+        },
+    )
+
+
+async def handle_query(request: web.Request) -> web.Response:
+    started = time.perf_counter()
+    tenant = (await _authenticate(request)).tenant
+    body = await _read_raw(request)
+    req = parse_query_body(body, request[_FMT], request.app[SETTINGS].limits)
+    answer = await request.app[CACHE].query(tenant, req, request[_RID])
+    return _answer_response(request, answer, started)
+
+
+async def handle_transaction(request: web.Request) -> web.Response:
+    tenant = (await _authenticate(request)).tenant
+    tx = parse_transaction(await _read_body(request), request.app[SETTINGS].limits)
+    result = await request.app[ORIGIN].transaction(
+        tenant, tx.statements, tx.isolation, request[_RID]
+    )
+    body = unpackb(result.body)
+    produced = int(body.pop("producedAt", 0))
+    body["info"] = {
+        "cacheStatus": "none",
+        "region": request.app[SETTINGS].node.region,
+        "lastModified": _iso_ms(produced),
+        "age": 0.0,
+        "requestId": request[_RID],
+        "signature": None,
+    }
+    invalidation = body.pop("invalidation", None)
+    if invalidation:
+        body["info"]["invalidation"] = invalidation
+    fmt = response_format(request.headers.get("Accept"), request[_FMT])
+    request.app[METRICS].requests.labels("none").inc()
+    return web.Response(
+        body=encode_body(body, fmt),
+        headers={
+            "Content-Type": CONTENT_TYPES[fmt],
+            "X-Cache-Status": "none",
+            "Age": "0",
+            "X-Request-Id": request[_RID],
+        },
+    )
+
+
+def _plain_response(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
+    fmt = response_format(request.headers.get("Accept"), request.get(_FMT, "json"))
+    return web.Response(
+        status=status,
+        body=encode_body(body, fmt),
+        headers={"Content-Type": CONTENT_TYPES[fmt], "X-Request-Id": request[_RID]},
+    )
+
+
+async def handle_invalidate(request: web.Request) -> web.Response:
+    tenant = (await _authenticate(request)).tenant
+    inv = parse_invalidate(await _read_body(request))
+    result = await request.app[ORIGIN].invalidate(
+        tenant, inv.tags, inv.purge_all, inv.wait, request[_RID], tables=inv.tables
+    )
+    return _plain_response(request, result)
+
+
+async def handle_invalidation_status(request: web.Request) -> web.Response:
+    tenant = (await _authenticate(request)).tenant
+    result = await request.app[ORIGIN].invalidation_status(
+        tenant, request.match_info["id"], request[_RID]
+    )
+    return _plain_response(request, result)
+
+
+async def handle_stream(request: web.Request) -> web.StreamResponse:
+    tenant = (await _authenticate(request)).tenant
+    return await serve_stream(request, request.app[STREAMS], tenant, request.app[SETTINGS].node)
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "region": request.app[SETTINGS].node.region})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    redis_ok = await request.app[TIER].ping()
+    origin_ok = await request.app[ORIGIN].ping()
+    ready = redis_ok and origin_ok
+    return web.json_response(
+        {"ready": ready, "redis": redis_ok, "origin": origin_ok}, status=200 if ready else 503
+    )
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    stats = request.app[CACHE].stats
+    metrics.origin_calls.set(stats.origin_calls)
+    metrics.coalesced.labels("process").set(stats.coalesced_local)
+    metrics.coalesced.labels("region").set(stats.coalesced_region)
+    metrics.refreshes.set(stats.refreshes)
+    metrics.memory_hits.set(stats.memory_hits)
+    metrics.unchecked.labels("no_sync_lease").set(stats.unvouched_fills)
+    metrics.unchecked.labels("late_joiner").set(stats.unchecked_refetches)
+    metrics.resyncs.set(request.app[APPLIER].resyncs)
+    if STREAMS in request.app:
+        hub = request.app[STREAMS]
+        for tenant, (subscribers, received) in hub.stats().items():
+            metrics.stream_subscribers.labels(tenant).set(subscribers)
+            metrics.stream_events.labels(tenant).set(received)
+        metrics.stream_dropped.set(hub.dropped)
+    memory = request.app[CACHE].memory
+    if memory is not None:
+        metrics.memory_bytes.set(memory.used_bytes)
+        metrics.memory_entries.set(len(memory))
+    return web.Response(
+        body=generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _resources(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    node = settings.node
+    tier = RedisTier(
+        node.redis_url,
+        timeout=node.redis_timeout,
+        max_connections=node.redis_max_connections,
+        retry_after=node.redis_retry_after,
+        cluster=node.redis_cluster,
+    )
+    origin = OriginClient(
+        node.origin_url,
+        settings.node_secret,
+        timeout=node.origin_timeout,
+        connect_timeout=node.origin_connect_timeout,
+        max_connections=node.origin_max_connections,
+        ssl_context=client_context(node.origin_ca),
+        guard=OriginGuard(
+            max_waiting=node.origin_max_waiting,
+            failures=node.origin_breaker_failures,
+            probe_interval=node.origin_probe_interval,
+        ),
+    )
+    limiter = RateLimiter(
+        node.redis_url,
+        timeout=node.redis_timeout,
+        retry_after=node.redis_retry_after,
+        cluster=node.redis_cluster,
+    )
+    app[TIER] = tier
+    app[ORIGIN] = origin
+    app[LIMITER] = limiter
+    # Every Redis client is set up before the node serves (issue 13, H), within a bound:
+    # Redis is an accelerator, so a node whose Redis is down starts and falls back.
+    budget = max(1.0, 4 * node.redis_timeout)
+    redis_ready = await _ready(asyncio.gather(tier.connect(), limiter.connect()), budget)
+    memory = MemoryTier(node.memory_cache_mb * 1024 * 1024)
+    mirror = PurgeMirror(node.region, uuid.uuid4().hex[:12], tier, memory)
+    if node.memory_cache_mb:
+        mirror.start()
+        redis_ready = redis_ready and await mirror.subscribed(budget)
+    if not redis_ready:
+        log.warning("redis_not_ready", region=node.region, waited=budget)
+    app[CACHE] = QueryCache(node, tier, origin, memory=memory, mirror=mirror)
+    applier = Applier(
+        node.region,
+        [t.id for t in settings.tenants],
+        tier,
+        origin,
+        sync_grace=node.sync_grace,
+        memory_lease=node.memory_lease,
+    )
+    app[APPLIER] = applier
+    applier.start()
+    app[STREAMS] = StreamHub(origin, buffer=node.stream_buffer, ring=node.stream_ring)
+    watcher = _watch_config(app, origin)
+    log.info("node_started", region=node.region, listen=str(node.listen))
+    yield
+    if watcher is not None:
+        await watcher.stop()
+    await applier.stop()
+    await mirror.stop()
+    await app[CACHE].drain()
+    await origin.close()
+    await limiter.close()
+    await tier.close()
+
+
+async def _ready(setup: Awaitable[tuple[bool, ...]], timeout: float) -> bool:
+    try:
+        return all(await asyncio.wait_for(setup, timeout))
+    except TimeoutError:
+        return False
+
+
+async def _end_streams(app: web.Application) -> None:
+    # Before the graceful drain: open streams would otherwise hold it for its whole timeout.
+    if STREAMS in app:
+        await app[STREAMS].close()
+
+
+def _watch_config(app: web.Application, origin: OriginClient) -> ConfigWatcher | None:
+    """Reload API keys, node secrets, rate limits and the TLS certificate without a restart."""
+    live = app[LIVE]
+
+    def apply(settings: Settings) -> None:
+        app[KEYS].replace(settings.tenants)
+        origin.set_secret(settings.node_secret)
+        reload_server_context(app.get(TLS), settings.node.tls_cert, settings.node.tls_key)
+
+    live.subscribe(apply)
+    if live.current.source is None:
+        return None  # built in code (tests), not from a file: nothing to reload from
+    watcher = ConfigWatcher(live)
+    watcher.start()
+    return watcher
+
+
+def create_node_app(settings: Settings) -> web.Application:
+    connections = ConnectionCap(settings.node.max_connections)
+    app = web.Application(
+        middlewares=[connections.middleware, error_middleware],
+        client_max_size=settings.limits.max_body_bytes,
+    )
+    app[CONNECTIONS] = connections
+    app[SETTINGS] = settings
+    app[LIVE] = LiveSettings(settings)
+    app[KEYS] = ApiKeys(settings.tenants)
+    app[METRICS] = NodeMetrics(settings.node.region)
+    tls = server_context(settings.node.tls_cert, settings.node.tls_key)
+    if tls is not None:
+        app[TLS] = tls
+    app.cleanup_ctx.append(_resources)
+    app.on_shutdown.append(_end_streams)
+    app.router.add_post("/v1/query", handle_query)
+    app.router.add_post("/v1/transaction", handle_transaction)
+    app.router.add_post("/v1/invalidate", handle_invalidate)
+    app.router.add_get("/v1/invalidations/{id}", handle_invalidation_status)
+    app.router.add_get("/v1/stream", handle_stream)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    return app
+
+
+def run_node(settings: Settings) -> None:
+    from cache_edge.server.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format, service="cache-edge-node")
+    quiet_client_errors()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional on exotic platforms
+        pass
+    node = settings.node
+    app = create_node_app(settings)
+    cap = app[CONNECTIONS]
+    before, soft, hard = raise_fd_limit()
+    # Room for the node's own sockets and files: Redis and origin pools, long-polls, logs.
+    reserve = node.redis_max_connections * 2 + node.origin_max_connections + 256
+    cap.limit = max(1, min(node.max_connections, soft - reserve))
+    log.info("fd_limit", soft_before=before, soft=soft, hard=hard, max_connections=cap.limit)
+    if cap.limit < node.max_connections:
+        log.warning(
+            "max_connections_lowered",
+            configured=node.max_connections,
+            max_connections=cap.limit,
+            reason=f"file-descriptor limit {soft} (hard {hard})",
+        )
+    serve(
+        app,
+        cap,
+        host=node.listen.host,
+        port=node.listen.port,
+        ssl_context=app.get(TLS),
+        keepalive_timeout=node.keepalive_timeout,
+        shutdown_timeout=node.shutdown_timeout,
+        reuse_port=node.reuse_port,
+        # aiohttp's default (128) overflows when a thousand clients connect at once.
+        backlog=node.backlog,
+    )

@@ -1,0 +1,507 @@
+"""The read path: cache key -> shared tier -> freshness rules -> origin, coalesced per region.
+
+Coalescing has two floors. Inside a process, a single-flight group lets one
+task fetch per key. Across the processes of a region, the fetching task first
+takes a short Redis lock on the key; whoever loses waits for the winner's entry
+to appear instead of calling the origin, so a stampede over many processes
+still costs one origin execution. Stale-while-revalidate refreshes take the
+same lock, which makes them one per key per region.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cache_edge.common.errors import (
+    CacheEdgeError,
+    DatabaseUnavailable,
+    InternalError,
+    OriginUnavailable,
+    PoolTimeout,
+    QueryTimeout,
+)
+from cache_edge.common.keys import cache_key
+from cache_edge.common.protocol import QueryRequest, Statement
+from cache_edge.common.singleflight import Group
+from cache_edge.common.strategy import CacheStrategy
+from cache_edge.node.applier import is_current, required_watermark, survives
+from cache_edge.node.entry import Entry, split_origin_result
+from cache_edge.node.origin_client import OriginClient
+from cache_edge.node.purge_mirror import PurgeMirror
+from cache_edge.node.tiers.memory import MemoryTier
+from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
+from cache_edge.server.config import NodeConfig
+from cache_edge.server.logs import get_logger
+from cache_edge.server.tasks import stop_tasks
+
+__all__ = ["Answer", "QueryCache"]
+
+log = get_logger(__name__)
+
+# Origin failures after which a stale entry may stand in (staleIfError).
+_STALE_OK = (OriginUnavailable, DatabaseUnavailable, PoolTimeout, QueryTimeout, InternalError)
+
+
+@dataclass(slots=True)
+class Answer:
+    """What the node tells the client: the result core plus how it was obtained."""
+
+    core: bytes
+    status: str  # none | miss | ttl | swr | stale
+    produced_at_ms: int
+    signature: str | None = None
+    error: str | None = None  # the origin error a stale answer stands in for
+    cache_error: str | None = None  # why the shared tier was bypassed
+    warnings: tuple[str, ...] = ()  # what the result depends on besides table contents
+    # A write's purge under automatic invalidation: {id, seq, recorded} (origin/core/app.py).
+    invalidation: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Flight:
+    """Everything one fetch of one key needs."""
+
+    tenant: str
+    sig: str
+    stmt: Statement
+    strategy: CacheStrategy
+    request_id: str
+    # The strategy's tags plus the implicit table tags last seen for this statement text.
+    tags: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class _Fetched:
+    """A flight's result, and whether the region's purge state vouched for it.
+
+    Unchecked rows (Redis unavailable, or no sync lease) may predate a purge applied
+    while they were being fetched. They are fine for the requests that were waiting
+    when the fetch started, never for one that arrived later (see :meth:`QueryCache._fill`).
+    """
+
+    entry: Entry
+    checked: bool
+    started: float  # time.monotonic() when the fetch began
+    cache_error: str | None = None
+
+
+def _merged(tags: tuple[str, ...], extra: tuple[str, ...] | None) -> tuple[str, ...]:
+    if not extra:
+        return tags  # the hit path of tenants without implicit tags: nothing to build
+    missing = tuple(t for t in extra if t not in tags)
+    return tags + missing if missing else tags
+
+
+_LOCK_LEASE_MS = 3000
+
+# Statement texts whose implicit tags a process remembers (a flush past it is harmless).
+_MAX_IMPLICIT = 10_000
+
+
+@dataclass(slots=True)
+class Stats:
+    origin_calls: int = 0  # queries this process sent to the origin
+    coalesced_local: int = 0  # misses that joined another task's fetch in this process
+    coalesced_region: int = 0  # misses answered by another process's fetch
+    refreshes: int = 0  # background swr refreshes started here
+    refresh_failures: int = 0
+    raced_purges: int = 0  # fetches discarded because a purge overtook them
+    memory_hits: int = 0  # answered from this process's hot tier, no Redis round trip
+    unvouched_fills: int = 0  # fetches not stored: no sync lease to check them against
+    unchecked_refetches: int = 0  # joiners that needed a fetch begun after they arrived
+    unstored_after_races: int = 0  # fetches overtaken by purges three times: answered only
+
+
+class QueryCache:
+    def __init__(
+        self,
+        config: NodeConfig,
+        tier: RedisTier,
+        origin: OriginClient,
+        clock: Callable[[], float] = time.time,
+        memory: MemoryTier | None = None,
+        mirror: PurgeMirror | None = None,
+    ) -> None:
+        self._config = config
+        self._tier = tier
+        # The hot tier only works with a mirror of the purge state to judge it by.
+        self._memory = memory if mirror is not None else None
+        self._mirror = mirror
+        self._origin = origin
+        self._clock = clock
+        self._flights: Group[_Fetched] = Group()
+        self._background: set[asyncio.Task[None]] = set()
+        # Fill locks are short leases renewed while their holder fetches: a holder that
+        # died (kill -9) stops renewing, and the region's waiters take over within
+        # seconds instead of waiting out a lock as long as the origin timeout.
+        self._lock_ttl_ms = _LOCK_LEASE_MS
+        # (tenant, sql) -> the implicit tags (tables) its entries carry, so a hit can read
+        # their purge state in the same round trip as the entry (docs/auto-invalidation.md).
+        self._implicit: dict[tuple[str, str], tuple[str, ...]] = {}
+        self.stats = Stats()
+
+    async def query(self, tenant: str, req: QueryRequest, request_id: str) -> Answer:
+        strategy = req.strategy
+        if not strategy.cached:
+            result = await self._origin.query(
+                tenant, req.statement, read_only=False, request_id=request_id
+            )
+            self.stats.origin_calls += 1
+            core, meta = split_origin_result(result.body)
+            inv = meta.get("invalidation")
+            return Answer(
+                core,
+                "none",
+                int(meta.get("producedAt", 0)),
+                invalidation=inv if isinstance(inv, dict) else None,
+            )
+
+        stmt = req.statement
+        sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
+        implicit = self._implicit.get((tenant, stmt.sql))
+        tags = _merged(strategy.tags, implicit)
+        flight = _Flight(tenant, sig, stmt, strategy, request_id, tags)
+        hot = self._hot(flight)
+        if hot is not None:
+            return hot
+        cache_error: str | None = None
+        entry: Entry | None = None
+        state: list[bytes | None] = []
+        try:
+            raw, state = await self._tier.lookup(tenant, sig, tags)
+            entry = Entry.decode(raw) if raw is not None else None
+            if entry is not None:
+                state = await self._state_covering(flight, entry, state)
+        except TierUnavailable as exc:
+            cache_error = "redis_unavailable"
+            log.warning("cache_tier_unavailable", error=str(exc), request_id=request_id)
+
+        # An entry a purge applied here has voided is never served, not even as stale.
+        # Without a sync lease (cut off from the origin) we cannot tell: such entries may
+        # still stand in on origin failure (staleIfError), never as fresh.
+        fallback: Entry | None = None
+        # Not current only because the region lost its sync lease: may stand in for an
+        # origin failure if no purge the region knows of has voided it (checked then).
+        unvouched: Entry | None = None
+        if entry is not None:
+            if is_current(entry.watermark, state):
+                age = entry.age(self._clock())
+                if age < strategy.ttl:
+                    self._remember(flight, entry)
+                    return Answer(
+                        entry.core, "ttl", entry.produced_at_ms, sig, warnings=entry.warnings
+                    )
+                if age < strategy.ttl + strategy.swr:
+                    self._refresh_in_background(flight, entry, required_watermark(state))
+                    return Answer(
+                        entry.core, "swr", entry.produced_at_ms, sig, warnings=entry.warnings
+                    )
+                fallback = entry
+            elif state and state[0] is None and strategy.stale_if_error:
+                unvouched = entry
+
+        try:
+            fresh = await self._fill(flight, entry, required_watermark(state))
+        except _STALE_OK as exc:
+            if unvouched is not None and await self._survives(flight, unvouched, state):
+                fallback = unvouched
+            if fallback is not None and fallback.age(self._clock()) < strategy.retention:
+                log.warning("serving_stale_on_error", code=exc.code, request_id=request_id)
+                return Answer(
+                    fallback.core,
+                    "stale",
+                    fallback.produced_at_ms,
+                    sig,
+                    error=exc.code,
+                    warnings=fallback.warnings,
+                )
+            raise
+        return Answer(
+            fresh.entry.core,
+            "miss",
+            fresh.entry.produced_at_ms,
+            sig,
+            cache_error=cache_error or fresh.cache_error,
+            warnings=fresh.entry.warnings,
+        )
+
+    async def _survives(self, flight: _Flight, entry: Entry, state: list[bytes | None]) -> bool:
+        """May an entry the region cannot vouch for stand in as stale? Only if it was
+        produced after the region's durable floor and after every purge of its tags."""
+        try:
+            floor = await self._tier.durable_floor(flight.tenant)
+        except TierUnavailable:
+            return False
+        return floor is not None and survives(entry.watermark, floor, state[1:])
+
+    @property
+    def memory(self) -> MemoryTier | None:
+        return self._memory
+
+    async def _state_covering(
+        self, flight: _Flight, entry: Entry, state: list[bytes | None]
+    ) -> list[bytes | None]:
+        """The purge state for every tag of ``entry``: a second read only when the entry
+        carries implicit tags this process did not know yet (first hit, schema change)."""
+        if not entry.tags:
+            return state
+        self._learn(flight, entry)
+        if all(t in flight.tags for t in entry.tags):
+            return state
+        return await self._tier.state(
+            flight.tenant, flight.sig, _merged(flight.strategy.tags, entry.tags)
+        )
+
+    def _learn(self, flight: _Flight, entry: Entry) -> None:
+        key = (flight.tenant, flight.stmt.sql)
+        if self._implicit.get(key) != entry.tags:
+            if len(self._implicit) >= _MAX_IMPLICIT:
+                self._implicit.clear()
+            self._implicit[key] = entry.tags
+
+    # ------------------------------------------------------------- hot tier
+
+    def _hot(self, flight: _Flight) -> Answer | None:
+        """A hit from this process's memory, judged by the mirrored purge state."""
+        if self._memory is None or self._mirror is None:
+            return None
+        tenant, strategy = flight.tenant, flight.strategy
+        now = self._clock()
+        entry = self._memory.get(self._tier.entry_key(tenant, flight.sig), now)
+        if entry is None:
+            return None
+        tags = _merged(strategy.tags, entry.tags)
+        if not self._mirror.is_current(tenant, entry.watermark, tags):
+            return None
+        age = entry.age(now)
+        if age < strategy.ttl:
+            self.stats.memory_hits += 1
+            return Answer(
+                entry.core, "ttl", entry.produced_at_ms, flight.sig, warnings=entry.warnings
+            )
+        if age < strategy.ttl + strategy.swr:
+            self.stats.memory_hits += 1
+            required = self._mirror.required(tenant, tags)
+            self._refresh_in_background(flight, entry, required)
+            return Answer(
+                entry.core, "swr", entry.produced_at_ms, flight.sig, warnings=entry.warnings
+            )
+        return None
+
+    def _remember(self, flight: _Flight, entry: Entry) -> None:
+        if self._memory is None or self._mirror is None:
+            return
+        tenant, strategy = flight.tenant, flight.strategy
+        tags = _merged(strategy.tags, entry.tags)
+        if not self._mirror.is_current(tenant, entry.watermark, tags):
+            return  # the mirror is behind, cut off, or knows of a purge: keep it in Redis only
+        expires = entry.produced_at_ms / 1000 + strategy.ttl + strategy.swr
+        self._memory.put(self._tier.entry_key(tenant, flight.sig), tenant, entry, expires)
+
+    # ------------------------------------------------------------------ fills
+
+    async def _fill(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> _Fetched:
+        """One fetch per key per process; unchecked rows go only to whoever was waiting
+        before that fetch began. A request that arrived later (possibly after a purge
+        was applied) joins, or starts, a fetch that begins after it arrived."""
+        arrived = time.monotonic()
+
+        async def run() -> _Fetched:
+            return await self._fill_region(flight, seen, min_watermark)
+
+        while True:
+            fetched, shared = await self._flights.do((flight.tenant, flight.sig), run)
+            if fetched.checked or not shared or fetched.started >= arrived:
+                if shared:
+                    self.stats.coalesced_local += 1
+                return fetched
+            self.stats.unchecked_refetches += 1
+
+    async def _fill_region(
+        self, flight: _Flight, seen: Entry | None, min_watermark: int
+    ) -> _Fetched:
+        """Fetch once per region: take the key's lock, or wait for its holder's entry."""
+        started = time.monotonic()
+        tenant, sig = flight.tenant, flight.sig
+        lock_key = self._tier.lock_key(tenant, sig)
+        token = secrets.token_hex(8)
+        deadline = time.monotonic() + self._config.coalesce_wait
+        delay = 0.005
+        while True:
+            try:
+                locked = await self._tier.try_lock(lock_key, token, self._lock_ttl_ms)
+            except TierUnavailable:
+                # No shared tier: coalescing stays per process.
+                return await self._fetch_and_store(flight, min_watermark, started)
+            if locked:
+                async with self._holding(lock_key, token):
+                    try:
+                        # Double-check: the previous holder may have stored it just now.
+                        newer = await self._newer_entry(flight, seen)
+                        if newer is not None:
+                            self.stats.coalesced_region += 1
+                            return _Fetched(newer, True, started)
+                    except TierUnavailable:
+                        pass  # Redis failed under the lock: fetch like any Redis failure
+                    return await self._fetch_and_store(flight, min_watermark, started)
+            # Another process of the region is fetching this key: wait for its entry.
+            while time.monotonic() < deadline:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                try:
+                    got = await self._newer_entry(flight, seen)
+                    if got is not None:
+                        self.stats.coalesced_region += 1
+                        return _Fetched(got, True, started)
+                    if not await self._tier.exists(lock_key):
+                        break  # the holder finished without a usable entry: try ourselves
+                except TierUnavailable:
+                    return await self._fetch_and_store(flight, min_watermark, started)
+            else:
+                # Waited long enough; a hung holder must not hang us.
+                return await self._fetch_and_store(flight, min_watermark, started)
+
+    async def _newer_entry(self, flight: _Flight, seen: Entry | None) -> Entry | None:
+        """A servable entry produced after ``seen`` (someone else refreshed it), if any."""
+        raw, state = await self._tier.lookup(flight.tenant, flight.sig, flight.tags)
+        got = Entry.decode(raw) if raw is not None else None
+        if got is None:
+            return None
+        state = await self._state_covering(flight, got, state)
+        if not is_current(got.watermark, state):
+            return None
+        if seen is not None and got.produced_at_ms <= seen.produced_at_ms:
+            return None
+        return got
+
+    async def _fetch_and_store(
+        self, flight: _Flight, min_watermark: int, started: float
+    ) -> _Fetched:
+        """Fetch from the origin; store only rows no purge applied here has voided.
+
+        A purge can be applied while the fetch is in flight. Its rows may then predate
+        the purge; they are neither stored nor served: we fetch again, asking the origin
+        for a watermark at least as new as the region's state. Rows the region cannot
+        check (Redis unavailable, or no sync lease) are returned unchecked and never
+        stored: a later reader must not find rows older than a purge it was told about.
+        """
+        tenant, strategy = flight.tenant, flight.strategy
+        for _attempt in range(3):
+            attempt_started = time.monotonic()
+            result = await self._origin.query(
+                tenant,
+                flight.stmt,
+                read_only=True,
+                request_id=flight.request_id,
+                min_watermark=min_watermark,
+            )
+            self.stats.origin_calls += 1
+            core, meta = split_origin_result(result.body)
+            entry = Entry(
+                int(meta.get("producedAt", 0)),
+                core,
+                int(meta.get("watermark", 0)),
+                tuple(str(w) for w in meta.get("warnings", ())),
+                tuple(str(t) for t in meta.get("tags", ())),
+            )
+            if entry.tags:
+                self._learn(flight, entry)
+            try:
+                tags = _merged(strategy.tags, entry.tags)
+                state = await self._tier.state(tenant, flight.sig, tags)
+            except TierUnavailable:
+                return _Fetched(entry, False, started, "redis_unavailable")
+            if state[0] is None:
+                self.stats.unvouched_fills += 1
+                return _Fetched(entry, False, started)
+            if not is_current(entry.watermark, state):
+                self.stats.raced_purges += 1
+                min_watermark = max(min_watermark, required_watermark(state))
+                continue
+            try:
+                key = self._tier.entry_key(tenant, flight.sig)
+                await self._tier.set(key, entry.encode(), strategy.retention)
+            except TierUnavailable as exc:
+                log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
+            else:
+                self._remember(flight, entry)
+            return _Fetched(entry, True, started)
+        # Purges keep overtaking this key's fetches (a hot tag). The last rows were
+        # produced after every request waiting now had arrived, so they are fresh for
+        # those requests; they are not stored, and later arrivals fetch again.
+        self.stats.unstored_after_races += 1
+        log.info("fill_raced_repeatedly", request_id=flight.request_id)
+        return _Fetched(entry, False, attempt_started)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, lock_key: str, token: str) -> AsyncIterator[None]:
+        """Keep a fill lock alive while its holder works; release it afterwards."""
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(self._lock_ttl_ms / 3000)
+                try:
+                    if not await self._tier.lead(lock_key, token, self._lock_ttl_ms):
+                        return  # lost it (expired and taken): the new holder fetches too
+                except TierUnavailable:
+                    return
+
+        renewing = asyncio.create_task(renew())
+        try:
+            yield
+        finally:
+            await stop_tasks([renewing])
+            await self._release(lock_key, token)
+
+    async def _release(self, lock_key: str, token: str) -> None:
+        with contextlib.suppress(TierUnavailable):  # it expires on its own
+            await self._tier.unlock(lock_key, token)
+
+    # ------------------------------------------------------------ background
+
+    def _refresh_in_background(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
+        if self._flights.running((flight.tenant, flight.sig)):
+            return  # this process is already fetching the key
+        task = asyncio.create_task(self._refresh(flight, seen, min_watermark))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _refresh(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
+        lock_key = self._tier.lock_key(flight.tenant, flight.sig)
+        token = secrets.token_hex(8)
+        try:
+            if not await self._tier.try_lock(lock_key, token, self._lock_ttl_ms):
+                return  # another request or process of the region is refreshing it
+        except TierUnavailable:
+            return  # without the lock we cannot promise one refresh per region; skip
+
+        async def run() -> _Fetched:
+            started = time.monotonic()
+            # Double-check under the lock: a refresh that just finished elsewhere counts.
+            newer = await self._newer_entry(flight, seen)
+            if newer is not None:
+                return _Fetched(newer, True, started)
+            self.stats.refreshes += 1
+            return await self._fetch_and_store(flight, min_watermark, started)
+
+        try:
+            async with self._holding(lock_key, token):
+                await self._flights.do((flight.tenant, flight.sig), run)
+        except (CacheEdgeError, TierUnavailable) as exc:
+            self.stats.refresh_failures += 1
+            code = exc.code if isinstance(exc, CacheEdgeError) else "redis_unavailable"
+            log.warning("swr_refresh_failed", code=code, request_id=flight.request_id)
+        except Exception:
+            self.stats.refresh_failures += 1
+            log.exception("swr_refresh_crashed", request_id=flight.request_id)
+
+    async def drain(self, timeout: float = 5.0) -> None:
+        """Let background refreshes finish (graceful shutdown)."""
+        if self._background:
+            await asyncio.wait(list(self._background), timeout=timeout)

@@ -1,0 +1,83 @@
+"""The hot tier: recently served entries in this process's memory, bounded in bytes.
+
+It answers hits without a Redis round trip. It never decides freshness on its own:
+every hit is judged against the process's mirror of the region's purge state
+(:mod:`cache_edge.node.purge_mirror`), exactly as a Redis hit is judged against Redis.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from cache_edge.node.entry import Entry
+
+__all__ = ["MemoryTier"]
+
+_OVERHEAD = 600  # measured: key string, slot, Entry, bytes header, OrderedDict node
+
+
+@dataclass(frozen=True, slots=True)
+class _Slot:
+    tenant: str
+    entry: Entry
+    expires_at: float  # wall clock, like the entry's producedAt
+
+    @property
+    def size(self) -> int:
+        return len(self.entry.core) + _OVERHEAD
+
+
+class MemoryTier:
+    def __init__(self, budget_bytes: int) -> None:
+        self._budget = budget_bytes
+        self._used = 0
+        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self.hits = 0
+        self.evictions = 0
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def get(self, key: str, now: float) -> Entry | None:
+        slot = self._slots.get(key)
+        if slot is None:
+            return None
+        if now >= slot.expires_at:
+            self._drop(key)
+            return None
+        self._slots.move_to_end(key)
+        return slot.entry
+
+    def put(self, key: str, tenant: str, entry: Entry, expires_at: float) -> None:
+        if self._budget <= 0:
+            return
+        slot = _Slot(tenant, entry, expires_at)
+        if slot.size > self._budget // 8:
+            return  # one huge result must not flush everything else
+        if key in self._slots:
+            self._drop(key)
+        self._slots[key] = slot
+        self._used += slot.size
+        while self._used > self._budget:
+            oldest = next(iter(self._slots))
+            self._drop(oldest)
+            self.evictions += 1
+
+    def _drop(self, key: str) -> None:
+        slot = self._slots.pop(key)
+        self._used -= slot.size
+
+    def flush_tenant(self, tenant: str) -> int:
+        doomed = [k for k, s in self._slots.items() if s.tenant == tenant]
+        for key in doomed:
+            self._drop(key)
+        return len(doomed)
+
+    def flush(self) -> None:
+        self._slots.clear()
+        self._used = 0

@@ -1,0 +1,462 @@
+"""The region's shared tier: entries and fill locks in Redis, behind a circuit breaker.
+
+Redis is an accelerator, never a dependency of correctness or availability: any
+Redis failure surfaces as TierUnavailable, and after one failure the tier stays
+open-circuited for ``retry_after`` seconds so requests stop paying its timeout. On a
+Redis Cluster the breaker opens per node (tiers/cluster.py): keys on healthy masters
+keep hitting while one master is down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from cache_edge.node.tiers.cluster import NODE_ERRORS, NodeUnavailable, ScopedCluster
+from cache_edge.node.tiers.layout import CLUSTER_SHARDS, Layout
+
+__all__ = [
+    "REDIS_ERRORS",
+    "Progress",
+    "RedisTier",
+    "StateLost",
+    "TierUnavailable",
+    "redis_client",
+]
+
+# Delete the lock only if we still own it (the token), so a slow holder whose
+# lock expired cannot release a lock that another process has taken since.
+_LEAD = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2]) return 1
+end
+return 0
+"""
+_UNLOCK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
+return 0
+"""
+
+# Purge state is written only under the generation the applier read: a flush, an
+# eviction or a failover to an empty replica removes the marker, so the write is
+# refused and the applier resyncs instead of quietly recreating a state that has
+# forgotten purges (docs/invalidation.md, "losing the region's state").
+# KEYS: shard generation, sync lease, tag keys...; ARGV: generation, floor, lease ms, seqs...
+_APPLY_SHARD = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+for i = 3, #KEYS do redis.call('set', KEYS[i], ARGV[i + 1]) end
+redis.call('set', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return 1
+"""
+# KEYS: generation, applied, floor; ARGV: generation, applied as read, new applied, floor.
+# 0: the state was lost; 2: someone else moved ``applied`` (a deposed leader): re-read.
+_ADVANCE = """
+if redis.call('get', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('get', KEYS[2]) ~= ARGV[2] then return 2 end
+redis.call('set', KEYS[2], ARGV[3])
+redis.call('set', KEYS[3], ARGV[4])
+return 1
+"""
+
+
+# Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
+# OSError and timeouts, redis-py's cluster client has raised AttributeError while a
+# connection was being (re)established concurrently. Falling back is always safe here.
+REDIS_ERRORS: tuple[type[BaseException], ...] = (Exception,)
+
+
+def _as_bytes(values: list[bytes | str | None]) -> list[bytes | None]:
+    return [v.encode() if isinstance(v, str) else v for v in values]
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def redis_client(
+    url: str, *, timeout: float, max_connections: int, cluster: bool, retry_after: float = 1.0
+) -> Any:
+    """A region's Redis client: standalone with a bounded, blocking pool, or Redis Cluster
+    with a circuit breaker per node (tiers/cluster.py).
+
+    A command that fails with a connection error is retried once on a fresh connection:
+    after a Redis restart every pooled connection is dead, and without the retry each one
+    failed a request (and opened the breaker) when it was next used. A timeout is not
+    retried: that Redis is slow, and waiting twice would not help."""
+    if cluster:
+        return ScopedCluster.from_url(
+            url,
+            retry_after=retry_after,
+            max_connections=max_connections,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url,
+        max_connections=max_connections,
+        timeout=timeout,
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class TierUnavailable(Exception):
+    """The shared tier cannot be used right now (down, slow, or circuit open)."""
+
+
+class StateLost(Exception):
+    """The region's purge state is not the one the applier read.
+
+    ``lost``: part of it is gone (flush, eviction, failover): resync. Otherwise
+    another applier moved it on: read it again."""
+
+    def __init__(self, message: str, *, lost: bool) -> None:
+        super().__init__(message)
+        self.lost = lost
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """What the region's Redis says about a tenant's purge state."""
+
+    applied: int | None  # last purge seq applied; None: unknown (never synced, or lost)
+    floor: int
+    generation: str | None  # the marker every state write checks; None: lost
+    epoch: str | None  # which purge log the state belongs to (origin/purge_log/log.py)
+
+    @property
+    def intact(self) -> bool:
+        return self.applied is not None and self.generation is not None
+
+
+class RedisTier:
+    def __init__(
+        self,
+        url: str,
+        *,
+        timeout: float,
+        max_connections: int,
+        retry_after: float,
+        cluster: bool = False,
+        layout: Layout | None = None,
+    ) -> None:
+        self._redis = redis_client(
+            url,
+            timeout=timeout,
+            max_connections=max_connections,
+            cluster=cluster,
+            retry_after=retry_after,
+        )
+        self.keys = layout or Layout(CLUSTER_SHARDS if cluster else 1)
+        self._unlock = self._redis.register_script(_UNLOCK)
+        self._lead = self._redis.register_script(_LEAD)
+        self._advance = self._redis.register_script(_ADVANCE)
+        self._retry_after = retry_after
+        self._open_until = 0.0
+        self.failures = 0  # total Redis failures seen (for metrics)
+
+    def entry_key(self, tenant: str, signature: str) -> str:
+        return self.keys.entry(tenant, signature)
+
+    def lock_key(self, tenant: str, signature: str) -> str:
+        return self.keys.lock(tenant, signature)
+
+    @property
+    def available(self) -> bool:
+        return time.monotonic() >= self._open_until
+
+    def _check(self) -> None:
+        if not self.available:
+            raise TierUnavailable("redis unavailable (recent failure; retrying shortly)")
+
+    def _failed(self, exc: BaseException) -> TierUnavailable:
+        if isinstance(exc, NodeUnavailable):
+            # One cluster node: its own breaker is open (tiers/cluster.py) and keys on
+            # the other nodes keep hitting. A refusal by that breaker is no new failure.
+            if exc.cause is not None:
+                self.failures += 1
+            return TierUnavailable(f"redis error: {exc}")
+        self.failures += 1
+        # A cluster node's error that did not come through its breaker came from a
+        # pipeline (the applier writing every shard): the requests' own commands open
+        # that node's breaker, and the cluster as a whole is not down.
+        if not (isinstance(self._redis, ScopedCluster) and isinstance(exc, NODE_ERRORS)):
+            self._open_until = time.monotonic() + self._retry_after
+        return TierUnavailable(f"redis error: {type(exc).__name__}: {exc}")
+
+    async def get(self, key: str) -> bytes | None:
+        self._check()
+        try:
+            value = await self._redis.get(key)
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        return value if isinstance(value, bytes) else None
+
+    async def lookup(
+        self, tenant: str, signature: str, tags: tuple[str, ...]
+    ) -> tuple[bytes | None, list[bytes | None]]:
+        """One round trip: the entry and the invalidation state it must be checked against
+        (the sync floor, then one version per tag), all in the entry's hash slot."""
+        self._check()
+        keys = [self.keys.entry(tenant, signature), *self.keys.state_keys(tenant, signature, tags)]
+        try:
+            values = await self._redis.mget(keys)
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        got = _as_bytes(values)
+        return got[0], got[1:]
+
+    async def state(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[bytes | None]:
+        """The sync floor and tag versions alone (checking a fresh fetch)."""
+        self._check()
+        try:
+            return _as_bytes(await self._redis.mget(self.keys.state_keys(tenant, signature, tags)))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def progress(self, tenant: str) -> Progress:
+        k = self.keys
+        try:
+            applied, floor, gen, epoch = await self._redis.mget(
+                [k.applied(tenant), k.floor(tenant), k.generation(tenant), k.epoch(tenant)]
+            )
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        return Progress(
+            int(applied) if applied is not None else None,
+            int(floor or 0),
+            _text(gen),
+            _text(epoch),
+        )
+
+    async def durable_floor(self, tenant: str) -> int | None:
+        """The floor no entry below which may ever be served, or None if the region's
+        state was lost (then nothing can be vouched for, not even as stale)."""
+        self._check()
+        k = self.keys
+        try:
+            floor, gen = await self._redis.mget([k.floor(tenant), k.generation(tenant)])
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        return int(floor or 0) if gen is not None else None
+
+    async def apply(
+        self,
+        tenant: str,
+        seen: Progress,
+        tag_versions: dict[str, int],
+        applied: int,
+        floor: int,
+        sync_ttl: float,
+    ) -> None:
+        """Record purges in every shard (tag versions with the sync lease, under the
+        generation marker), then move ``applied``. No MULTI across shards (they are
+        different slots): ``applied`` only moves after every shard has the tags, so a
+        crash midway is repaired by re-applying. Raises :class:`StateLost` when any
+        part of the state is no longer the one ``seen`` described."""
+        assert seen.generation is not None and seen.applied is not None
+        k, gen = self.keys, seen.generation
+        tags = list(tag_versions.items())
+        lease_ms = int(sync_ttl * 1000)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in range(k.shards):
+                    keys = [k.shard_generation(tenant, shard), k.sync(tenant, shard)]
+                    keys += [k.tag(tenant, shard, tag) for tag, _ in tags]
+                    args = [gen, floor, lease_ms, *(seq for _, seq in tags)]
+                    # EVAL, not EVALSHA: a cluster pipeline cannot load scripts first.
+                    pipe.eval(_APPLY_SHARD, len(keys), *keys, *args)
+                shard_ok = await pipe.execute()
+            if all(shard_ok):
+                moved = await self._advance(
+                    keys=[k.generation(tenant), k.applied(tenant), k.floor(tenant)],
+                    args=[gen, seen.applied, applied, floor],
+                )
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        if not all(shard_ok) or moved == 0:
+            raise StateLost(f"the region lost {tenant}'s purge state", lost=True)
+        if moved == 2:
+            raise StateLost(f"another applier moved {tenant}'s progress", lost=False)
+
+    async def resync(
+        self, tenant: str, floor: int, sync_ttl: float, epoch: str, generation: str
+    ) -> None:
+        """Start a new generation of ``tenant``'s state: every entry older than ``floor``
+        is void from now on. Shards first, so the state becomes readable as a whole."""
+        k = self.keys
+        lease_ms = int(sync_ttl * 1000)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for shard in range(k.shards):
+                    pipe.set(k.shard_generation(tenant, shard), generation)
+                    pipe.set(k.sync(tenant, shard), floor, px=lease_ms)
+                await pipe.execute()
+            await self._redis.mset(
+                {
+                    k.floor(tenant): floor,
+                    k.applied(tenant): floor,
+                    k.epoch(tenant): epoch,
+                    k.generation(tenant): generation,
+                }
+            )
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def wipe(self, tenant: str) -> int:
+        """Delete every key of ``tenant`` in this region (its state belongs to another
+        purge log: a restored or replaced database). Sync leases go first, so nothing
+        is served while the rest is deleted. Returns how many keys were deleted."""
+        k = self.keys
+        deleted = 0
+        try:
+            await self._redis.delete(*(k.sync(tenant, s) for s in range(k.shards)))
+            for pattern in k.tenant_patterns(tenant):
+                batch: list[str] = []
+                async for raw in self._redis.scan_iter(match=pattern, count=1000):
+                    key = raw.decode() if isinstance(raw, bytes) else str(raw)
+                    if k.owns(tenant, key):
+                        batch.append(key)
+                    if len(batch) >= 500:
+                        deleted += await self._delete(batch)
+                        batch = []
+                deleted += await self._delete(batch)
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        return deleted
+
+    async def _delete(self, keys: list[str]) -> int:
+        # One DEL per key: in a cluster the keys live in different slots.
+        if not keys:
+            return 0
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.delete(key)
+            return sum(int(n) for n in await pipe.execute())
+
+    # ------------------------------------------------- the region's purge feed
+
+    async def publish_purges(self, region: str, message: bytes) -> None:
+        try:
+            await self._redis.publish(self.keys.purge_channel(region), message)
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def purge_messages(
+        self, region: str, subscribed: Callable[[], None] | None = None
+    ) -> AsyncIterator[bytes]:
+        """Messages on the region's purge channel, in order, until the connection fails;
+        ``subscribed`` is called once Redis has confirmed the subscription."""
+        # A cluster client picks the pub/sub node from its slot map, which it only has
+        # once set up: before that redis-py raised KeyError (the channel's slot).
+        await self._redis.initialize()
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.purge_channel(region))
+            async for message in pubsub.listen():
+                kind = message.get("type")
+                if kind == "message":
+                    yield message["data"]
+                elif kind == "subscribe" and subscribed is not None:
+                    subscribed()
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def ack_purges(self, region: str, member: str, seq: int, lease: float) -> None:
+        """Record that ``member`` applied purges up to ``seq``; the ack expires with it."""
+        expires_ms = int((time.time() + 3 * lease) * 1000)
+        try:
+            await self._redis.hset(self.keys.members(region), member, f"{seq}:{expires_ms}")
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def purge_acks(self, region: str, tenant: str) -> list[int]:
+        """Applied seqs of the region's live processes for ``tenant``."""
+        try:
+            raw = await self._redis.hgetall(self.keys.members(region))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+        now_ms = time.time() * 1000
+        out: list[int] = []
+        dead: list[bytes] = []
+        suffix = f":{tenant}".encode()
+        for member, value in raw.items():
+            seq, _, expires = value.decode().partition(":")
+            if float(expires) <= now_ms:
+                dead.append(member)  # a process that stopped acking (exited or cut off)
+            elif member.endswith(suffix):
+                out.append(int(seq))
+        if dead:
+            with contextlib.suppress(*REDIS_ERRORS):
+                await self._redis.hdel(self.keys.members(region), *dead)
+        return out
+
+    async def lead(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Take or keep a leadership lease (SET NX, or extend if we already hold it)."""
+        try:
+            return bool(await self._lead(keys=[key], args=[token, ttl_ms]))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
+        self._check()
+        try:
+            await self._redis.set(key, value, ex=max(1, ttl_seconds))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def try_lock(self, key: str, token: str, ttl_ms: int) -> bool:
+        self._check()
+        try:
+            return bool(await self._redis.set(key, token, nx=True, px=ttl_ms))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def unlock(self, key: str, token: str) -> None:
+        try:
+            await self._unlock(keys=[key], args=[token])
+        except REDIS_ERRORS as exc:
+            # The lock expires by itself; failing to release it early only delays others.
+            raise self._failed(exc) from None
+
+    async def exists(self, key: str) -> bool:
+        self._check()
+        try:
+            return bool(await self._redis.exists(key))
+        except REDIS_ERRORS as exc:
+            raise self._failed(exc) from None
+
+    async def connect(self) -> bool:
+        """Set the client up before the node serves; False if Redis cannot be reached now.
+
+        redis-py sets a cluster client up (slot map, node pools) on first use, and a
+        burst of concurrent first uses raced that setup (issue 13, H). A node whose Redis
+        is down still starts: every command falls back until Redis answers."""
+        try:
+            if isinstance(self._redis, ScopedCluster):
+                await self._redis.initialize()
+                return True
+            return bool(await self._redis.ping())
+        except REDIS_ERRORS:
+            return False
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except REDIS_ERRORS:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
