@@ -18,6 +18,8 @@ from tests.integration.node_helpers import Reply, new_stack, post
 from tests.integration.security_helpers import eventually, rewrite_config
 from tests.integration.stack import Server, Stack
 
+pytestmark = pytest.mark.security
+
 REGION_REDIS = (redis_db(8), redis_db(9))
 NEW_KEY_A = "ce_rotated_key_for_tenant_a_0123456789"
 QUERY = {"sql": "SELECT current_database() AS db"}

@@ -29,6 +29,8 @@ from tests.conftest import (
 from tests.integration.node_helpers import marker, new_stack, post
 from tests.integration.stack import Server, Stack
 
+pytestmark = pytest.mark.security
+
 REDIS_URL = redis_db(11)
 SECRET_VALUE = "globex-confidential-7f3a9c"
 BROKEN_PASSWORD = "pw-of-a-broken-tenant-91b2"

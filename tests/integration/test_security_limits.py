@@ -17,6 +17,8 @@ from tests.integration.node_helpers import Reply, post
 from tests.integration.security_helpers import eventually, metric_value
 from tests.integration.stack import Server, Stack
 
+pytestmark = pytest.mark.security
+
 REDIS_URL = redis_db(10)
 SECOND_KEY_A = "ce_second_key_of_tenant_a_abcdef"
 SELECT = {"sql": "SELECT 1"}

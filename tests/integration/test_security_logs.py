@@ -7,6 +7,7 @@ import copy
 from pathlib import Path
 
 import aiohttp
+import pytest
 import redis
 
 from cache_edge.common.signing import sign_headers
@@ -15,6 +16,8 @@ from tests.conftest import API_KEY_A, API_KEY_B, NODE_SECRET, make_settings_doc,
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import rewrite_config
 from tests.integration.stack import Stack
+
+pytestmark = pytest.mark.security
 
 REDIS_URL = redis_db(9)
 DB_PASSWORD = "pg-pass-S3cr3t-4b1f"

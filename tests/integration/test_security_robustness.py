@@ -18,6 +18,8 @@ from tests.integration.node_helpers import marker, post
 from tests.integration.security_helpers import eventually, metric_value
 from tests.integration.stack import Server, Stack
 
+pytestmark = pytest.mark.security
+
 REDIS_URL = redis_db(11)
 IDLE = 1.5  # keepalive_timeout: also the deadline for a first request's headers
 BODY = 1.0  # body_timeout

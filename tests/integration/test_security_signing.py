@@ -16,6 +16,8 @@ from tests.integration.node_helpers import post
 from tests.integration.security_helpers import eventually, rewrite_config
 from tests.integration.stack import Server, Stack
 
+pytestmark = pytest.mark.security
+
 OLD = "rotation-old-secret-0123456789"
 NEW = "rotation-new-secret-0123456789"
 THIRD = "some-other-secret-0123456789ab"

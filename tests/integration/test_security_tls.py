@@ -16,6 +16,8 @@ from tests.integration.node_helpers import marker, post
 from tests.integration.security_helpers import Certs, HttpsServer, client_ssl, make_certs
 from tests.integration.stack import Server, Stack
 
+pytestmark = pytest.mark.security
+
 REDIS_URL = redis_db(8)
 
 

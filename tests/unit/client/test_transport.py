@@ -19,7 +19,7 @@ from cache_edge.client import AsyncClient, CacheStrategy, Client
 from cache_edge.common.errors import OriginUnavailable, QueryError, RateLimited, Unauthorized
 from cache_edge.common.wire import packb
 from tests.conftest import free_port
-from tests.unit.fake_node import API_KEY, Seen, running_fake_node
+from tests.unit.client.fake_node import API_KEY, Seen, running_fake_node
 
 PARAMS: list[Any] = [
     1,

@@ -11,6 +11,8 @@ import pytest
 from cache_edge.server.config import ConfigError, RateLimit, load_settings, parse_settings
 from cache_edge.server.live_settings import merge_reloadable
 
+pytestmark = pytest.mark.security
+
 SECRET = "a-node-secret-of-enough-length"
 OLD = "the-old-node-secret-still-valid"
 

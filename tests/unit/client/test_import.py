@@ -11,7 +11,7 @@ import pytest
 
 import cache_edge.client
 from tests.conftest import free_port
-from tests.unit.fake_node import API_KEY, Seen, running_fake_node
+from tests.unit.client.fake_node import API_KEY, Seen, running_fake_node
 
 SERVER_ONLY = ["asyncpg", "redis", "prometheus_client", "structlog", "uvloop"]
 

@@ -16,6 +16,8 @@ from cache_edge.common.signing import (
 )
 from origin.core.replay import ReplayCache
 
+pytestmark = pytest.mark.security
+
 NEW = "new-secret-0123456789abcdef"
 OLD = "old-secret-0123456789abcdef"
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
+
 from cache_edge.common.keys import cache_key, query_fingerprint
 from cache_edge.node.auth import ApiKeys
 from cache_edge.node.tiers.redis import RedisTier
 from cache_edge.server.config import TenantConfig
 from tests.conftest import sha
+
+pytestmark = pytest.mark.security
 
 
 def test_cache_keys_and_fingerprints_include_the_tenant() -> None:

@@ -11,7 +11,9 @@ from cache_edge.common.fairshare import FairShare
 from cache_edge.node.ratelimit import LocalBuckets
 from cache_edge.server.config import OriginConfig, RateLimit, TenantConfig
 from origin.core.pool import TenantPool
-from tests.unit.test_origin_pool import FakePool
+from tests.unit.origin.test_pool import FakePool
+
+pytestmark = pytest.mark.security
 
 
 async def test_a_newcomer_is_served_at_once_while_another_key_floods() -> None:

@@ -15,7 +15,7 @@ from cache_edge.cli.query import format_error
 from cache_edge.client.table import format_table, render_value
 from cache_edge.common.errors import QueryError
 from tests.conftest import free_port
-from tests.unit.fake_node import API_KEY, Seen, running_fake_node
+from tests.unit.client.fake_node import API_KEY, Seen, running_fake_node
 
 
 def test_table_aligns_numbers_right_and_text_left() -> None:
