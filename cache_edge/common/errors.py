@@ -18,9 +18,12 @@
     │   └── OriginDown                  origin_down       503  (+ Retry-After)
     ├── DatabaseUnavailable             database_unavailable 503
     ├── PoolTimeout                     pool_timeout      503  (+ Retry-After)
-    └── QueryTimeout                    query_timeout     504
+    ├── QueryTimeout                    query_timeout     504
+    └── RedisUnavailable                redis_unavailable 503  (only in info.cacheError)
 
-Codes and statuses are part of the public API: never renumber, only add.
+Codes and statuses are part of the public API: never renumber, only add. A class that
+sets its own ``code`` registers it (a second class with the same code is refused at
+import); subclasses that keep their parent's code (``BodyTimeout``) share its entry.
 The same classes are raised by the client SDK when a server answers with an error
 body, so application code can ``except QueryError`` whichever side failed.
 """
@@ -45,12 +48,17 @@ __all__ = [
     "QueryError",
     "QueryTimeout",
     "RateLimited",
+    "RedisUnavailable",
     "ResponseTooLarge",
     "StreamGap",
     "SubscriberTooSlow",
     "Unauthorized",
+    "error_classes",
     "error_from_body",
 ]
+
+# code -> the class that declared it; filled by CacheEdgeError.__init_subclass__.
+_BY_CODE: dict[str, type[CacheEdgeError]] = {}
 
 
 class CacheEdgeError(Exception):
@@ -59,6 +67,15 @@ class CacheEdgeError(Exception):
     code: ClassVar[str] = "internal"
     status: ClassVar[int] = 500
     retry_after: float | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" not in cls.__dict__:
+            return  # keeps its parent's code (and entry)
+        known = _BY_CODE.get(cls.code)
+        if known is not None and _name(known) != _name(cls):  # (the same class reloaded is)
+            raise TypeError(f"error code {cls.code!r} of {_name(cls)} is already {_name(known)}'s")
+        _BY_CODE[cls.code] = cls
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -225,29 +242,21 @@ class QueryTimeout(CacheEdgeError):
     status = 504
 
 
-_BY_CODE: dict[str, type[CacheEdgeError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest,
-        NotCacheable,
-        Unauthorized,
-        NotFound,
-        CaptureUnavailable,
-        StreamGap,
-        PayloadTooLarge,
-        ResponseTooLarge,
-        RateLimited,
-        SubscriberTooSlow,
-        QueryError,
-        InternalError,
-        OriginUnavailable,
-        OriginOverloaded,
-        OriginDown,
-        DatabaseUnavailable,
-        PoolTimeout,
-        QueryTimeout,
-    )
-}
+class RedisUnavailable(CacheEdgeError):
+    """The region's Redis failed, is too slow or its circuit breaker is open. The node
+    never answers with it: it serves from the origin and reports it in ``info.cacheError``."""
+
+    code = "redis_unavailable"
+    status = 503
+
+
+def _name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_classes() -> dict[str, type[CacheEdgeError]]:
+    """Every registered code and the class that declared it."""
+    return dict(_BY_CODE)
 
 
 def error_from_body(body: Any, status: int) -> CacheEdgeError:

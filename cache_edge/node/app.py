@@ -9,25 +9,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
-import math
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cache_edge.common.errors import (
-    BadRequest,
-    CacheEdgeError,
-    InternalError,
-    NotFound,
-    PayloadTooLarge,
-)
+from cache_edge.common.answer import QUERY_CORE, TRANSACTION_CORE, CoreKeys, read_answer
 from cache_edge.common.protocol import parse_invalidate, parse_query_body, parse_transaction
-from cache_edge.common.request_ids import REQUEST_ID_HEADER, request_id
 from cache_edge.common.wire import (
     CONTENT_TYPES,
     WireFormat,
@@ -35,7 +27,6 @@ from cache_edge.common.wire import (
     encode_body,
     request_format,
     response_format,
-    unpackb,
 )
 from cache_edge.node.applier import Applier
 from cache_edge.node.auth import ApiKeys, Principal
@@ -50,8 +41,9 @@ from cache_edge.node.stream_http import serve_stream
 from cache_edge.node.streams import StreamHub
 from cache_edge.node.tiers.memory import MemoryTier
 from cache_edge.node.tiers.redis import RedisTier
-from cache_edge.server.bodies import BodyTimeout, answer_and_close, read_capped
+from cache_edge.server.bodies import read_capped
 from cache_edge.server.config import Settings
+from cache_edge.server.http_errors import REQUEST_ID, ErrorBoundary
 from cache_edge.server.httplog import quiet_client_errors
 from cache_edge.server.logs import get_logger
 from cache_edge.server.reload import ConfigWatcher, LiveSettings
@@ -75,12 +67,7 @@ TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speak
 STREAMS = web.AppKey("streams", StreamHub)
 CONNECTIONS = web.AppKey("connections", ConnectionCap)
 
-_RID = "request_id"
-_FMT = "wire_format"
-
-
-def _request_id(request: web.Request) -> str:
-    return request_id(request.headers.get(REQUEST_ID_HEADER))
+_FMT: web.RequestKey[WireFormat] = web.RequestKey("wire_format")  # the body's, once read
 
 
 @functools.lru_cache(maxsize=4096)
@@ -88,53 +75,6 @@ def _iso_ms(epoch_ms: int) -> str:
     # Cached: every hit of an entry formats the same producedAt.
     stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _error_response(exc: CacheEdgeError, request: web.Request) -> web.Response:
-    rid = request.get(_RID) or uuid.uuid4().hex
-    fmt = response_format(request.headers.get("Accept"), request.get(_FMT, "json"))
-    headers = {"X-Request-Id": rid, "Content-Type": CONTENT_TYPES[fmt]}
-    if exc.retry_after is not None:
-        # Rounded up: a client that waits as told finds a token (or a connection) free.
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-    return web.Response(status=exc.status, body=encode_body(exc.to_body(rid), fmt), headers=headers)
-
-
-@web.middleware
-async def error_middleware(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    request[_RID] = _request_id(request)
-    metrics = request.app[METRICS]
-    try:
-        return await handler(request)
-    except BodyTimeout as exc:
-        metrics.errors.labels(exc.code).inc()
-        response = _error_response(exc, request)
-        await answer_and_close(request, response)  # the client stalled: no lingering for it
-        return response
-    except CacheEdgeError as exc:
-        metrics.errors.labels(exc.code).inc()
-        return _error_response(exc, request)
-    except web.HTTPRequestEntityTooLarge:
-        metrics.errors.labels("payload_too_large").inc()
-        limit = request.app[SETTINGS].limits.max_body_bytes
-        return _error_response(
-            PayloadTooLarge(f"request body exceeds the limit of {limit} bytes"), request
-        )
-    except web.HTTPNotFound:
-        return _error_response(NotFound(f"no such endpoint: {request.path}"), request)
-    except web.HTTPMethodNotAllowed as exc:
-        err = BadRequest(
-            f"method {request.method} not allowed; use {', '.join(exc.allowed_methods)}"
-        )
-        return _error_response(err, request)
-    except web.HTTPException:
-        raise
-    except Exception:
-        metrics.errors.labels("internal").inc()
-        log.exception("unhandled_error", path=request.path, request_id=request[_RID])
-        return _error_response(InternalError("internal error; see the node's log"), request)
 
 
 async def _authenticate(request: web.Request) -> Principal:
@@ -155,18 +95,14 @@ async def _read_body(request: web.Request) -> Any:
     return decode_body(await _read_raw(request), request[_FMT])
 
 
-def _answer_response(request: web.Request, answer: Answer, started: float) -> web.Response:
-    now = time.time()
-    age = max(0.0, now - answer.produced_at_ms / 1000) if answer.produced_at_ms else 0.0
-    if answer.status == "none":
-        age = 0.0
-    rid = request[_RID]
+def _info(request: web.Request, answer: Answer, age: float) -> dict[str, Any]:
+    """How the node obtained an answer (``info`` in every query and transaction answer)."""
     info: dict[str, Any] = {
         "cacheStatus": answer.status,
         "region": request.app[SETTINGS].node.region,
         "lastModified": _iso_ms(answer.produced_at_ms),
         "age": round(age, 3),
-        "requestId": rid,
+        "requestId": request[REQUEST_ID],
         "signature": answer.signature,
     }
     if answer.error:
@@ -177,19 +113,29 @@ def _answer_response(request: web.Request, answer: Answer, started: float) -> we
         info["warnings"] = list(answer.warnings)
     if answer.invalidation:
         info["invalidation"] = answer.invalidation
+    return info
+
+
+def _answer_response(
+    request: web.Request, answer: Answer, core_keys: CoreKeys = QUERY_CORE
+) -> web.Response:
+    """The origin's core, spliced as it is, and the node's ``info``."""
+    age = 0.0
+    if answer.status != "none" and answer.produced_at_ms:
+        age = max(0.0, time.time() - answer.produced_at_ms / 1000)
+    info = _info(request, answer, age)
     fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
-    body = result_msgpack(answer.core, info) if fmt == "msgpack" else result_json(answer.core, info)
-    metrics = request.app[METRICS]
-    metrics.answered(answer.status, time.perf_counter() - started)
-    if answer.cache_error:
-        metrics.redis_errors.inc()
+    if fmt == "msgpack":
+        body = result_msgpack(answer.core, info, core_keys)
+    else:
+        body = result_json(answer.core, info, core_keys)
     return web.Response(
         body=body,
         headers={
             "Content-Type": CONTENT_TYPES[fmt],
             "X-Cache-Status": answer.status,
             "Age": str(int(age)),
-            "X-Request-Id": rid,
+            "X-Request-Id": request[REQUEST_ID],
         },
     )
 
@@ -199,40 +145,26 @@ async def handle_query(request: web.Request) -> web.Response:
     tenant = (await _authenticate(request)).tenant
     body = await _read_raw(request)
     req = parse_query_body(body, request[_FMT], request.app[SETTINGS].limits)
-    answer = await request.app[CACHE].query(tenant, req, request[_RID])
-    return _answer_response(request, answer, started)
+    answer = await request.app[CACHE].query(tenant, req, request[REQUEST_ID])
+    response = _answer_response(request, answer)
+    metrics = request.app[METRICS]
+    metrics.answered(answer.status, time.perf_counter() - started)
+    if answer.cache_error:
+        metrics.redis_errors.inc()
+    return response
 
 
 async def handle_transaction(request: web.Request) -> web.Response:
     tenant = (await _authenticate(request)).tenant
     tx = parse_transaction(await _read_body(request), request.app[SETTINGS].limits)
     result = await request.app[ORIGIN].transaction(
-        tenant, tx.statements, tx.isolation, request[_RID]
+        tenant, tx.statements, tx.isolation, request[REQUEST_ID]
     )
-    body = unpackb(result.body)
-    produced = int(body.pop("producedAt", 0))
-    body["info"] = {
-        "cacheStatus": "none",
-        "region": request.app[SETTINGS].node.region,
-        "lastModified": _iso_ms(produced),
-        "age": 0.0,
-        "requestId": request[_RID],
-        "signature": None,
-    }
-    invalidation = body.pop("invalidation", None)
-    if invalidation:
-        body["info"]["invalidation"] = invalidation
-    fmt = response_format(request.headers.get("Accept"), request[_FMT])
+    core, said = read_answer(result.body, TRANSACTION_CORE)
+    inv = said.invalidation.to_wire() if said.invalidation is not None else None
+    answer = Answer(core, "none", said.produced_at, invalidation=inv)
     request.app[METRICS].requests.labels("none").inc()
-    return web.Response(
-        body=encode_body(body, fmt),
-        headers={
-            "Content-Type": CONTENT_TYPES[fmt],
-            "X-Cache-Status": "none",
-            "Age": "0",
-            "X-Request-Id": request[_RID],
-        },
-    )
+    return _answer_response(request, answer, TRANSACTION_CORE)
 
 
 def _plain_response(request: web.Request, body: dict[str, Any], status: int = 200) -> web.Response:
@@ -240,7 +172,7 @@ def _plain_response(request: web.Request, body: dict[str, Any], status: int = 20
     return web.Response(
         status=status,
         body=encode_body(body, fmt),
-        headers={"Content-Type": CONTENT_TYPES[fmt], "X-Request-Id": request[_RID]},
+        headers={"Content-Type": CONTENT_TYPES[fmt], "X-Request-Id": request[REQUEST_ID]},
     )
 
 
@@ -248,7 +180,7 @@ async def handle_invalidate(request: web.Request) -> web.Response:
     tenant = (await _authenticate(request)).tenant
     inv = parse_invalidate(await _read_body(request))
     result = await request.app[ORIGIN].invalidate(
-        tenant, inv.tags, inv.purge_all, inv.wait, request[_RID], tables=inv.tables
+        tenant, inv.tags, inv.purge_all, inv.wait, request[REQUEST_ID], tables=inv.tables
     )
     return _plain_response(request, result)
 
@@ -256,7 +188,7 @@ async def handle_invalidate(request: web.Request) -> web.Response:
 async def handle_invalidation_status(request: web.Request) -> web.Response:
     tenant = (await _authenticate(request)).tenant
     result = await request.app[ORIGIN].invalidation_status(
-        tenant, request.match_info["id"], request[_RID]
+        tenant, request.match_info["id"], request[REQUEST_ID]
     )
     return _plain_response(request, result)
 
@@ -405,15 +337,21 @@ def _watch_config(app: web.Application, origin: OriginClient) -> ConfigWatcher |
 
 def create_node_app(settings: Settings) -> web.Application:
     connections = ConnectionCap(settings.node.max_connections)
+    metrics = NodeMetrics(settings.node.region)
+    errors = ErrorBoundary(
+        "node",
+        count=lambda code: metrics.errors.labels(code).inc(),
+        max_body_bytes=settings.limits.max_body_bytes,
+    )
     app = web.Application(
-        middlewares=[connections.middleware, error_middleware],
+        middlewares=[connections.middleware, errors.middleware],
         client_max_size=settings.limits.max_body_bytes,
     )
     app[CONNECTIONS] = connections
     app[SETTINGS] = settings
     app[LIVE] = LiveSettings(settings)
     app[KEYS] = ApiKeys(settings.tenants)
-    app[METRICS] = NodeMetrics(settings.node.region)
+    app[METRICS] = metrics
     tls = server_context(settings.node.tls_cert, settings.node.tls_key)
     if tls is not None:
         app[TLS] = tls

@@ -1,20 +1,21 @@
 """Cached entries and result framing: rows stay in their msgpack wire form end to end.
 
 The origin answers a query with a msgpack map whose first three entries are
-``columns``, ``rows`` and ``rowCount``. Their raw bytes (the *core*) are cut out
-once on a miss, stored behind a fixed binary header, and spliced into every
-hit's response after a map header, so a hit never decodes or re-encodes rows.
+``columns``, ``rows`` and ``rowCount`` (cache_edge/common/answer.py). Their raw bytes
+(the *core*) are cut out once on a miss, stored behind a fixed binary header, and
+spliced into every hit's response after a map header, so a hit never decodes or
+re-encodes rows.
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
-
-from cache_edge.common.errors import CacheEdgeError, OriginUnavailable
+from cache_edge.common.answer import QUERY_CORE, CoreKeys, core_to_dict, read_answer, with_info
+from cache_edge.common.errors import CacheEdgeError
 from cache_edge.common.wire import json_dumps, packb, unpackb
 
 __all__ = [
@@ -22,7 +23,6 @@ __all__ = [
     "core_to_dict",
     "result_json",
     "result_msgpack",
-    "split_origin_result",
 ]
 
 # version 1: producedAt (epoch ms, origin clock), origin invalidation watermark
@@ -31,9 +31,6 @@ _HEADER_V1 = struct.Struct(">Bqq")
 # ({"w": warnings, "t": implicit tags}; absent keys are empty)
 _HEADER = struct.Struct(">BqqI")
 _VERSION = 2
-_CORE_KEYS = ("columns", "rows", "rowCount")
-_MAP4 = b"\x84"  # fixmap with 4 entries: columns, rows, rowCount, info
-_INFO_KEY = packb("info")
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +44,12 @@ class Entry:
     warnings: tuple[str, ...] = ()
     # Implicit tags the origin gave it (``table:<schema>.<name>``, automatic invalidation).
     tags: tuple[str, ...] = ()
+
+    @classmethod
+    def from_origin(cls, raw: bytes) -> Entry:
+        """The entry of an origin's query answer: its core cut out once, rows untouched."""
+        core, answer = read_answer(raw, QUERY_CORE)
+        return cls(answer.produced_at, core, answer.watermark or 0, answer.warnings, answer.tags)
 
     def age(self, now: float) -> float:
         # Clamp: a node clock slightly behind the origin's must not report negative ages.
@@ -87,41 +90,12 @@ class Entry:
         return cls(produced, data[start:], watermark, warnings, tags)
 
 
-def split_origin_result(raw: bytes) -> tuple[bytes, dict[str, Any]]:
-    """Cut the core bytes out of an origin msgpack answer; return (core, other fields)."""
-    try:
-        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=len(raw) + 1)
-        unpacker.feed(raw)
-        count = unpacker.read_map_header()
-        start = unpacker.tell()
-        for expected in _CORE_KEYS:
-            if unpacker.unpack() != expected:
-                raise ValueError(f"origin answer does not start with {_CORE_KEYS}")
-            unpacker.skip()
-        end = unpacker.tell()
-        rest: dict[str, Any] = {}
-        for _ in range(count - len(_CORE_KEYS)):
-            key = unpacker.unpack()
-            rest[key] = unpacker.unpack()
-    except (ValueError, msgpack.UnpackException, msgpack.OutOfData) as exc:
-        raise OriginUnavailable(f"the origin sent a malformed result: {exc}") from None
-    return raw[start:end], rest
+def result_msgpack(core: bytes, info: Mapping[str, Any], core_keys: CoreKeys = QUERY_CORE) -> bytes:
+    """The public msgpack answer: the core's entries (rows untouched), then ``info``."""
+    return with_info(core, core_keys, info)
 
 
-def core_to_dict(core: bytes) -> dict[str, Any]:
-    """Decode a core (three key/value pairs without a map header) into a dict."""
-    # A fixmap header with 3 entries turns the pairs into one decodable map.
-    decoded = unpackb(b"\x83" + core)
-    assert isinstance(decoded, dict)
-    return decoded
-
-
-def result_msgpack(core: bytes, info: dict[str, Any]) -> bytes:
-    """The public msgpack answer: {columns, rows, rowCount, info}, rows untouched."""
-    return b"".join((_MAP4, core, _INFO_KEY, packb(info)))
-
-
-def result_json(core: bytes, info: dict[str, Any]) -> bytes:
-    body = core_to_dict(core)
+def result_json(core: bytes, info: Mapping[str, Any], core_keys: CoreKeys = QUERY_CORE) -> bytes:
+    body = core_to_dict(core, core_keys)
     body["info"] = info
     return json_dumps(body)

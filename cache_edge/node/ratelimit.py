@@ -21,8 +21,7 @@ from typing import Any
 
 from cache_edge.common.errors import RateLimited
 from cache_edge.node.auth import Principal
-from cache_edge.node.tiers.cluster import NodeUnavailable
-from cache_edge.node.tiers.redis import REDIS_ERRORS, redis_client
+from cache_edge.node.tiers.redis import RedisGuard, TierUnavailable, redis_client
 from cache_edge.server.config import RateLimit
 from cache_edge.server.logs import get_logger
 
@@ -101,8 +100,9 @@ class RateLimiter:
             retry_after=retry_after,
         )
         self._take = self._redis.register_script(_TAKE)
-        self._retry_after = retry_after
-        self._open_until = 0.0
+        # The tier's breaker logic, with its own state: a failing bucket update does not
+        # keep the cache from Redis, nor the other way round.
+        self._guard = RedisGuard(retry_after, scoped=cluster, clock=clock)
         self._clock = clock
         self._prefix = prefix
         self.local = LocalBuckets(clock)
@@ -128,20 +128,15 @@ class RateLimiter:
 
     async def _take_shared(self, who: Principal, limit: RateLimit) -> float | None:
         """Seconds to wait (0: allowed) from the region's bucket; None if Redis is unusable."""
-        if self._clock() < self._open_until:
-            return None
         try:
-            allowed, wait_ms = await self._take(
-                keys=[self._key(who)], args=[repr(limit.rate), limit.burst, 1]
-            )
-        except NodeUnavailable as exc:
-            # One cluster node: its own breaker is open; buckets on other nodes stay shared.
-            if exc.cause is not None:
+            with self._guard.request:
+                allowed, wait_ms = await self._take(
+                    keys=[self._key(who)], args=[repr(limit.rate), limit.burst, 1]
+                )
+        except TierUnavailable as exc:
+            # On a cluster only a failed node's buckets fall back (its own breaker).
+            if not exc.refused:
                 log.warning("rate_limit_redis_unavailable", error=str(exc))
-            return None
-        except REDIS_ERRORS as exc:
-            self._open_until = self._clock() + self._retry_after
-            log.warning("rate_limit_redis_unavailable", error=type(exc).__name__)
             return None
         return 0.0 if int(allowed) else max(int(wait_ms), 1) / 1000
 
@@ -153,10 +148,11 @@ class RateLimiter:
         some of them, and each process then counted locally: a region let several times
         its burst through right after starting (issue 13, H)."""
         try:
-            await self._redis.initialize()
-            await self._redis.script_load(_TAKE)
-        except REDIS_ERRORS as exc:
-            log.warning("rate_limit_redis_unavailable", error=type(exc).__name__)
+            with self._guard.probe:
+                await self._redis.initialize()
+                await self._redis.script_load(_TAKE)
+        except TierUnavailable as exc:
+            log.warning("rate_limit_redis_unavailable", error=str(exc))
             return False
         return True
 

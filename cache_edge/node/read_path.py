@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cache_edge.common.answer import read_answer
 from cache_edge.common.errors import (
     CacheEdgeError,
     DatabaseUnavailable,
@@ -31,7 +32,7 @@ from cache_edge.common.protocol import QueryRequest, Statement
 from cache_edge.common.singleflight import Group
 from cache_edge.common.strategy import CacheStrategy
 from cache_edge.node.applier import is_current, required_watermark, survives
-from cache_edge.node.entry import Entry, split_origin_result
+from cache_edge.node.entry import Entry
 from cache_edge.node.origin_client import OriginClient
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.tiers.memory import MemoryTier
@@ -153,14 +154,9 @@ class QueryCache:
                 tenant, req.statement, read_only=False, request_id=request_id
             )
             self.stats.origin_calls += 1
-            core, meta = split_origin_result(result.body)
-            inv = meta.get("invalidation")
-            return Answer(
-                core,
-                "none",
-                int(meta.get("producedAt", 0)),
-                invalidation=inv if isinstance(inv, dict) else None,
-            )
+            core, said = read_answer(result.body)
+            inv = said.invalidation.to_wire() if said.invalidation is not None else None
+            return Answer(core, "none", said.produced_at, invalidation=inv)
 
         stmt = req.statement
         sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
@@ -402,14 +398,7 @@ class QueryCache:
                 min_watermark=min_watermark,
             )
             self.stats.origin_calls += 1
-            core, meta = split_origin_result(result.body)
-            entry = Entry(
-                int(meta.get("producedAt", 0)),
-                core,
-                int(meta.get("watermark", 0)),
-                tuple(str(w) for w in meta.get("warnings", ())),
-                tuple(str(t) for t in meta.get("tags", ())),
-            )
+            entry = Entry.from_origin(result.body)
             if entry.tags:
                 self._learn(flight, entry)
             try:

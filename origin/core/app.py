@@ -7,11 +7,11 @@ import functools
 import signal
 import ssl
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
-from cache_edge.common.errors import CacheEdgeError, CaptureUnavailable
+from cache_edge.common.answer import OriginAnswer, WriteInvalidation
+from cache_edge.common.errors import CaptureUnavailable
 from cache_edge.common.protocol import (
     ANY_TABLE_TAG,
     parse_changes_poll,
@@ -31,7 +31,7 @@ from origin.capture.pgoutput import parse_lsn
 from origin.capture.reader import Capture, CaptureSink
 from origin.capture.slots import warn_orphan_slots
 from origin.core.databases import by_database
-from origin.core.db_errors import map_database_error
+from origin.core.db_errors import translated
 from origin.core.executor import Executor
 from origin.core.http import (
     LIVE,
@@ -39,7 +39,7 @@ from origin.core.http import (
     REPLAY,
     SETTINGS,
     binary_response,
-    middleware,
+    error_boundary,
     read_signed,
 )
 from origin.core.listener import listen_forever
@@ -80,7 +80,7 @@ async def handle_query(request: web.Request) -> web.Response:
     if deps is not None and deps.warnings:
         request.app[METRICS].count_nondeterministic(signed.tenant)
     capture = request.app[CAPTURES].get(signed.tenant)
-    warnings = list(deps.warnings) if deps else []
+    warnings = deps.warnings if deps else ()
     tables = deps.tables if deps else ()
     tags: tuple[str, ...] = ()
     invalidation = None
@@ -91,20 +91,18 @@ async def handle_query(request: web.Request) -> web.Response:
             tags = (ANY_TABLE_TAG,)  # invalidated by any write, rather than by none
     if capture is not None:
         if query.read_only and capture.state == "not_set_up":
-            warnings.append(_NOT_SET_UP)
+            warnings = (*warnings, _NOT_SET_UP)
         if not query.read_only and capture.invalidates(signed.tenant):
             invalidation = await _write_invalidation(request.app, signed.tenant, capture)
-    body = encode_query_response(
-        result.result,
+    answer = OriginAnswer(
         result.produced_at,
-        signed.fmt,
-        result.watermark,
-        tables,
-        warnings,
-        invalidation,
-        tags,
+        watermark=result.watermark,
+        tables=tables,
+        warnings=warnings,
+        invalidation=invalidation,
+        tags=tags,
     )
-    return binary_response(body, signed.fmt)
+    return binary_response(encode_query_response(result.result, answer, signed.fmt), signed.fmt)
 
 
 _NOT_SET_UP = (
@@ -115,17 +113,18 @@ _NOT_SET_UP = (
 
 async def _write_invalidation(
     app: web.Application, tenant: str, capture: Capture
-) -> dict[str, Any] | None:
+) -> WriteInvalidation:
     """After a write through the origin committed: wait until the capture has turned it into
     a purge, and name the newest purge (it covers the write), so the caller can wait for
     every region. Never before commit: the WAL position is read after COMMIT returned."""
-    async with app[POOLS].acquire(tenant) as conn:
-        lsn = parse_lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
-    recorded = await capture.wait_processed(lsn, app[SETTINGS].origin.write_invalidation_wait)
-    latest = await app[PURGES].log_for(tenant).latest()
+    with translated():
+        async with app[POOLS].acquire(tenant) as conn:
+            lsn = parse_lsn(await conn.fetchval("SELECT pg_current_wal_lsn()::text"))
+        recorded = await capture.wait_processed(lsn, app[SETTINGS].origin.write_invalidation_wait)
+        latest = await app[PURGES].log_for(tenant).latest()
     if latest is None:
-        return {"recorded": recorded}
-    return {"id": latest.id, "seq": latest.seq, "recorded": recorded, "epoch": latest.epoch}
+        return WriteInvalidation(recorded)
+    return WriteInvalidation(recorded, latest.id, latest.seq, latest.epoch)
 
 
 async def handle_invalidate(request: web.Request) -> web.Response:
@@ -162,12 +161,8 @@ async def handle_changes_poll(request: web.Request) -> web.Response:
             f"cache-edge origin setup-auto-invalidation --tenant {signed.tenant}"
         )
     poll = parse_changes_poll(signed.payload)
-    try:
+    with translated():
         answer = await changes.poll(poll.after, poll.tables, poll.ops, poll.wait, poll.limit)
-    except CacheEdgeError:
-        raise
-    except Exception as exc:
-        raise map_database_error(exc) from exc
     return binary_response(encode_body(answer, signed.fmt), signed.fmt)
 
 
@@ -179,7 +174,8 @@ async def handle_transaction(request: web.Request) -> web.Response:
     invalidation = None
     if capture is not None and capture.invalidates(signed.tenant):
         invalidation = await _write_invalidation(request.app, signed.tenant, capture)
-    body = encode_transaction_response(result.results, result.produced_at, signed.fmt, invalidation)
+    answer = OriginAnswer(result.produced_at, invalidation=invalidation)
+    body = encode_transaction_response(result.results, answer, signed.fmt)
     return binary_response(body, signed.fmt)
 
 
@@ -312,14 +308,15 @@ def _watch_config(app: web.Application) -> ConfigWatcher | None:
 
 def create_origin_app(settings: Settings) -> web.Application:
     """Build the app; database pools are created lazily on a tenant's first query."""
-    # client_max_size backs up our own streaming cap in http.read_signed.
-    app = web.Application(
-        middlewares=[middleware], client_max_size=settings.limits.max_body_bytes + 1
-    )
     pools = TenantPools(settings)
     captures: dict[str, Capture] = {}
     metrics = OriginMetrics(
         pools.stats, lambda: [status for c in _unique(captures) for status in c.status()]
+    )
+    # client_max_size backs up our own streaming cap in http.read_signed.
+    app = web.Application(
+        middlewares=[error_boundary(settings, metrics).middleware],
+        client_max_size=settings.limits.max_body_bytes + 1,
     )
     app[SETTINGS] = settings
     app[LIVE] = LiveSettings(settings)

@@ -12,14 +12,20 @@
     any other PostgresError                              -> QueryError (+ sqlstate)
     anything else                                        -> InternalError (details logged only)
 
-Handlers never see a driver exception: the executor funnels every failure
-through :func:`map_database_error`.
+This is the only module of the origin's core that names asyncpg's exception classes.
+Handlers never see a driver exception: code that talks to the database runs inside
+:func:`translated` (or re-raises through :func:`raise_mapped` once it has looked at
+the raw failure, as the executor's retry does), and the HTTP error boundary maps
+whatever still escapes with the same :func:`map_database_error`. Decisions that need
+the raw failure ask the predicates below (``is_connection_error``...).
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
 import asyncpg
 from asyncpg import exceptions as pg
@@ -34,7 +40,15 @@ from cache_edge.common.errors import (
     QueryTimeout,
 )
 
-__all__ = ["is_connection_error", "is_stale_statement", "map_database_error"]
+__all__ = [
+    "is_connection_error",
+    "is_read_only_violation",
+    "is_stale_statement",
+    "map_database_error",
+    "raise_mapped",
+    "rejected_sqlstate",
+    "translated",
+]
 
 _MAX_MESSAGE = 500  # a server message can quote a huge value; keep error bodies small
 
@@ -82,6 +96,18 @@ def is_stale_statement(exc: BaseException) -> bool:
     return isinstance(exc, (pg.InvalidCachedStatementError, pg.OutdatedSchemaCacheError))
 
 
+def is_read_only_violation(exc: BaseException) -> bool:
+    """True when a statement tried to write in a read-only transaction (25006)."""
+    return isinstance(exc, pg.ReadOnlySQLTransactionError)
+
+
+def rejected_sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE when PostgreSQL rejected the statement; None for any other failure."""
+    if isinstance(exc, asyncpg.PostgresError):
+        return str(exc.sqlstate)
+    return None
+
+
 def _clip(text: str) -> str:
     return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
 
@@ -106,6 +132,23 @@ def map_database_error(exc: BaseException, *, statement_index: int | None = None
     if statement_index is not None:
         mapped.extra.setdefault("statementIndex", statement_index)
     return mapped
+
+
+def raise_mapped(exc: BaseException, *, statement_index: int | None = None) -> NoReturn:
+    """Raise ``exc`` as its cache-edge error (itself when it already is one)."""
+    mapped = map_database_error(exc, statement_index=statement_index)
+    if mapped is exc:
+        raise exc
+    raise mapped from exc
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """``with translated(): ...``: whatever fails inside leaves as a cache-edge error."""
+    try:
+        yield
+    except Exception as exc:
+        raise_mapped(exc)
 
 
 def _map(exc: BaseException) -> CacheEdgeError:

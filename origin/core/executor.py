@@ -35,13 +35,19 @@ from typing import Any, TypeVar
 
 import asyncpg
 
-from cache_edge.common.errors import CacheEdgeError
 from cache_edge.common.keys import query_fingerprint
 from cache_edge.common.protocol import QueryRequest, Statement, TransactionRequest
 from cache_edge.common.singleflight import Group
 from cache_edge.server.config import OriginConfig
 from cache_edge.server.logs import get_logger
-from origin.core.db_errors import is_connection_error, is_stale_statement, map_database_error
+from origin.core.db_errors import (
+    is_connection_error,
+    is_read_only_violation,
+    is_stale_statement,
+    raise_mapped,
+    rejected_sqlstate,
+    translated,
+)
 from origin.core.dependencies import Dependencies, explain_dependencies
 from origin.core.pool import TenantPools
 from origin.core.results import ResultSet, RowBuffer, SizeBudget, row_count_from_status
@@ -148,10 +154,8 @@ class Executor:
             return await self._attempt(tenant, lambda c, p: self._write(c, tenant, stmt, p), False)
 
         async def read() -> QueryResult:
-            try:
+            with translated():
                 mark = await watermark() if watermark is not None else 0
-            except Exception as exc:
-                raise map_database_error(exc) from exc
             result = await self._attempt(tenant, lambda c, p: self._read(c, tenant, stmt, p), True)
             return QueryResult(result.result, result.produced_at, mark, result.dependencies)
 
@@ -195,11 +199,7 @@ class Executor:
                 if retry:
                     log.info("retrying", tenant=tenant, error=type(exc).__name__)
                     continue
-                if isinstance(exc, CacheEdgeError):
-                    if progress.statement_index is not None:
-                        exc.extra.setdefault("statementIndex", progress.statement_index)
-                    raise
-                raise map_database_error(exc, statement_index=progress.statement_index) from exc
+                raise_mapped(exc, statement_index=progress.statement_index)
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def _rows(
@@ -347,9 +347,12 @@ class Executor:
         # Outside any transaction block, so a statement EXPLAIN cannot handle spoils nothing.
         try:
             found = await explain_dependencies(conn, sql, args, self._timeout)
-        except asyncpg.PostgresError as exc:
+        except Exception as exc:
+            sqlstate = rejected_sqlstate(exc)
+            if sqlstate is None:
+                raise  # not the statement: the connection or the network
             found = Dependencies(
-                (), (f"could not determine what it reads ({exc.sqlstate})",), known=False
+                (), (f"could not determine what it reads ({sqlstate})",), known=False
             )
         if len(self._deps) >= _MAX_REMEMBERED:
             self._deps.clear()  # statement texts are few in practice; a flush is cheap
@@ -374,7 +377,9 @@ class Executor:
             tried = True
             try:
                 result, tag = await self._read_rows(conn, bound, progress, "BEGIN READ WRITE", True)
-            except asyncpg.ReadOnlySQLTransactionError:
+            except Exception as exc:
+                if not is_read_only_violation(exc):
+                    raise
                 if len(self._writers) >= _MAX_REMEMBERED:
                     self._writers.clear()
                 self._writers[key] = None

@@ -2,21 +2,23 @@
 
 Rows are packed to msgpack as they arrive from the cursor, so an oversized
 result is refused after at most one chunk past the limit instead of being
-built whole in memory. The msgpack response is assembled from those bytes with
-its keys in a fixed order (``columns``, ``rows``, ``rowCount``, ``producedAt``):
-the node splices the raw bytes of the first three entries into its cache entries.
+built whole in memory. The msgpack response is assembled from those bytes in the
+shape of :mod:`cache_edge.common.answer`: the core (``columns``, ``rows``,
+``rowCount``, or a transaction's ``results``) first, whose raw bytes the node
+splices into its answers and cache entries, then the :class:`OriginAnswer` fields.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
+from cache_edge.common.answer import QUERY_CORE, TRANSACTION_CORE, OriginAnswer
 from cache_edge.common.errors import ResponseTooLarge
-from cache_edge.common.wire import WireFormat, json_dumps, packb, unpackb
+from cache_edge.common.wire import WireFormat, packb, unpackb
 from origin.core.types import to_wire_value
 
 __all__ = [
@@ -29,12 +31,8 @@ __all__ = [
 ]
 
 _PACKER = msgpack.Packer()  # only for container headers, which carry no values
-_K_COLUMNS = packb("columns")
-_K_ROWS = packb("rows")
-_K_ROW_COUNT = packb("rowCount")
-_K_PRODUCED_AT = packb("producedAt")
-_K_WATERMARK = packb("watermark")
-_K_RESULTS = packb("results")
+_K_COLUMNS, _K_ROWS, _K_ROW_COUNT = (packb(key) for key in QUERY_CORE)
+(_K_RESULTS,) = (packb(key) for key in TRANSACTION_CORE)
 
 
 class SizeBudget:
@@ -127,67 +125,22 @@ def _json_result(result: ResultSet) -> dict[str, Any]:
     }
 
 
-def encode_query_response(
-    result: ResultSet,
-    produced_at: int,
-    fmt: WireFormat,
-    watermark: int = 0,
-    tables: Sequence[str] = (),
-    warnings: Sequence[str] = (),
-    invalidation: Mapping[str, Any] | None = None,
-    tags: Sequence[str] = (),
-) -> bytes:
-    """``{"columns", "rows", "rowCount", "producedAt", "watermark"[, "tables", "warnings",
-    "invalidation", "tags"]}``,
-    the first three in exactly that order (the node splices them).
-
-    ``watermark`` is the last purge known committed before the rows were produced
-    (see docs/invalidation.md); ``tables`` and ``warnings`` say what a cached result
-    depends on (origin/core/dependencies.py).
-    """
-    extra: dict[str, Any] = {}
-    if tables:
-        extra["tables"] = list(tables)
-    if warnings:
-        extra["warnings"] = list(warnings)
-    if invalidation:
-        extra["invalidation"] = dict(invalidation)
-    if tags:
-        extra["tags"] = list(tags)
+def encode_query_response(result: ResultSet, answer: OriginAnswer, fmt: WireFormat) -> bytes:
+    """One statement's answer: its result as the core, then ``answer``'s fields."""
     if fmt == "json":
-        return json_dumps(
-            {**_json_result(result), "producedAt": produced_at, "watermark": watermark, **extra}
-        )
-    parts = [_PACKER.pack_map_header(5 + len(extra)), *_pack_result_entries(result)]
-    parts += [_K_PRODUCED_AT, packb(produced_at), _K_WATERMARK, packb(watermark)]
-    for key, value in extra.items():
-        parts += [packb(key), packb(value)]
-    return b"".join(parts)
+        return answer.dump_json(_json_result(result))
+    return answer.pack(QUERY_CORE, _pack_result_entries(result))
 
 
 def encode_transaction_response(
-    results: Sequence[ResultSet],
-    produced_at: int,
-    fmt: WireFormat,
-    invalidation: Mapping[str, Any] | None = None,
+    results: Sequence[ResultSet], answer: OriginAnswer, fmt: WireFormat
 ) -> bytes:
-    """``{"results": [{"columns", "rows", "rowCount"}...], "producedAt"[, "invalidation"]}``;
-    ``invalidation`` names the purge that covers the transaction's writes (automatic
-    invalidation), so a caller can wait for it to be applied everywhere."""
-    tail: dict[str, Any] = {"invalidation": dict(invalidation)} if invalidation else {}
+    """A transaction's answer: ``results`` (one core entry: the list of every statement's
+    result), then ``answer``'s fields."""
     if fmt == "json":
-        return json_dumps(
-            {"results": [_json_result(r) for r in results], "producedAt": produced_at, **tail}
-        )
-    parts = [
-        _PACKER.pack_map_header(2 + len(tail)),
-        _K_RESULTS,
-        _PACKER.pack_array_header(len(results)),
-    ]
+        return answer.dump_json({"results": [_json_result(r) for r in results]})
+    core = [_K_RESULTS, _PACKER.pack_array_header(len(results))]
     for result in results:
-        parts.append(_PACKER.pack_map_header(3))
-        parts.extend(_pack_result_entries(result))
-    parts += [_K_PRODUCED_AT, packb(produced_at)]
-    for key, value in tail.items():
-        parts += [packb(key), packb(value)]
-    return b"".join(parts)
+        core.append(_PACKER.pack_map_header(len(QUERY_CORE)))
+        core.extend(_pack_result_entries(result))
+    return answer.pack(TRANSACTION_CORE, core)

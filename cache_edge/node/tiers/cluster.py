@@ -25,23 +25,61 @@ then on.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline, ClusterPubSub, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError, MaxConnectionsError, RedisError, TimeoutError
+from redis.exceptions import (
+    ConnectionError,
+    MaxConnectionsError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TimeoutError,
+)
 
-__all__ = ["NODE_ERRORS", "NodeBreakers", "NodeUnavailable", "ScopedCluster"]
+__all__ = [
+    "NODE_ERRORS",
+    "ConnectionGlitch",
+    "NodeBreakers",
+    "NodeUnavailable",
+    "ScopedCluster",
+    "cluster_glitches",
+]
 
-# What a node's failure looks like from here. Besides redis-py's own errors, its cluster
-# client has raised RuntimeError ("unable to perform operation on TCPTransport ... handler
-# is closed") and AttributeError ("'NoneType' object has no attribute 'writelines'") when a
-# connection is closed under a command during a topology refresh: that node's connection
-# failed, not the cluster.
-NODE_ERRORS = (ConnectionError, TimeoutError, OSError, RuntimeError, AttributeError)
+
+class ConnectionGlitch(RedisError):
+    """A connection of the cluster client was closed under a command (see cluster_glitches)."""
+
+
+@contextlib.contextmanager
+def cluster_glitches() -> Iterator[None]:
+    """redis-py's cluster client fails with plain Python errors while its topology is being
+    (re)built. They mean "this part of the cluster cannot be used right now", not a bug of
+    ours, so they are mapped here, around the client's entry points, and nowhere else:
+
+    - ``AttributeError`` ("'NoneType' object has no attribute 'writelines'") and
+      ``RuntimeError`` ("unable to perform operation on TCPTransport ... handler is
+      closed"): a connection closed under a command during a topology refresh;
+    - ``KeyError``: a slot missing from the slot map, before the client is set up (the
+      purge feed's first subscription did that) or after a refresh that found the slot
+      uncovered: ``NodesManager.get_node_from_slot`` turns only IndexError/TypeError into
+      the SlotNotCoveredError it means.
+    """
+    try:
+        yield
+    except KeyError as exc:
+        raise SlotNotCoveredError(f"slot {exc} is not in the cluster's slot map") from exc
+    except (AttributeError, RuntimeError) as exc:
+        raise ConnectionGlitch(f"connection closed under a command: {exc}") from exc
+
+
+# What a node's failure looks like from here: that node's connection failed, not the cluster.
+NODE_ERRORS = (ConnectionError, TimeoutError, OSError, ConnectionGlitch)
 
 
 class NodeUnavailable(RedisError):
@@ -87,11 +125,16 @@ class ScopedCluster(RedisCluster):
         super().__init__(*args, **kwargs)
         self.breakers = NodeBreakers(retry_after)
 
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        with cluster_glitches():  # routing: setting up, the slot map
+            return await super().execute_command(*args, **kwargs)
+
     async def _execute_command(self, target_node: ClusterNode, *args: Any, **kwargs: Any) -> Any:
         name = target_node.name
         self.breakers.check(name)
         try:
-            return await super()._execute_command(target_node, *args, **kwargs)
+            with cluster_glitches():
+                return await super()._execute_command(target_node, *args, **kwargs)
         except MaxConnectionsError:
             raise  # this process's pool for the node is full: the node is fine
         except ConnectionError:
@@ -99,8 +142,47 @@ class ScopedCluster(RedisCluster):
         except NODE_ERRORS as exc:
             raise self.breakers.trip(name, exc) from exc
         try:
-            return await super()._execute_command(target_node, *args, **kwargs)
+            with cluster_glitches():
+                return await super()._execute_command(target_node, *args, **kwargs)
         except MaxConnectionsError:
             raise
         except NODE_ERRORS as exc:
             raise self.breakers.trip(name, exc) from exc
+
+    def pipeline(
+        self, transaction: Any | None = None, shard_hint: Any | None = None
+    ) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        return _ScopedPipeline(self, transaction)  # type: ignore[abstract]  # as redis-py does
+
+    def pubsub(
+        self,
+        node: ClusterNode | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        **kwargs: Any,
+    ) -> ClusterPubSub:
+        return _ScopedPubSub(self, node=node, host=host, port=port, **kwargs)
+
+
+class _ScopedPipeline(ClusterPipeline):
+    """A cluster pipeline whose glitches are mapped (its commands skip _execute_command)."""
+
+    async def initialize(self) -> ClusterPipeline:
+        with cluster_glitches():
+            return await super().initialize()
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        with cluster_glitches():
+            return await super().execute(raise_on_error, allow_redirections)
+
+
+class _ScopedPubSub(ClusterPubSub):
+    """Cluster pub/sub whose glitches are mapped (it picks its node from the slot map)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        with cluster_glitches():
+            return await super().execute_command(*args, **kwargs)

@@ -5,6 +5,12 @@ Redis failure surfaces as TierUnavailable, and after one failure the tier stays
 open-circuited for ``retry_after`` seconds so requests stop paying its timeout. On a
 Redis Cluster the breaker opens per node (tiers/cluster.py): keys on healthy masters
 keep hitting while one master is down.
+
+Failures are told apart from bugs in one place, :class:`RedisGuard`, which every
+command of the tier (and of the rate limiter) runs under: only what Redis failing looks
+like (:data:`REDIS_ERRORS`) becomes TierUnavailable; anything else (a TypeError of
+ours) goes on as it is, to be answered ``internal`` and logged with its traceback,
+and never opens the breaker.
 """
 
 from __future__ import annotations
@@ -13,19 +19,23 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisClusterException, RedisError
 
+from cache_edge.common.errors import RedisUnavailable
 from cache_edge.node.tiers.cluster import NODE_ERRORS, NodeUnavailable, ScopedCluster
 from cache_edge.node.tiers.layout import CLUSTER_SHARDS, Layout
 
 __all__ = [
     "REDIS_ERRORS",
     "Progress",
+    "RedisGuard",
     "RedisTier",
     "StateLost",
     "TierUnavailable",
@@ -68,10 +78,22 @@ return 1
 """
 
 
-# Every failure of the Redis client counts as Redis being unavailable: besides RedisError,
-# OSError and timeouts, redis-py's cluster client has raised AttributeError while a
-# connection was being (re)established concurrently. Falling back is always safe here.
-REDIS_ERRORS: tuple[type[BaseException], ...] = (Exception,)
+# What Redis failing looks like from here; anything else is a bug and surfaces as one.
+#  - RedisError: redis-py's own (connection lost or refused, its timeouts, error replies,
+#    a cluster node's NodeUnavailable, and the cluster client's glitches, which
+#    tiers/cluster.py maps where they arise: AttributeError and RuntimeError while it
+#    (re)connects become ConnectionGlitch);
+#  - RedisClusterException: the cluster client's routing failures, which do not derive
+#    from RedisError (no node reachable at setup; SlotNotCoveredError, which is also what
+#    tiers/cluster.py makes of the KeyError of a slot missing from its map);
+#  - OSError: the socket itself (ConnectionError and its kin are OSErrors);
+#  - TimeoutError: asyncio's (the same class since Python 3.11), a bound of ours ran out.
+REDIS_ERRORS: tuple[type[Exception], ...] = (
+    RedisError,
+    RedisClusterException,
+    OSError,
+    TimeoutError,
+)
 
 
 def _as_bytes(values: list[bytes | str | None]) -> list[bytes | None]:
@@ -111,8 +133,100 @@ def redis_client(
     return aioredis.Redis(connection_pool=pool)
 
 
-class TierUnavailable(Exception):
+class TierUnavailable(RedisUnavailable):
     """The shared tier cannot be used right now (down, slow, or circuit open)."""
+
+    refused = False  # True: a circuit breaker refused the command; nothing new failed
+
+    @classmethod
+    def refusal(cls, message: str) -> TierUnavailable:
+        exc = cls(message)
+        exc.refused = True
+        return exc
+
+
+class _Scope:
+    """``with guard.request:`` and its kin (see :class:`RedisGuard`)."""
+
+    __slots__ = ("_check", "_guard", "_record")
+
+    def __init__(self, guard: RedisGuard, *, check: bool, record: bool) -> None:
+        self._guard = guard
+        self._check = check
+        self._record = record
+
+    def __enter__(self) -> None:
+        if self._check:
+            self._guard.check()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if isinstance(exc, REDIS_ERRORS):
+            raise self._guard.failed(exc, record=self._record) from exc
+        # None, TierUnavailable already mapped, or a bug: it goes on unchanged.
+
+
+class RedisGuard:
+    """The one place where Redis failures become TierUnavailable, and the circuit breaker
+    that then skips Redis for ``retry_after`` seconds. Commands run in one of three scopes:
+
+    - ``request``: a request's command; refused at once while the breaker is open, and a
+      failure opens it;
+    - ``upkeep``: background upkeep that must try even then (the purge applier, releasing
+      a lock); a failure opens the breaker for requests;
+    - ``probe``: readiness probes, setup, the purge feed and best-effort cleanup; a failure
+      says so and opens nothing.
+
+    ``scoped``: the client is a ScopedCluster, whose nodes have breakers of their own.
+    """
+
+    def __init__(
+        self,
+        retry_after: float,
+        *,
+        scoped: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._retry_after = retry_after
+        self._scoped = scoped
+        self._clock = clock
+        self._open_until = float("-inf")
+        self.failures = 0  # Redis failures seen (for metrics and tests)
+        self.request = _Scope(self, check=True, record=True)
+        self.upkeep = _Scope(self, check=False, record=True)
+        self.probe = _Scope(self, check=False, record=False)
+
+    @property
+    def available(self) -> bool:
+        return self._clock() >= self._open_until
+
+    def check(self) -> None:
+        if not self.available:
+            raise TierUnavailable.refusal("redis unavailable (recent failure; retrying shortly)")
+
+    def failed(self, exc: BaseException, *, record: bool = True) -> TierUnavailable:
+        """The TierUnavailable for a Redis failure; with ``record``, counted, and the
+        breaker opened unless only one cluster node failed."""
+        if isinstance(exc, NodeUnavailable):
+            # One cluster node: its own breaker is open (tiers/cluster.py) and keys on
+            # the other nodes keep hitting. A refusal by that breaker is no new failure.
+            if exc.cause is None:
+                return TierUnavailable.refusal(f"redis error: {exc}")
+            if record:
+                self.failures += 1
+            return TierUnavailable(f"redis error: {exc}")
+        if record:
+            self.failures += 1
+            # A cluster node's error that did not come through its breaker came from a
+            # pipeline (the applier writing every shard): the requests' own commands open
+            # that node's breaker, and the cluster as a whole is not down.
+            if not (self._scoped and isinstance(exc, NODE_ERRORS)):
+                self._open_until = self._clock() + self._retry_after
+        return TierUnavailable(f"redis error: {type(exc).__name__}: {exc}")
 
 
 class StateLost(Exception):
@@ -162,9 +276,7 @@ class RedisTier:
         self._unlock = self._redis.register_script(_UNLOCK)
         self._lead = self._redis.register_script(_LEAD)
         self._advance = self._redis.register_script(_ADVANCE)
-        self._retry_after = retry_after
-        self._open_until = 0.0
-        self.failures = 0  # total Redis failures seen (for metrics)
+        self.guard = RedisGuard(retry_after, scoped=cluster)
 
     def entry_key(self, tenant: str, signature: str) -> str:
         return self.keys.entry(tenant, signature)
@@ -174,33 +286,15 @@ class RedisTier:
 
     @property
     def available(self) -> bool:
-        return time.monotonic() >= self._open_until
+        return self.guard.available
 
-    def _check(self) -> None:
-        if not self.available:
-            raise TierUnavailable("redis unavailable (recent failure; retrying shortly)")
-
-    def _failed(self, exc: BaseException) -> TierUnavailable:
-        if isinstance(exc, NodeUnavailable):
-            # One cluster node: its own breaker is open (tiers/cluster.py) and keys on
-            # the other nodes keep hitting. A refusal by that breaker is no new failure.
-            if exc.cause is not None:
-                self.failures += 1
-            return TierUnavailable(f"redis error: {exc}")
-        self.failures += 1
-        # A cluster node's error that did not come through its breaker came from a
-        # pipeline (the applier writing every shard): the requests' own commands open
-        # that node's breaker, and the cluster as a whole is not down.
-        if not (isinstance(self._redis, ScopedCluster) and isinstance(exc, NODE_ERRORS)):
-            self._open_until = time.monotonic() + self._retry_after
-        return TierUnavailable(f"redis error: {type(exc).__name__}: {exc}")
+    @property
+    def failures(self) -> int:
+        return self.guard.failures
 
     async def get(self, key: str) -> bytes | None:
-        self._check()
-        try:
+        with self.guard.request:
             value = await self._redis.get(key)
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         return value if isinstance(value, bytes) else None
 
     async def lookup(
@@ -208,31 +302,23 @@ class RedisTier:
     ) -> tuple[bytes | None, list[bytes | None]]:
         """One round trip: the entry and the invalidation state it must be checked against
         (the sync floor, then one version per tag), all in the entry's hash slot."""
-        self._check()
         keys = [self.keys.entry(tenant, signature), *self.keys.state_keys(tenant, signature, tags)]
-        try:
+        with self.guard.request:
             values = await self._redis.mget(keys)
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         got = _as_bytes(values)
         return got[0], got[1:]
 
     async def state(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[bytes | None]:
         """The sync floor and tag versions alone (checking a fresh fetch)."""
-        self._check()
-        try:
+        with self.guard.request:
             return _as_bytes(await self._redis.mget(self.keys.state_keys(tenant, signature, tags)))
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def progress(self, tenant: str) -> Progress:
         k = self.keys
-        try:
+        with self.guard.upkeep:
             applied, floor, gen, epoch = await self._redis.mget(
                 [k.applied(tenant), k.floor(tenant), k.generation(tenant), k.epoch(tenant)]
             )
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         return Progress(
             int(applied) if applied is not None else None,
             int(floor or 0),
@@ -243,12 +329,9 @@ class RedisTier:
     async def durable_floor(self, tenant: str) -> int | None:
         """The floor no entry below which may ever be served, or None if the region's
         state was lost (then nothing can be vouched for, not even as stale)."""
-        self._check()
         k = self.keys
-        try:
+        with self.guard.request:
             floor, gen = await self._redis.mget([k.floor(tenant), k.generation(tenant)])
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         return int(floor or 0) if gen is not None else None
 
     async def apply(
@@ -269,7 +352,7 @@ class RedisTier:
         k, gen = self.keys, seen.generation
         tags = list(tag_versions.items())
         lease_ms = int(sync_ttl * 1000)
-        try:
+        with self.guard.upkeep:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for shard in range(k.shards):
                     keys = [k.shard_generation(tenant, shard), k.sync(tenant, shard)]
@@ -283,8 +366,6 @@ class RedisTier:
                     keys=[k.generation(tenant), k.applied(tenant), k.floor(tenant)],
                     args=[gen, seen.applied, applied, floor],
                 )
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         if not all(shard_ok) or moved == 0:
             raise StateLost(f"the region lost {tenant}'s purge state", lost=True)
         if moved == 2:
@@ -297,7 +378,7 @@ class RedisTier:
         is void from now on. Shards first, so the state becomes readable as a whole."""
         k = self.keys
         lease_ms = int(sync_ttl * 1000)
-        try:
+        with self.guard.upkeep:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for shard in range(k.shards):
                     pipe.set(k.shard_generation(tenant, shard), generation)
@@ -311,8 +392,6 @@ class RedisTier:
                     k.generation(tenant): generation,
                 }
             )
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def wipe(self, tenant: str) -> int:
         """Delete every key of ``tenant`` in this region (its state belongs to another
@@ -320,7 +399,7 @@ class RedisTier:
         is served while the rest is deleted. Returns how many keys were deleted."""
         k = self.keys
         deleted = 0
-        try:
+        with self.guard.upkeep:
             await self._redis.delete(*(k.sync(tenant, s) for s in range(k.shards)))
             for pattern in k.tenant_patterns(tenant):
                 batch: list[str] = []
@@ -332,8 +411,6 @@ class RedisTier:
                         deleted += await self._delete(batch)
                         batch = []
                 deleted += await self._delete(batch)
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         return deleted
 
     async def _delete(self, keys: list[str]) -> int:
@@ -348,46 +425,43 @@ class RedisTier:
     # ------------------------------------------------- the region's purge feed
 
     async def publish_purges(self, region: str, message: bytes) -> None:
-        try:
+        with self.guard.upkeep:
             await self._redis.publish(self.keys.purge_channel(region), message)
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def purge_messages(
         self, region: str, subscribed: Callable[[], None] | None = None
     ) -> AsyncIterator[bytes]:
         """Messages on the region's purge channel, in order, until the connection fails;
         ``subscribed`` is called once Redis has confirmed the subscription."""
-        # A cluster client picks the pub/sub node from its slot map, which it only has
-        # once set up: before that redis-py raised KeyError (the channel's slot).
-        await self._redis.initialize()
-        pubsub = self._redis.pubsub()
-        try:
-            await pubsub.subscribe(self.keys.purge_channel(region))
-            async for message in pubsub.listen():
-                kind = message.get("type")
-                if kind == "message":
-                    yield message["data"]
-                elif kind == "subscribe" and subscribed is not None:
-                    subscribed()
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+        # A lost feed is the mirror's to handle (it forgets what it knew and subscribes
+        # again): it says Redis failed but opens no breaker for requests.
+        with self.guard.probe:
+            # A cluster client picks the pub/sub node from its slot map, which it only has
+            # once set up: before that redis-py raised KeyError (the channel's slot).
+            await self._redis.initialize()
+            pubsub = self._redis.pubsub()
+            try:
+                await pubsub.subscribe(self.keys.purge_channel(region))
+                async for message in pubsub.listen():
+                    kind = message.get("type")
+                    if kind == "message":
+                        yield message["data"]
+                    elif kind == "subscribe" and subscribed is not None:
+                        subscribed()
+            finally:
+                with contextlib.suppress(TierUnavailable), self.guard.probe:
+                    await pubsub.aclose()
 
     async def ack_purges(self, region: str, member: str, seq: int, lease: float) -> None:
         """Record that ``member`` applied purges up to ``seq``; the ack expires with it."""
         expires_ms = int((time.time() + 3 * lease) * 1000)
-        try:
+        with self.guard.upkeep:
             await self._redis.hset(self.keys.members(region), member, f"{seq}:{expires_ms}")
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def purge_acks(self, region: str, tenant: str) -> list[int]:
         """Applied seqs of the region's live processes for ``tenant``."""
-        try:
+        with self.guard.upkeep:
             raw = await self._redis.hgetall(self.keys.members(region))
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
         now_ms = time.time() * 1000
         out: list[int] = []
         dead: list[bytes] = []
@@ -399,44 +473,31 @@ class RedisTier:
             elif member.endswith(suffix):
                 out.append(int(seq))
         if dead:
-            with contextlib.suppress(*REDIS_ERRORS):
-                await self._redis.hdel(self.keys.members(region), *dead)
+            with contextlib.suppress(TierUnavailable), self.guard.probe:
+                await self._redis.hdel(self.keys.members(region), *dead)  # or next time
         return out
 
     async def lead(self, key: str, token: str, ttl_ms: int) -> bool:
         """Take or keep a leadership lease (SET NX, or extend if we already hold it)."""
-        try:
+        with self.guard.upkeep:
             return bool(await self._lead(keys=[key], args=[token, ttl_ms]))
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
-        self._check()
-        try:
+        with self.guard.request:
             await self._redis.set(key, value, ex=max(1, ttl_seconds))
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def try_lock(self, key: str, token: str, ttl_ms: int) -> bool:
-        self._check()
-        try:
+        with self.guard.request:
             return bool(await self._redis.set(key, token, nx=True, px=ttl_ms))
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def unlock(self, key: str, token: str) -> None:
-        try:
+        # The lock expires by itself; failing to release it early only delays others.
+        with self.guard.upkeep:
             await self._unlock(keys=[key], args=[token])
-        except REDIS_ERRORS as exc:
-            # The lock expires by itself; failing to release it early only delays others.
-            raise self._failed(exc) from None
 
     async def exists(self, key: str) -> bool:
-        self._check()
-        try:
+        with self.guard.request:
             return bool(await self._redis.exists(key))
-        except REDIS_ERRORS as exc:
-            raise self._failed(exc) from None
 
     async def connect(self) -> bool:
         """Set the client up before the node serves; False if Redis cannot be reached now.
@@ -445,17 +506,19 @@ class RedisTier:
         burst of concurrent first uses raced that setup (issue 13, H). A node whose Redis
         is down still starts: every command falls back until Redis answers."""
         try:
-            if isinstance(self._redis, ScopedCluster):
-                await self._redis.initialize()
-                return True
-            return bool(await self._redis.ping())
-        except REDIS_ERRORS:
+            with self.guard.probe:
+                if isinstance(self._redis, ScopedCluster):
+                    await self._redis.initialize()
+                    return True
+                return bool(await self._redis.ping())
+        except TierUnavailable:
             return False
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except REDIS_ERRORS:
+            with self.guard.probe:
+                return bool(await self._redis.ping())
+        except TierUnavailable:
             return False
 
     async def close(self) -> None:

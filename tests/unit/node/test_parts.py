@@ -7,19 +7,14 @@ import hashlib
 
 import pytest
 
+from cache_edge.common.answer import split_core
 from cache_edge.common.errors import BadRequest, OriginUnavailable, PayloadTooLarge, Unauthorized
 from cache_edge.common.protocol import parse_query, parse_transaction
 from cache_edge.common.signing import SignatureError, sign_headers, verify_headers
 from cache_edge.common.singleflight import Group
 from cache_edge.common.wire import json_loads, packb, unpackb
 from cache_edge.node.auth import ApiKeys
-from cache_edge.node.entry import (
-    Entry,
-    core_to_dict,
-    result_json,
-    result_msgpack,
-    split_origin_result,
-)
+from cache_edge.node.entry import Entry, core_to_dict, result_json, result_msgpack
 from cache_edge.server.config import Limits, TenantConfig
 
 ORIGIN_ANSWER = {
@@ -32,7 +27,7 @@ ORIGIN_ANSWER = {
 
 def test_core_is_spliced_without_reencoding() -> None:
     raw = packb(ORIGIN_ANSWER)
-    core, rest = split_origin_result(raw)
+    core, rest = split_core(raw)
     assert rest == {"producedAt": 1_700_000_000_123}
     assert core in raw
     entry = Entry.decode(Entry(rest["producedAt"], core, 7).encode())
@@ -48,7 +43,7 @@ def test_core_is_spliced_without_reencoding() -> None:
 
 def test_unexpected_origin_answer_is_origin_unavailable() -> None:
     with pytest.raises(OriginUnavailable):
-        split_origin_result(packb({"rows": [], "columns": [], "rowCount": 0}))
+        split_core(packb({"rows": [], "columns": [], "rowCount": 0}))
     assert Entry.decode(b"\x09" + b"\x00" * 20) is None
     assert Entry.decode(b"") is None
 
@@ -136,7 +131,7 @@ def test_request_limits() -> None:
 
 
 def test_entry_keeps_warnings_and_reads_the_old_format() -> None:
-    core, _ = split_origin_result(packb(ORIGIN_ANSWER))
+    core, _ = split_core(packb(ORIGIN_ANSWER))
     warned = Entry.decode(Entry(5, core, 3, ("depends on now()",)).encode())
     assert warned is not None and warned.warnings == ("depends on now()",)
     assert warned.core == core and warned.watermark == 3

@@ -9,6 +9,7 @@ from decimal import Decimal
 
 import pytest
 
+from cache_edge.common.answer import OriginAnswer, split_core
 from cache_edge.common.errors import ResponseTooLarge
 from cache_edge.common.wire import json_loads, packb, unpackb
 from origin.core.results import (
@@ -32,7 +33,7 @@ def result(rows: Sequence[Sequence[object]] = ROWS) -> ResultSet:
 
 
 def test_msgpack_answer_has_keys_in_contract_order_and_exact_values() -> None:
-    raw = encode_query_response(result(), 1_700_000_000_123, "msgpack", 41)
+    raw = encode_query_response(result(), OriginAnswer(1_700_000_000_123, 41), "msgpack")
     decoded = unpackb(raw)
     assert list(decoded) == ["columns", "rows", "rowCount", "producedAt", "watermark"]
     assert decoded == {
@@ -47,7 +48,7 @@ def test_msgpack_answer_has_keys_in_contract_order_and_exact_values() -> None:
 
 
 def test_first_three_entries_are_a_contiguous_spliceable_prefix() -> None:
-    raw = encode_query_response(result(), 5, "msgpack")
+    raw = encode_query_response(result(), OriginAnswer(5, 0), "msgpack")
     core = packb("columns") + packb(COLUMNS) + packb("rows")
     assert raw.startswith(b"\x85" + core)
     tail = packb("rowCount") + packb(2) + packb("producedAt") + packb(5)
@@ -55,15 +56,14 @@ def test_first_three_entries_are_a_contiguous_spliceable_prefix() -> None:
 
 
 def test_node_splitter_accepts_the_origin_answer() -> None:
-    entry = pytest.importorskip("cache_edge.node.entry")
-    raw = encode_query_response(result(), 5, "msgpack")
-    core, rest = entry.split_origin_result(raw)
+    raw = encode_query_response(result(), OriginAnswer(5, 0), "msgpack")
+    core, rest = split_core(raw)
     assert rest == {"producedAt": 5, "watermark": 0}
     assert core in raw
 
 
 def test_json_answer_shape() -> None:
-    body = json_loads(encode_query_response(result(), 7, "json"))
+    body = json_loads(encode_query_response(result(), OriginAnswer(7, 0), "json"))
     assert body == {
         "columns": COLUMNS,
         "rows": [[1, "12:00:00+05:30"], [2, None]],
@@ -75,12 +75,12 @@ def test_json_answer_shape() -> None:
 
 def test_transaction_answer() -> None:
     empty = ResultSet([], b"", 0, row_count_from_status("UPDATE 3"))
-    raw = encode_transaction_response([result(), empty], 9, "msgpack")
+    raw = encode_transaction_response([result(), empty], OriginAnswer(9), "msgpack")
     decoded = unpackb(raw)
     assert list(decoded) == ["results", "producedAt"]
     assert [list(r) for r in decoded["results"]] == [["columns", "rows", "rowCount"]] * 2
     assert decoded["results"][1] == {"columns": [], "rows": [], "rowCount": 3}
-    assert json_loads(encode_transaction_response([empty], 9, "json")) == {
+    assert json_loads(encode_transaction_response([empty], OriginAnswer(9), "json")) == {
         "results": [{"columns": [], "rows": [], "rowCount": 3}],
         "producedAt": 9,
     }
