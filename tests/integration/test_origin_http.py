@@ -120,7 +120,7 @@ async def test_oversized_body_is_413_with_or_without_content_length(origin: Orig
         "Content-Type": MSGPACK_TYPE,
         **sign_headers(NODE_SECRET, "POST", "/v1/query", "acme", big),
     }
-    async with origin.core.session.post(
+    async with origin.session.post(
         origin.base_url + "/v1/query", data=chunks(), headers=headers
     ) as resp:
         assert resp.status == 413
@@ -138,24 +138,24 @@ async def test_request_ids(origin: OriginClient) -> None:
 
 
 async def test_unknown_route_and_wrong_method_get_error_bodies(origin: OriginClient) -> None:
-    async with origin.core.session.get(origin.base_url + "/v1/nothing") as resp:
+    async with origin.session.get(origin.base_url + "/v1/nothing") as resp:
         assert resp.status == 404
         body = await resp.json()
         assert body["error"]["code"] == "not_found"
         assert resp.headers["X-Request-Id"]
-    async with origin.core.session.get(origin.base_url + "/v1/query") as resp:
+    async with origin.session.get(origin.base_url + "/v1/query") as resp:
         assert resp.status == 405
         assert "POST" in resp.headers["Allow"]
         assert (await resp.json())["error"]["code"] == "bad_request"
 
 
 async def test_unexpected_exception_is_a_generic_500(origin: OriginClient) -> None:
-    assert origin.core.app is not None
+    assert origin.app is not None
 
     async def explode(*_args: Any) -> Any:
         raise RuntimeError("secret internals: password=hunter2")
 
-    origin.core.app[EXECUTOR].query = explode  # type: ignore[method-assign, assignment]
+    origin.app[EXECUTOR].query = explode  # type: ignore[method-assign, assignment]
     reply = await origin.post("/v1/query", QUERY, fmt="json")
     assert reply.status == 500
     assert reply.headers["Content-Type"].startswith(JSON_TYPE)
