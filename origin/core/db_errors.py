@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
-from typing import Any, NoReturn
+import functools
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, NoReturn, ParamSpec, TypeVar
 
 import asyncpg
 from asyncpg import exceptions as pg
@@ -45,6 +46,7 @@ __all__ = [
     "is_read_only_violation",
     "is_stale_statement",
     "map_database_error",
+    "mapped",
     "raise_mapped",
     "rejected_sqlstate",
     "translated",
@@ -140,6 +142,23 @@ def raise_mapped(exc: BaseException, *, statement_index: int | None = None) -> N
     if mapped is exc:
         raise exc
     raise mapped from exc
+
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def mapped(fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """Decorate a coroutine so that whatever fails inside leaves as a cache-edge error."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return await fn(*args, **kwargs)
+        except Exception as exc:
+            raise_mapped(exc)
+
+    return wrapper
 
 
 @contextlib.contextmanager

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from cache_edge.common.errors import BadRequest, NotFound
 from cache_edge.common.protocol import MAX_WAIT, parse_invalidate, table_tag
 from cache_edge.server.config import Settings
 from cache_edge.server.logs import get_logger
 from cache_edge.server.tasks import stop_tasks
-from origin.core.db_errors import map_database_error
+from origin.core.db_errors import mapped
 from origin.core.listener import listen_forever
 from origin.core.pool import TenantPools
 from origin.purge_log.log import CHANNEL, InvalidationLog
@@ -23,20 +22,6 @@ log = get_logger("origin.purge_log.service")
 
 _REGION_MAX = 64
 _EPOCH_MAX = 128
-T = TypeVar("T")
-
-
-def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Database failures of purge operations surface as our error codes, like queries'."""
-
-    @functools.wraps(fn)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
-        try:
-            return await fn(*args, **kwargs)
-        except Exception as exc:
-            raise map_database_error(exc) from exc
-
-    return wrapper
 
 
 class Purges:
@@ -51,7 +36,7 @@ class Purges:
     def log_for(self, tenant: str) -> InvalidationLog:
         return self._logs[tenant]
 
-    @_mapped
+    @mapped
     async def record(self, tenant: str, payload: Any) -> dict[str, Any]:
         req = parse_invalidate(payload)
         purge_log = self._logs[tenant]
@@ -67,7 +52,7 @@ class Purges:
         progress = await purge_log.wait_applied(inv, req.wait)
         return progress.to_wire()
 
-    @_mapped
+    @mapped
     async def status(self, tenant: str, payload: Any) -> dict[str, Any]:
         inv_id = payload.get("id") if isinstance(payload, dict) else None
         if not isinstance(inv_id, str):
@@ -77,7 +62,7 @@ class Purges:
             raise NotFound(f"no invalidation {inv_id[:64]!r} for this tenant")
         return progress.to_wire()
 
-    @_mapped
+    @mapped
     async def poll(self, tenant: str, payload: Any) -> dict[str, Any]:
         if not isinstance(payload, dict):
             raise BadRequest("the poll body must be an object")
