@@ -1,4 +1,4 @@
-"""Applying the origin's purge log in this region, and judging entries against it.
+"""Applying the origin's purge log in this region.
 
 State per tenant in the region's Redis (keys in :class:`RedisTier`):
 
@@ -11,10 +11,11 @@ State per tenant in the region's Redis (keys in :class:`RedisTier`):
 
 An entry carries the origin's watermark ``W``: the last purge committed before its
 rows were produced. It may be served iff ``sync`` exists, ``W >= floor`` and every
-tag version ``<= W``. A region cut off from the origin loses its lease after
-``sync_grace`` seconds and from then on serves nothing it cannot vouch for; a
-region whose Redis lost its state (restart, flush) finds ``applied`` missing and
-bumps the floor to the origin's latest seq on its next poll.
+tag version ``<= W`` (the rule itself is :mod:`cache_edge.node.freshness`, for the
+shared tier and the hot tier alike). A region cut off from the origin loses its
+lease after ``sync_grace`` seconds and from then on serves nothing it cannot vouch
+for; a region whose Redis lost its state (restart, flush) finds ``applied`` missing
+and bumps the floor to the origin's latest seq on its next poll.
 
 One process per region applies (a Redis leadership lease), for every tenant.
 """
@@ -34,28 +35,9 @@ from cache_edge.node.tiers.redis import RedisTier, StateLost, TierUnavailable
 from cache_edge.server.logs import get_logger
 from cache_edge.server.tasks import stop_tasks
 
-__all__ = ["Applier", "is_current", "required_watermark", "survives"]
+__all__ = ["Applier"]
 
 log = get_logger(__name__)
-
-
-def is_current(watermark: int, state: Sequence[bytes | None]) -> bool:
-    """May an entry with this watermark be served, given [sync floor, *tag versions]?"""
-    floor = state[0]
-    return floor is not None and survives(watermark, int(floor), state[1:])
-
-
-def survives(watermark: int, floor: int, versions: Sequence[bytes | None]) -> bool:
-    """Has no purge the region knows of voided an entry with this watermark?
-
-    Weaker than :func:`is_current`: it holds for a region cut off from the origin too,
-    which is what staleIfError may stand on, and never on less."""
-    return watermark >= floor and all(v is None or int(v) <= watermark for v in versions)
-
-
-def required_watermark(state: Sequence[bytes | None]) -> int:
-    """The lowest watermark an answer needs to pass :func:`is_current` under ``state``."""
-    return max((int(v) for v in state if v is not None), default=0)
 
 
 class Applier:

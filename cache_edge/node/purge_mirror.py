@@ -16,6 +16,9 @@ Because pub/sub delivers a connection's messages in order, a process cannot rene
 its lease without first seeing every purge published before the renewal; that is
 what makes "applied, or no longer serving from memory" true ``lease`` seconds after
 a publish at the latest.
+
+The mirror only knows the state; whether an entry may be served under it is the
+one rule of :mod:`cache_edge.node.freshness`, the same as for the shared tier.
 """
 
 from __future__ import annotations
@@ -28,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cache_edge.common.wire import unpackb
+from cache_edge.node.freshness import PurgeState
+from cache_edge.node.ports import PurgeFeed
 from cache_edge.node.tiers.memory import MemoryTier
-from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
+from cache_edge.node.tiers.redis import TierUnavailable
 from cache_edge.server.logs import get_logger
 from cache_edge.server.tasks import stop_tasks
 
@@ -49,11 +54,13 @@ class _TenantState:
 
 
 class PurgeMirror:
+    """This process's view of its region's purge state, by tenant, with a lease."""
+
     def __init__(
         self,
         region: str,
         proc_id: str,
-        tier: RedisTier,
+        tier: PurgeFeed,
         memory: MemoryTier,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -73,17 +80,21 @@ class PurgeMirror:
         state = self._tenants.get(tenant)
         return state is not None and self._clock() < state.lease_until
 
-    def is_current(self, tenant: str, watermark: int, tags: tuple[str, ...]) -> bool:
-        state = self._tenants.get(tenant)
-        if state is None or self._clock() >= state.lease_until or watermark < state.floor:
-            return False
-        return all(state.tags.get(t, 0) <= watermark for t in tags)
-
-    def required(self, tenant: str, tags: tuple[str, ...]) -> int:
+    def state(self, tenant: str, tags: tuple[str, ...]) -> PurgeState:
+        """The purge state an entry with ``tags`` is judged by; unvouched once the lease lapsed."""
         state = self._tenants.get(tenant)
         if state is None:
-            return 0
-        return max([state.floor, *(state.tags.get(t, 0) for t in tags)])
+            return PurgeState(None)
+        floor = state.floor if self._clock() < state.lease_until else None
+        return PurgeState(floor, tuple(state.tags.get(t, 0) for t in tags))
+
+    def is_current(self, tenant: str, watermark: int, tags: tuple[str, ...]) -> bool:
+        """Shorthand: may an entry of this watermark and these tags be served from memory?"""
+        return self.state(tenant, tags).current(watermark)
+
+    def required(self, tenant: str, tags: tuple[str, ...]) -> int:
+        """Shorthand: the watermark a refetch of an entry with these tags must reach."""
+        return self.state(tenant, tags).required()
 
     # ------------------------------------------------------------ messages
 

@@ -1,4 +1,9 @@
-"""The read path: cache key -> shared tier -> freshness rules -> origin, coalesced per region.
+"""The read path: key -> hot tier -> shared tier -> freshness -> origin, coalesced per region.
+
+Whether an entry may be served is decided by one rule for both tiers
+(:mod:`cache_edge.node.freshness`); the tier and the origin link are passed in
+(:mod:`cache_edge.node.ports`), so the whole path runs against in-memory fakes in
+unit tests (tests/unit/node/test_read_path.py).
 
 Coalescing has two floors. Inside a process, a single-flight group lets one
 task fetch per key. Across the processes of a region, the fetching task first
@@ -14,7 +19,7 @@ import asyncio
 import contextlib
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,12 +36,12 @@ from cache_edge.common.keys import cache_key
 from cache_edge.common.protocol import QueryRequest, Statement
 from cache_edge.common.singleflight import Group
 from cache_edge.common.strategy import CacheStrategy
-from cache_edge.node.applier import is_current, required_watermark, survives
 from cache_edge.node.entry import Entry
-from cache_edge.node.origin_client import OriginClient
+from cache_edge.node.freshness import PurgeState, Verdict, judge, survives
+from cache_edge.node.ports import OriginLink, SharedTier
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.tiers.memory import MemoryTier
-from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
+from cache_edge.node.tiers.redis import TierUnavailable
 from cache_edge.server.config import NodeConfig
 from cache_edge.server.logs import get_logger
 from cache_edge.server.tasks import stop_tasks
@@ -92,6 +97,15 @@ class _Fetched:
     cache_error: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Seen:
+    """What the region's tier showed for a key: its entry, if any, and the purge state."""
+
+    entry: Entry | None
+    state: PurgeState  # [sync lease, *tag versions] read with the entry
+    cache_error: str | None = None  # why the tier could not be read
+
+
 def _merged(tags: tuple[str, ...], extra: tuple[str, ...] | None) -> tuple[str, ...]:
     if not extra:
         return tags  # the hit path of tenants without implicit tags: nothing to build
@@ -107,6 +121,8 @@ _MAX_IMPLICIT = 10_000
 
 @dataclass(slots=True)
 class Stats:
+    """What this process's read path did, for metrics and tests."""
+
     origin_calls: int = 0  # queries this process sent to the origin
     coalesced_local: int = 0  # misses that joined another task's fetch in this process
     coalesced_region: int = 0  # misses answered by another process's fetch
@@ -120,11 +136,13 @@ class Stats:
 
 
 class QueryCache:
+    """One node process's read path; tier, origin link and clock are passed in."""
+
     def __init__(
         self,
         config: NodeConfig,
-        tier: RedisTier,
-        origin: OriginClient,
+        tier: SharedTier,
+        origin: OriginLink,
         clock: Callable[[], float] = time.time,
         memory: MemoryTier | None = None,
         mirror: PurgeMirror | None = None,
@@ -148,101 +166,129 @@ class QueryCache:
         self.stats = Stats()
 
     async def query(self, tenant: str, req: QueryRequest, request_id: str) -> Answer:
-        strategy = req.strategy
-        if not strategy.cached:
-            result = await self._origin.query(
-                tenant, req.statement, read_only=False, request_id=request_id
-            )
-            self.stats.origin_calls += 1
-            core, said = read_answer(result.body)
-            inv = said.invalidation.to_wire() if said.invalidation is not None else None
-            return Answer(core, "none", said.produced_at, invalidation=inv)
+        """Answer one request the cheapest way its strategy and the purge state allow.
 
-        stmt = req.statement
-        sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
-        implicit = self._implicit.get((tenant, stmt.sql))
-        tags = _merged(strategy.tags, implicit)
-        flight = _Flight(tenant, sig, stmt, strategy, request_id, tags)
+        uncached -> key -> hot tier -> shared tier -> judge -> fill (stale on error)."""
+        if not req.strategy.cached:
+            return await self._uncached(tenant, req, request_id)
+        flight = self._flight(tenant, req, request_id)
         hot = self._hot(flight)
         if hot is not None:
             return hot
-        cache_error: str | None = None
+        seen = await self._look_up(flight)
+        verdict = self._judge(flight, seen.entry, seen.state)
+        if seen.entry is not None and verdict in ("ttl", "swr"):
+            if verdict == "ttl":
+                self._remember(flight, seen.entry)  # the next hit skips the round trip
+            return self._hit(flight, seen.entry, verdict, seen.state)
+        return await self._fill_or_stand_in(flight, seen, verdict)
+
+    # ------------------------------------------------------------ the steps
+
+    async def _uncached(self, tenant: str, req: QueryRequest, request_id: str) -> Answer:
+        """Not cached: straight to the origin, which may write (and report its purge)."""
+        result = await self._origin.query(
+            tenant, req.statement, read_only=False, request_id=request_id
+        )
+        self.stats.origin_calls += 1
+        core, said = read_answer(result.body)
+        inv = said.invalidation.to_wire() if said.invalidation is not None else None
+        return Answer(core, "none", said.produced_at, invalidation=inv)
+
+    def _flight(self, tenant: str, req: QueryRequest, request_id: str) -> _Flight:
+        """The key, and every tag whose purge state must be read with the entry."""
+        stmt, strategy = req.statement, req.strategy
+        sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
+        tags = _merged(strategy.tags, self._implicit.get((tenant, stmt.sql)))
+        return _Flight(tenant, sig, stmt, strategy, request_id, tags)
+
+    async def _look_up(self, flight: _Flight) -> _Seen:
+        """The region's entry and its purge state, in one round trip; Redis is optional."""
         entry: Entry | None = None
-        state: list[bytes | None] = []
+        values: Sequence[bytes | None] = ()
         try:
-            raw, state = await self._tier.lookup(tenant, sig, tags)
+            raw, values = await self._tier.lookup(flight.tenant, flight.sig, flight.tags)
             entry = Entry.decode(raw) if raw is not None else None
             if entry is not None:
-                state = await self._state_covering(flight, entry, state)
+                values = await self._state_covering(flight, entry, values)
         except TierUnavailable as exc:
-            cache_error = "redis_unavailable"
-            log.warning("cache_tier_unavailable", error=str(exc), request_id=request_id)
+            log.warning("cache_tier_unavailable", error=str(exc), request_id=flight.request_id)
+            return _Seen(entry, PurgeState.from_redis(values), "redis_unavailable")
+        return _Seen(entry, PurgeState.from_redis(values))
 
-        # An entry a purge applied here has voided is never served, not even as stale.
-        # Without a sync lease (cut off from the origin) we cannot tell: such entries may
-        # still stand in on origin failure (staleIfError), never as fresh.
-        fallback: Entry | None = None
-        # Not current only because the region lost its sync lease: may stand in for an
-        # origin failure if no purge the region knows of has voided it (checked then).
-        unvouched: Entry | None = None
-        if entry is not None:
-            if is_current(entry.watermark, state):
-                age = entry.age(self._clock())
-                if age < strategy.ttl:
-                    self._remember(flight, entry)
-                    return Answer(
-                        entry.core, "ttl", entry.produced_at_ms, sig, warnings=entry.warnings
-                    )
-                if age < strategy.ttl + strategy.swr:
-                    self._refresh_in_background(flight, entry, required_watermark(state))
-                    return Answer(
-                        entry.core, "swr", entry.produced_at_ms, sig, warnings=entry.warnings
-                    )
-                fallback = entry
-            elif state and state[0] is None and strategy.stale_if_error:
-                unvouched = entry
+    def _judge(self, flight: _Flight, entry: Entry | None, state: PurgeState) -> Verdict | None:
+        """The one freshness rule (cache_edge/node/freshness.py), for either tier's entry."""
+        if entry is None:
+            return None
+        return judge(state, entry.watermark, entry.age(self._clock()), flight.strategy)
 
+    def _hit(self, flight: _Flight, entry: Entry, status: str, state: PurgeState) -> Answer:
+        """Serve a judged entry; a stale-while-revalidate one starts the key's one refresh."""
+        if status == "swr":
+            self._refresh_in_background(flight, entry, state.required())
+        return Answer(entry.core, status, entry.produced_at_ms, flight.sig, warnings=entry.warnings)
+
+    async def _fill_or_stand_in(
+        self, flight: _Flight, seen: _Seen, verdict: Verdict | None
+    ) -> Answer:
+        """A miss: fetch (coalesced); if the origin fails, an old entry may stand in."""
         try:
-            fresh = await self._fill(flight, entry, required_watermark(state))
+            fresh = await self._fill(flight, seen.entry, seen.state.required())
         except _STALE_OK as exc:
-            if unvouched is not None and await self._survives(flight, unvouched, state):
-                fallback = unvouched
-            if fallback is not None and fallback.age(self._clock()) < strategy.retention:
-                log.warning("serving_stale_on_error", code=exc.code, request_id=request_id)
-                return Answer(
-                    fallback.core,
-                    "stale",
-                    fallback.produced_at_ms,
-                    sig,
-                    error=exc.code,
-                    warnings=fallback.warnings,
-                )
-            raise
+            stale = await self._stand_in(flight, seen, verdict)
+            if stale is None:
+                raise
+            log.warning("serving_stale_on_error", code=exc.code, request_id=flight.request_id)
+            return Answer(
+                stale.core,
+                "stale",
+                stale.produced_at_ms,
+                flight.sig,
+                error=exc.code,
+                warnings=stale.warnings,
+            )
         return Answer(
             fresh.entry.core,
             "miss",
             fresh.entry.produced_at_ms,
-            sig,
-            cache_error=cache_error or fresh.cache_error,
+            flight.sig,
+            cache_error=seen.cache_error or fresh.cache_error,
             warnings=fresh.entry.warnings,
         )
 
-    async def _survives(self, flight: _Flight, entry: Entry, state: list[bytes | None]) -> bool:
+    async def _stand_in(
+        self, flight: _Flight, seen: _Seen, verdict: Verdict | None
+    ) -> Entry | None:
+        """The entry staleIfError may serve: never one a purge applied here has voided.
+
+        An expired but current entry may; so may one the region cannot vouch for (no sync
+        lease: cut off from the origin) if no purge the region knows of voided it."""
+        entry, strategy = seen.entry, flight.strategy
+        if entry is None or verdict not in ("expired", "unvouched"):
+            return None
+        if verdict == "unvouched" and not (
+            strategy.stale_if_error and await self._survives(flight, entry, seen.state)
+        ):
+            return None
+        return entry if entry.age(self._clock()) < strategy.retention else None
+
+    async def _survives(self, flight: _Flight, entry: Entry, state: PurgeState) -> bool:
         """May an entry the region cannot vouch for stand in as stale? Only if it was
         produced after the region's durable floor and after every purge of its tags."""
         try:
             floor = await self._tier.durable_floor(flight.tenant)
         except TierUnavailable:
             return False
-        return floor is not None and survives(entry.watermark, floor, state[1:])
+        return floor is not None and survives(entry.watermark, floor, state.versions)
 
     @property
     def memory(self) -> MemoryTier | None:
+        """This process's hot tier, if any (for metrics)."""
         return self._memory
 
     async def _state_covering(
-        self, flight: _Flight, entry: Entry, state: list[bytes | None]
-    ) -> list[bytes | None]:
+        self, flight: _Flight, entry: Entry, state: Sequence[bytes | None]
+    ) -> Sequence[bytes | None]:
         """The purge state for every tag of ``entry``: a second read only when the entry
         carries implicit tags this process did not know yet (first hit, schema change)."""
         if not entry.tags:
@@ -255,6 +301,7 @@ class QueryCache:
         )
 
     def _learn(self, flight: _Flight, entry: Entry) -> None:
+        """Remember a statement's implicit tags, so its next lookup reads them at once."""
         key = (flight.tenant, flight.stmt.sql)
         if self._implicit.get(key) != entry.tags:
             if len(self._implicit) >= _MAX_IMPLICIT:
@@ -267,38 +314,26 @@ class QueryCache:
         """A hit from this process's memory, judged by the mirrored purge state."""
         if self._memory is None or self._mirror is None:
             return None
-        tenant, strategy = flight.tenant, flight.strategy
-        now = self._clock()
-        entry = self._memory.get(self._tier.entry_key(tenant, flight.sig), now)
+        entry = self._memory.get(flight.tenant, flight.sig, self._clock())
         if entry is None:
             return None
-        tags = _merged(strategy.tags, entry.tags)
-        if not self._mirror.is_current(tenant, entry.watermark, tags):
+        state = self._mirror.state(flight.tenant, _merged(flight.strategy.tags, entry.tags))
+        verdict = self._judge(flight, entry, state)
+        if verdict not in ("ttl", "swr"):
             return None
-        age = entry.age(now)
-        if age < strategy.ttl:
-            self.stats.memory_hits += 1
-            return Answer(
-                entry.core, "ttl", entry.produced_at_ms, flight.sig, warnings=entry.warnings
-            )
-        if age < strategy.ttl + strategy.swr:
-            self.stats.memory_hits += 1
-            required = self._mirror.required(tenant, tags)
-            self._refresh_in_background(flight, entry, required)
-            return Answer(
-                entry.core, "swr", entry.produced_at_ms, flight.sig, warnings=entry.warnings
-            )
-        return None
+        self.stats.memory_hits += 1
+        return self._hit(flight, entry, verdict, state)
 
     def _remember(self, flight: _Flight, entry: Entry) -> None:
+        """Keep a fresh entry in this process's memory while the mirror vouches for it."""
         if self._memory is None or self._mirror is None:
             return
-        tenant, strategy = flight.tenant, flight.strategy
-        tags = _merged(strategy.tags, entry.tags)
-        if not self._mirror.is_current(tenant, entry.watermark, tags):
+        strategy = flight.strategy
+        state = self._mirror.state(flight.tenant, _merged(strategy.tags, entry.tags))
+        if not state.current(entry.watermark):
             return  # the mirror is behind, cut off, or knows of a purge: keep it in Redis only
         expires = entry.produced_at_ms / 1000 + strategy.ttl + strategy.swr
-        self._memory.put(self._tier.entry_key(tenant, flight.sig), tenant, entry, expires)
+        self._memory.put(flight.tenant, flight.sig, entry, expires)
 
     # ------------------------------------------------------------------ fills
 
@@ -370,7 +405,7 @@ class QueryCache:
         if got is None:
             return None
         state = await self._state_covering(flight, got, state)
-        if not is_current(got.watermark, state):
+        if not PurgeState.from_redis(state).current(got.watermark):
             return None
         if seen is not None and got.produced_at_ms <= seen.produced_at_ms:
             return None
@@ -403,23 +438,17 @@ class QueryCache:
                 self._learn(flight, entry)
             try:
                 tags = _merged(strategy.tags, entry.tags)
-                state = await self._tier.state(tenant, flight.sig, tags)
+                state = PurgeState.from_redis(await self._tier.state(tenant, flight.sig, tags))
             except TierUnavailable:
                 return _Fetched(entry, False, started, "redis_unavailable")
-            if state[0] is None:
+            if not state.vouched:
                 self.stats.unvouched_fills += 1
                 return _Fetched(entry, False, started)
-            if not is_current(entry.watermark, state):
+            if not state.current(entry.watermark):
                 self.stats.raced_purges += 1
-                min_watermark = max(min_watermark, required_watermark(state))
+                min_watermark = max(min_watermark, state.required())
                 continue
-            try:
-                key = self._tier.entry_key(tenant, flight.sig)
-                await self._tier.set(key, entry.encode(), strategy.retention)
-            except TierUnavailable as exc:
-                log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
-            else:
-                self._remember(flight, entry)
+            await self._store(flight, entry)
             return _Fetched(entry, True, started)
         # Purges keep overtaking this key's fetches (a hot tag). The last rows were
         # produced after every request waiting now had arrived, so they are fresh for
@@ -427,6 +456,16 @@ class QueryCache:
         self.stats.unstored_after_races += 1
         log.info("fill_raced_repeatedly", request_id=flight.request_id)
         return _Fetched(entry, False, attempt_started)
+
+    async def _store(self, flight: _Flight, entry: Entry) -> None:
+        """Keep checked rows for the region (and this process); failing costs a later miss."""
+        try:
+            key = self._tier.entry_key(flight.tenant, flight.sig)
+            await self._tier.set(key, entry.encode(), flight.strategy.retention)
+        except TierUnavailable as exc:
+            log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
+        else:
+            self._remember(flight, entry)
 
     @contextlib.asynccontextmanager
     async def _holding(self, lock_key: str, token: str) -> AsyncIterator[None]:
@@ -449,12 +488,14 @@ class QueryCache:
             await self._release(lock_key, token)
 
     async def _release(self, lock_key: str, token: str) -> None:
+        """Release a fill lock early; if Redis fails, its lease runs out by itself."""
         with contextlib.suppress(TierUnavailable):  # it expires on its own
             await self._tier.unlock(lock_key, token)
 
     # ------------------------------------------------------------ background
 
     def _refresh_in_background(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
+        """Start an swr refresh unless this process is fetching the key already."""
         if self._flights.running((flight.tenant, flight.sig)):
             return  # this process is already fetching the key
         task = asyncio.create_task(self._refresh(flight, seen, min_watermark))
@@ -462,6 +503,7 @@ class QueryCache:
         task.add_done_callback(self._background.discard)
 
     async def _refresh(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
+        """Refresh under the key's lock, so there is one refresh per key per region."""
         lock_key = self._tier.lock_key(flight.tenant, flight.sig)
         token = secrets.token_hex(8)
         try:

@@ -2,7 +2,9 @@
 
 It answers hits without a Redis round trip. It never decides freshness on its own:
 every hit is judged against the process's mirror of the region's purge state
-(:mod:`cache_edge.node.purge_mirror`), exactly as a Redis hit is judged against Redis.
+(:mod:`cache_edge.node.purge_mirror`) by the same rule as a Redis hit is judged against
+Redis (:mod:`cache_edge.node.freshness`). Entries are keyed by ``(tenant, signature)``:
+what the cache key is, not where Redis happens to keep it.
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from cache_edge.node.entry import Entry
 
 __all__ = ["MemoryTier"]
 
-_OVERHEAD = 600  # measured: key string, slot, Entry, bytes header, OrderedDict node
+_OVERHEAD = 600  # measured: key tuple, slot, Entry, bytes header, OrderedDict node
+
+Key = tuple[str, str]  # (tenant, signature)
 
 
 @dataclass(frozen=True, slots=True)
 class _Slot:
-    tenant: str
     entry: Entry
     expires_at: float  # wall clock, like the entry's producedAt
 
@@ -29,10 +32,12 @@ class _Slot:
 
 
 class MemoryTier:
+    """Recently served entries of every tenant, least recently used first out."""
+
     def __init__(self, budget_bytes: int) -> None:
         self._budget = budget_bytes
         self._used = 0
-        self._slots: OrderedDict[str, _Slot] = OrderedDict()
+        self._slots: OrderedDict[Key, _Slot] = OrderedDict()
         self.hits = 0
         self.evictions = 0
 
@@ -43,7 +48,8 @@ class MemoryTier:
     def used_bytes(self) -> int:
         return self._used
 
-    def get(self, key: str, now: float) -> Entry | None:
+    def get(self, tenant: str, signature: str, now: float) -> Entry | None:
+        key = (tenant, signature)
         slot = self._slots.get(key)
         if slot is None:
             return None
@@ -53,10 +59,11 @@ class MemoryTier:
         self._slots.move_to_end(key)
         return slot.entry
 
-    def put(self, key: str, tenant: str, entry: Entry, expires_at: float) -> None:
+    def put(self, tenant: str, signature: str, entry: Entry, expires_at: float) -> None:
         if self._budget <= 0:
             return
-        slot = _Slot(tenant, entry, expires_at)
+        key = (tenant, signature)
+        slot = _Slot(entry, expires_at)
         if slot.size > self._budget // 8:
             return  # one huge result must not flush everything else
         if key in self._slots:
@@ -68,12 +75,12 @@ class MemoryTier:
             self._drop(oldest)
             self.evictions += 1
 
-    def _drop(self, key: str) -> None:
+    def _drop(self, key: Key) -> None:
         slot = self._slots.pop(key)
         self._used -= slot.size
 
     def flush_tenant(self, tenant: str) -> int:
-        doomed = [k for k, s in self._slots.items() if s.tenant == tenant]
+        doomed = [k for k in self._slots if k[0] == tenant]
         for key in doomed:
             self._drop(key)
         return len(doomed)

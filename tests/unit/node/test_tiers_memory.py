@@ -16,21 +16,21 @@ def entry(size: int = 100, watermark: int = 10) -> Entry:
 def test_lru_stays_within_its_byte_budget() -> None:
     mem = MemoryTier(10_000)
     for i in range(100):
-        mem.put(f"k{i}", "t", entry(500), expires_at=2e9)
+        mem.put("t", f"k{i}", entry(500), expires_at=2e9)
         assert mem.used_bytes <= 10_000
-    assert mem.get("k0", 0) is None and mem.get("k99", 0) is not None
+    assert mem.get("t", "k0", 0) is None and mem.get("t", "k99", 0) is not None
     assert mem.evictions > 0
-    mem.put("huge", "t", entry(5_000), expires_at=2e9)  # > budget / 8: not admitted
-    assert mem.get("huge", 0) is None
+    mem.put("t", "huge", entry(5_000), expires_at=2e9)  # > budget / 8: not admitted
+    assert mem.get("t", "huge", 0) is None
 
 
 def test_expiry_and_tenant_flush() -> None:
     mem = MemoryTier(100_000)
-    mem.put("a", "t1", entry(), expires_at=100.0)
-    mem.put("b", "t2", entry(), expires_at=100.0)
-    assert mem.get("a", 99.0) is not None
-    assert mem.get("a", 100.0) is None
-    assert mem.flush_tenant("t2") == 1 and mem.get("b", 0) is None
+    mem.put("t1", "a", entry(), expires_at=100.0)
+    mem.put("t2", "b", entry(), expires_at=100.0)
+    assert mem.get("t1", "a", 99.0) is not None
+    assert mem.get("t1", "a", 100.0) is None
+    assert mem.flush_tenant("t2") == 1 and mem.get("t2", "b", 0) is None
 
 
 class FakeClock:
@@ -74,8 +74,8 @@ def test_mirror_judges_watermarks_against_tags_floor_and_lease() -> None:
 def test_a_gap_flushes_the_tenant() -> None:
     m, mem, _ = mirror()
     m.apply(msg(-1, 10))
-    mem.put("k", "acme", entry(), expires_at=2e9)
+    mem.put("acme", "k", entry(), expires_at=2e9)
     m.apply(msg(12, 13, tags={"x": 13}))  # 11 and 12 were never seen
     assert m.gaps == 1
-    assert mem.get("k", 0) is None
+    assert mem.get("acme", "k", 0) is None
     assert m.is_current("acme", 13, ("x",))
