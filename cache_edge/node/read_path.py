@@ -203,9 +203,10 @@ class QueryCache:
         return _Flight(tenant, sig, stmt, strategy, request_id, tags)
 
     async def _look_up(self, flight: _Flight) -> _Seen:
-        """The region's entry and its purge state, in one round trip; Redis is optional."""
-        entry: Entry | None = None
-        values: Sequence[bytes | None] = ()
+        """The region's entry and its purge state, in one round trip; Redis is optional.
+
+        An entry whose tags' purge state could not all be read is not seen at all: judged
+        by part of its tags, it could be served after a purge of the others."""
         try:
             raw, values = await self._tier.lookup(flight.tenant, flight.sig, flight.tags)
             entry = Entry.decode(raw) if raw is not None else None
@@ -213,7 +214,7 @@ class QueryCache:
                 values = await self._state_covering(flight, entry, values)
         except TierUnavailable as exc:
             log.warning("cache_tier_unavailable", error=str(exc), request_id=flight.request_id)
-            return _Seen(entry, PurgeState.from_redis(values), "redis_unavailable")
+            return _Seen(None, PurgeState(None), "redis_unavailable")
         return _Seen(entry, PurgeState.from_redis(values))
 
     def _judge(self, flight: _Flight, entry: Entry | None, state: PurgeState) -> Verdict | None:

@@ -364,6 +364,21 @@ async def test_a_lone_lookup_failure_is_reported_and_the_checked_rows_stored() -
     assert region.tier.stored(TENANT, answer.signature or "")
 
 
+async def test_an_entry_whose_implicit_tags_cannot_be_checked_is_not_served() -> None:
+    """A process that does not know a statement's implicit tags yet reads their purge
+    state in a second round trip; if that one fails, the entry is not served."""
+    region = Region(retry_after=0)
+    region.origin.tags = ("table:public.t",)  # automatic invalidation
+    assert (await region.read()).status == "miss"
+    region.origin.value = 2
+    region.purge("table:public.t")  # a write to the table
+    fresh_process = region.process()
+    region.tier.fail("state")
+    answer = await region.read(fresh_process)
+    assert rows(answer) == [[2]], f"rows older than a purge served as {answer.status}"
+    assert answer.cache_error == "redis_unavailable"
+
+
 async def test_redis_dying_during_the_fetch_answers_unchecked_rows_unstored(
     region: Region,
 ) -> None:
