@@ -1,9 +1,5 @@
-"""The bench database: pgbench tables and ``ce_mark``, which counts executions on the server.
-
-``ce_mark(m)`` logs one row per execution through dblink, i.e. over a separate
-connection, so it counts even inside the READ ONLY transactions the origin uses
-for cached queries (the same device as tests/conftest.py).
-"""
+"""The bench database: pgbench tables and ``ce_mark``, which counts executions on the server
+(:mod:`cache_edge.devtools.exec_log`, which the tests use too)."""
 
 from __future__ import annotations
 
@@ -15,32 +11,9 @@ from urllib.parse import urlsplit
 
 import asyncpg
 
-__all__ = ["EXEC_LOG_SQL", "count_executions", "pgbench_init", "prepare_database"]
+from cache_edge.devtools.exec_log import install_exec_log
 
-EXEC_LOG_SQL = """
-CREATE EXTENSION IF NOT EXISTS dblink;
-CREATE TABLE IF NOT EXISTS ce_exec_log (
-    marker text NOT NULL, at timestamptz DEFAULT clock_timestamp());
-CREATE INDEX IF NOT EXISTS ce_exec_log_marker ON ce_exec_log (marker);
-CREATE OR REPLACE FUNCTION ce_mark(m text) RETURNS text LANGUAGE plpgsql VOLATILE AS $fn$
-BEGIN
-  PERFORM dblink_exec('@DSN@', format('INSERT INTO ce_exec_log(marker) VALUES (%L)', m));
-  RETURN m;
-END $fn$;
-"""
-
-
-def _libpq_dsn(dsn: str) -> str:
-    u = urlsplit(dsn)
-    parts = [
-        f"host={u.hostname or '127.0.0.1'}",
-        f"port={u.port or 5432}",
-        f"user={u.username or 'postgres'}",
-        f"dbname={u.path.lstrip('/')}",
-    ]
-    if u.password:
-        parts.append(f"password={u.password}")
-    return " ".join(parts)
+__all__ = ["pgbench_init", "prepare_database"]
 
 
 def pgbench_init(pgbench: str | None, dsn: str, scale: int) -> None:
@@ -91,15 +64,6 @@ async def prepare_database(
             branches = 0
         if branches != scale:
             await asyncio.to_thread(pgbench_init, pgbench, dsn, scale)
-        await conn.execute(EXEC_LOG_SQL.replace("@DSN@", _libpq_dsn(dsn)))
     finally:
         await conn.close()
-
-
-async def count_executions(dsn: str, marker: str) -> int:
-    conn = await asyncpg.connect(dsn, timeout=10)
-    try:
-        sql = "SELECT count(*) FROM ce_exec_log WHERE marker = $1"
-        return int(await conn.fetchval(sql, marker))
-    finally:
-        await conn.close()
+    await install_exec_log(dsn)

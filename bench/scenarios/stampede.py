@@ -17,12 +17,12 @@ from typing import Any
 import msgpack
 
 from bench.context import Context
-from bench.db import count_executions
 from bench.load.run import run_loader
 from bench.procs import listen_overflows
 from bench.scenarios.base import Measurement, ScenarioResult, Target
 from bench.scenarios.common import query_body, start_edge
 from bench.stack import Server, Stack, post
+from cache_edge.devtools.exec_log import count_executions
 
 __all__ = ["TITLE", "run"]
 
