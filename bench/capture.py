@@ -17,9 +17,9 @@ from typing import Any
 import asyncpg
 
 from bench.context import BENCH_DB, TENANT, Context
-from bench.procs import ProcessFailed, python_cmd
 from bench.scenarios.base import Skip
 from bench.stack import Stack
+from cache_edge.devtools.harness import ProcessFailed, python_cmd
 
 __all__ = ["capture_tenant", "table"]
 

@@ -1,8 +1,9 @@
-"""Child processes of the suite: pinned to a core, logged to a file, stopped in order.
+"""What the suite adds to the process harness: pinning, open-file limits, CPU and memory.
 
 Servers run on one core and load generators on another (``taskset``) so that a load
-generator never steals the CPU of the server it measures. Every child gets its own
-session, so Ctrl-C reaches only the suite, which then stops them itself.
+generator never steals the CPU of the server it measures. Starting, waiting for and
+stopping children is :mod:`cache_edge.devtools.harness`, shared with the tests and
+``cache-edge dev``.
 """
 
 from __future__ import annotations
@@ -10,43 +11,20 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = [
     "ROOT",
     "Pinning",
-    "Proc",
-    "ProcessFailed",
-    "free_port",
     "listen_overflows",
     "raise_fd_limit",
+    "rss_bytes",
     "tree_cpu_seconds",
-    "wait_http",
-    "wait_port",
 ]
 
-# Health checks go straight to loopback, whatever http_proxy says.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 _TICKS = os.sysconf("SC_CLK_TCK")
 ROOT = Path(__file__).resolve().parent.parent  # the checkout: `python -m bench...` runs here
-
-
-class ProcessFailed(RuntimeError):
-    """A child exited early or never became ready; the message ends with its log's tail."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def raise_fd_limit(wanted: int = 20_000) -> int:
@@ -84,77 +62,9 @@ class Pinning:
         return f"servers on CPU {self.server}, load generators on CPU {self.load} (taskset)"
 
 
-@dataclass
-class Proc:
-    """One child process whose output goes to its own log file."""
-
-    name: str
-    cmd: list[str]
-    log: Path
-    cpus: str | None = None
-    user: str | None = None
-    stop_signal: int = signal.SIGTERM
-    env: dict[str, str] = field(default_factory=dict)
-    cwd: Path = ROOT
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> Proc:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        prefix = ["taskset", "-c", self.cpus] if self.cpus is not None else []
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [*prefix, *self.cmd],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
-                user=self.user,
-                cwd=self.cwd,
-                start_new_session=True,
-            )
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None, f"{self.name} not started"
-        return self.proc.pid
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def check_alive(self) -> None:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise ProcessFailed(
-                f"{self.name} exited with code {self.proc.returncode}:\n{self.tail()}"
-            )
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            proc.send_signal(self.stop_signal)
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        except ProcessLookupError:
-            pass
-
-    def tail(self, lines: int = 25) -> str:
-        try:
-            text = self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
-
-    def rss_bytes(self) -> int:
-        """Resident memory (VmRSS) of the process and its descendants (a supervisor's workers)."""
-        return sum(_rss(p) for p in _tree(self.pid))
-
-    def cpu_seconds(self) -> float:
-        return tree_cpu_seconds(self.pid)
+def rss_bytes(pid: int) -> int:
+    """Resident memory (VmRSS) of a process and its descendants (a supervisor's workers)."""
+    return sum(_rss(p) for p in _tree(pid))
 
 
 def _children() -> dict[int, list[int]]:
@@ -215,37 +125,3 @@ def tree_cpu_seconds(pid: int) -> float:
             continue
         total += (int(fields[11]) + int(fields[12])) / _TICKS
     return total
-
-
-def wait_http(url: str, proc: Proc, timeout: float = 30.0) -> None:
-    """Poll ``url`` until it answers 200; fail early, with the log, if the child dies."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        try:
-            with _OPENER.open(url, timeout=1.0) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, OSError) as exc:
-            last = exc
-        time.sleep(0.05)
-    raise ProcessFailed(f"{proc.name}: {url} did not answer in {timeout:.0f}s ({last})")
-
-
-def wait_port(port: int, proc: Proc, timeout: float = 30.0, host: str = "127.0.0.1") -> None:
-    """Wait until something accepts TCP connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        try:
-            with socket.create_connection((host, port), timeout=1.0):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise ProcessFailed(f"{proc.name} did not listen on {host}:{port} in {timeout:.0f}s")
-
-
-def python_cmd(module: str, *args: str) -> list[str]:
-    """Run a module of this checkout with the current interpreter."""
-    return [sys.executable, "-m", module, *args]

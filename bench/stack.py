@@ -1,22 +1,23 @@
 """The servers of one scenario, on free loopback ports; all stopped, newest first, on exit.
 
-cache-edge servers are real ``python -m cache_edge.cli.main`` processes configured by a
-TOML file, as a user runs them. Redis, PgBouncer, pgpool-II and (for the storm) a
-PostgreSQL are private instances with their own configs in the run's tmp folder.
-PgBouncer and PostgreSQL refuse to run as root; as root they run as ``postgres``.
+cache-edge servers are real ``python -m cache_edge.cli`` processes configured by a TOML
+file, as a user runs them. Redis, PgBouncer, pgpool-II and (for the storm) a PostgreSQL
+are private instances with their own configs in the run's tmp folder. PgBouncer and
+PostgreSQL refuse to run as root; as root they run as ``postgres``. Every one is a child
+of the process harness (:mod:`cache_edge.devtools.harness`) the tests and ``cache-edge
+dev`` use too; Redis and PostgreSQL are started as :mod:`cache_edge.devtools.services`
+starts them.
 """
 
 from __future__ import annotations
 
-import os
-import pwd
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +27,25 @@ import msgpack
 import tomli_w
 
 from bench.context import TENANT, Context
-from bench.procs import Proc, ProcessFailed, free_port, python_cmd, wait_http, wait_port
+from bench.procs import ROOT
+from cache_edge.devtools.harness import (
+    Child,
+    Children,
+    ProcessFailed,
+    cache_edge_cmd,
+    free_port,
+    python_cmd,
+    wait_http,
+    wait_port,
+    wait_until,
+)
+from cache_edge.devtools.services import (
+    initdb,
+    pg_accepts,
+    postgres_child,
+    redis_child,
+    service_user,
+)
 
 __all__ = ["HttpReply", "Server", "Stack", "metrics", "post"]
 
@@ -35,7 +54,7 @@ _OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 @dataclass(frozen=True)
 class Server:
-    proc: Proc
+    proc: Child
     port: int
 
     @property
@@ -81,25 +100,12 @@ def metrics(server: Server) -> dict[str, float]:
     return found
 
 
-def _service_user() -> str | None:
-    """Who PostgreSQL and PgBouncer run as: ourselves, or ``postgres`` when we are root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        raise ProcessFailed(
-            "PostgreSQL and PgBouncer refuse to run as root and there is no 'postgres' user"
-        ) from None
-    return "postgres"
-
-
 class Stack:
     def __init__(self, ctx: Context, name: str) -> None:
         self.ctx = ctx
         self.dir = ctx.tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._procs: list[Proc] = []
+        self._children = Children()
         self._dirs: list[Path] = []
 
     def __enter__(self) -> Stack:
@@ -114,23 +120,23 @@ class Stack:
         self.stop_all()
 
     def stop_all(self) -> None:
-        while self._procs:
-            self._procs.pop().stop()
+        self._children.stop_all()
         while self._dirs:
             shutil.rmtree(self._dirs.pop(), ignore_errors=True)
 
-    def stop(self, proc: Proc) -> None:
-        proc.stop()
-        if proc in self._procs:
-            self._procs.remove(proc)
+    def stop(self, proc: Child) -> None:
+        self._children.stop(proc)
 
-    def _start(self, proc: Proc) -> Proc:
-        self._procs.append(proc)
-        proc.start()
-        return proc
+    def _start(self, proc: Child) -> Child:
+        return self._children.start(proc)
 
-    def _server_proc(self, name: str, cmd: list[str], **kw: Any) -> Proc:
-        return Proc(name, cmd, self.dir / f"{name}.log", cpus=self.ctx.pinning.server, **kw)
+    def _server_proc(self, name: str, cmd: list[str], **kw: Any) -> Child:
+        return self._pinned(Child(name, cmd, self.dir / f"{name}.log", **kw))
+
+    def _pinned(self, child: Child) -> Child:
+        """On the servers' CPU, run from the checkout (``python -m bench...`` must import)."""
+        child.cpus, child.cwd = self.ctx.pinning.server, ROOT
+        return child
 
     # ------------------------------------------------------------ cache-edge
 
@@ -165,14 +171,22 @@ class Stack:
         path.write_text(tomli_w.dumps(doc))
         return path
 
-    def origin(self, config: Path, name: str = "origin") -> Server:
+    def _http_server(
+        self, name: str, cmd: Callable[[int], list[str]], pinned: bool = True
+    ) -> Server:
+        """Start ``cmd(port)`` on a free port and wait until its ``/healthz`` answers."""
         port = free_port()
-        cmd = python_cmd(
-            "cache_edge.cli", "origin", "--config", str(config), "--listen", f"127.0.0.1:{port}"
-        )
-        proc = self._start(self._server_proc(name, cmd))
+        proc = self._server_proc(name, cmd(port))
+        if not pinned:
+            proc.cpus = None
+        self._start(proc)
         wait_http(f"http://127.0.0.1:{port}/healthz", proc)
         return Server(proc, port)
+
+    def origin(self, config: Path, name: str = "origin") -> Server:
+        return self._http_server(
+            name, lambda port: cache_edge_cmd("origin", config, "--listen", f"127.0.0.1:{port}")
+        )
 
     def node(
         self,
@@ -185,28 +199,14 @@ class Stack:
         extra_args: tuple[str, ...] = (),
         pinned: bool = True,
     ) -> Server:
-        port = free_port()
-        cmd = python_cmd(
-            "cache_edge.cli",
-            "node",
-            "--config",
-            str(config),
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--region",
-            region,
-            "--redis-url",
-            redis_url,
-            "--origin-url",
-            origin_url,
-            *extra_args,
+        args = ["--region", region, "--redis-url", redis_url, "--origin-url", origin_url]
+        return self._http_server(
+            name,
+            lambda port: cache_edge_cmd(
+                "node", config, "--listen", f"127.0.0.1:{port}", *args, *extra_args
+            ),
+            pinned,
         )
-        proc = self._server_proc(name, cmd)
-        if not pinned:
-            proc.cpus = None
-        self._start(proc)
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        return Server(proc, port)
 
     def prime(self, node: Server, body: bytes, expect: str = "ttl", timeout: float = 20.0) -> bytes:
         """Ask until the node answers with cache status ``expect``; return that answer.
@@ -232,24 +232,16 @@ class Stack:
     def baseline_fixed(self, body: bytes, name: str = "fixed-body") -> Server:
         body_file = self.dir / f"{name}.bin"
         body_file.write_bytes(body)
-        port = free_port()
-        cmd = python_cmd(
-            "bench.baseline_server", "--mode", "fixed", "--port", str(port), "--body-file",
-            str(body_file),
-        )  # fmt: skip
-        proc = self._start(self._server_proc(name, cmd))
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        return Server(proc, port)
+        return self._baseline(name, "--mode", "fixed", "--body-file", str(body_file))
 
     def baseline_redis(self, redis_url: str, key: str, name: str = "redis-get") -> Server:
-        port = free_port()
-        cmd = python_cmd(
-            "bench.baseline_server", "--mode", "redis", "--port", str(port), "--redis-url",
-            redis_url, "--key", key,
-        )  # fmt: skip
-        proc = self._start(self._server_proc(name, cmd))
-        wait_http(f"http://127.0.0.1:{port}/healthz", proc)
-        return Server(proc, port)
+        return self._baseline(name, "--mode", "redis", "--redis-url", redis_url, "--key", key)
+
+    def _baseline(self, name: str, *args: str) -> Server:
+        """``bench.baseline_server`` (``bench/baseline_server.py``) with ``args``."""
+        return self._http_server(
+            name, lambda port: python_cmd("bench.baseline_server", "--port", str(port), *args)
+        )
 
     def relay(self, target_port: int, delay_ms: float, name: str = "relay") -> Server:
         port = free_port()
@@ -268,12 +260,9 @@ class Stack:
         import redis
 
         port = free_port()
-        cmd = [
-            self.ctx.tools.path("redis-server"),
-            "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--dir", str(self.dir),
-        ]  # fmt: skip
-        proc = self._start(self._server_proc(name, cmd))
+        binary = self.ctx.tools.path("redis-server")
+        child = redis_child(port, self.dir, self.dir / f"{name}.log", name=name, binary=binary)
+        proc = self._start(self._pinned(child))
         wait_port(port, proc)
         client = redis.Redis(port=port)
         try:
@@ -284,7 +273,7 @@ class Stack:
 
     def _service_dir(self, prefix: str) -> tuple[Path, str | None]:
         """A fresh folder the service user can write (root-owned tmp folders are not)."""
-        user = _service_user()
+        user = service_user()
         path = Path(tempfile.mkdtemp(prefix=f"cache-edge-bench-{prefix}-"))
         self._dirs.append(path)
         if user is not None:
@@ -371,45 +360,14 @@ log_min_messages = warning
         if bindir is None:
             raise LookupError(self.ctx.tools.missing_reason("initdb"))
         data, user = self._service_dir("pg")
-        initdb = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-        done = subprocess.run(
-            [*initdb, "-E", "UTF8", "--no-sync"], capture_output=True, text=True, user=user
-        )
-        if done.returncode != 0:
-            raise ProcessFailed(f"initdb failed:\n{done.stderr[-1500:]}")
+        initdb(data, user, bindir)
         port = free_port()
-        cmd = [
-            str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"max_connections={max_connections}",
-            "-c", "fsync=off", "-c", "synchronous_commit=off",
-        ]  # fmt: skip
+        settings = {"max_connections": max_connections, "fsync": "off", "synchronous_commit": "off"}
+        proc = postgres_child(
+            data, port, self.dir / "postgres.log", user=user, settings=settings, bindir=bindir
+        )
         # PostgreSQL is not pinned, like the machine's own server used by the other scenarios.
-        log = self.dir / "postgres.log"
-        proc = Proc("postgres", cmd, log, user=user, stop_signal=signal.SIGINT)
         self._start(proc)
-        wait_port(port, proc)
         dsn = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-        _wait_pg(dsn, proc)
+        wait_until(lambda: pg_accepts(dsn), proc, "did not accept connections", 30.0, 0.2)
         return dsn
-
-
-def _wait_pg(dsn: str, proc: Proc, timeout: float = 30.0) -> None:
-    import asyncio
-
-    import asyncpg
-
-    async def attempt() -> bool:
-        try:
-            conn = await asyncpg.connect(dsn, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
-        await conn.close()
-        return True
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        if asyncio.run(attempt()):
-            return
-        time.sleep(0.2)
-    raise ProcessFailed(f"private PostgreSQL did not accept connections in {timeout:.0f}s")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import socket
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
-import asyncpg
 import pytest
 
+from cache_edge.devtools.exec_log import count_executions, install_exec_log
+from cache_edge.devtools.harness import free_port
 from cache_edge.server.config import Settings, parse_settings
 from tests.services import ensure_services
 
@@ -16,49 +16,111 @@ PG_ADMIN_DSN, REDIS_URL = ensure_services()
 TEST_DB = "cache_edge_test"
 TEST_DB_B = "cache_edge_test_b"  # a second tenant's database
 
-
-def redis_db(n: int) -> str:
-    """Database ``n`` of the tests' Redis (each test module that flushes owns its own)."""
-    return REDIS_URL.rsplit("/", 1)[0] + f"/{n}"
-
-
 NODE_SECRET = "test-node-secret-0123456789abcdef"
 
 API_KEY_A = "ce_test_key_tenant_a"
 API_KEY_B = "ce_test_key_tenant_b"
 
 
-# Counting executions on the database side: ce_mark(m) logs one row per execution
-# through dblink, i.e. over a separate connection, so it works inside the READ ONLY
-# transactions the origin uses for cached queries and survives their rollback.
-EXEC_LOG_SQL = """
-CREATE EXTENSION IF NOT EXISTS dblink;
-CREATE TABLE IF NOT EXISTS ce_exec_log (marker text NOT NULL, at timestamptz DEFAULT clock_timestamp());
-CREATE INDEX IF NOT EXISTS ce_exec_log_marker ON ce_exec_log (marker);
-CREATE OR REPLACE FUNCTION ce_mark(m text) RETURNS text LANGUAGE plpgsql VOLATILE AS $fn$
-BEGIN
-  PERFORM dblink_exec('@DSN@', format('INSERT INTO ce_exec_log(marker) VALUES (%L)', m));
-  RETURN m;
-END $fn$;
-"""
+# ------------------------------------------------------------------ Redis databases
 
 
-def _dblink_dsn(db: str) -> str:
-    from urllib.parse import urlsplit
+class RedisDatabases:
+    """The tests' Redis databases, handed out by one allocator: a test module leases its
+    own (the ``redis_dbs`` fixture) and gives them back, emptied, when it ends. No two
+    modules ever hold the same database, and no test file names a database number.
 
-    u = urlsplit(PG_ADMIN_DSN)
-    return f"host={u.hostname} port={u.port or 5432} user={u.username or 'postgres'} dbname={db}"
+    The pool is databases 8-15 of the tests' Redis (a machine's Redis has 16; 0-7 are left
+    to whatever else uses it) but ``REDIS_URL``'s own (15 unless told): that one is the
+    settings' default, for tests that start no node, and is never leased."""
+
+    def __init__(self, url: str, numbers: Iterable[int]) -> None:
+        self._base = url.rsplit("/", 1)[0]
+        self._free = list(numbers)
+        self._holders: dict[int, str] = {}
+
+    def url(self, number: int) -> str:
+        return f"{self._base}/{number}"
+
+    def take(self, holder: str) -> int:
+        if not self._free:
+            raise RuntimeError(f"no free Redis database for {holder}: held by {self._holders}")
+        number = self._free.pop(0)
+        self._holders[number] = holder
+        return number
+
+    def give_back(self, number: int) -> None:
+        del self._holders[number]
+        self._free.append(number)
+
+    def lease(self, holder: str) -> RedisLease:
+        return RedisLease(self, holder)
+
+
+class RedisLease:
+    """One test module's Redis databases, by name: ``redis_dbs("region-a")`` is the URL of
+    its database "region-a", leased and emptied on first use."""
+
+    def __init__(self, pool: RedisDatabases, holder: str) -> None:
+        self._pool = pool
+        self._holder = holder
+        self._numbers: dict[str, int] = {}
+
+    def __call__(self, name: str = "main") -> str:
+        if name not in self._numbers:
+            self._numbers[name] = self._pool.take(f"{self._holder}[{name}]")
+            _flush(self._pool.url(self._numbers[name]))
+        return self._pool.url(self._numbers[name])
+
+    def fresh(self, name: str = "main") -> str:
+        """The URL of database ``name``, emptied now (for a test that must start clean)."""
+        url = self(name)
+        _flush(url)
+        return url
+
+    def release(self) -> None:
+        for number in self._numbers.values():
+            _flush(self._pool.url(number))
+            self._pool.give_back(number)
+        self._numbers.clear()
+
+
+def _flush(url: str) -> None:
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+
+
+_OWN_DB = int(REDIS_URL.rsplit("/", 1)[1] or 0)
+_REDIS_DATABASES = RedisDatabases(REDIS_URL, (n for n in range(8, 16) if n != _OWN_DB))
+
+
+@pytest.fixture(scope="module")
+def redis_dbs(request: pytest.FixtureRequest) -> Iterator[RedisLease]:
+    """This test module's own Redis databases (see :class:`RedisDatabases`)."""
+    lease = _REDIS_DATABASES.lease(request.module.__name__)
+    try:
+        yield lease
+    finally:
+        lease.release()
+
+
+@pytest.fixture(scope="module")
+def flushed_redis(redis_dbs: RedisLease) -> str:
+    """This module's main Redis database, empty when the module starts."""
+    return redis_dbs()
+
+
+# ------------------------------------------------------------------ PostgreSQL
 
 
 async def executions(marker: str, db: str = TEST_DB) -> int:
-    """How many times PostgreSQL executed ce_mark(marker)."""
-    conn = await asyncpg.connect(dsn_for(db))
-    try:
-        return int(
-            await conn.fetchval("SELECT count(*) FROM ce_exec_log WHERE marker = $1", marker)
-        )
-    finally:
-        await conn.close()
+    """How many times PostgreSQL executed ce_mark(marker) (cache_edge.devtools.exec_log)."""
+    return await count_executions(dsn_for(db), marker)
 
 
 def sha(key: str) -> str:
@@ -69,15 +131,11 @@ def dsn_for(db: str) -> str:
     return PG_ADMIN_DSN.rsplit("/", 1)[0] + "/" + db
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def pg_databases() -> Iterator[tuple[str, str]]:
     import asyncio
+
+    import asyncpg
 
     async def create() -> None:
         conn = await asyncpg.connect(PG_ADMIN_DSN)
@@ -89,11 +147,7 @@ def pg_databases() -> Iterator[tuple[str, str]]:
         finally:
             await conn.close()
         for db in (TEST_DB, TEST_DB_B):
-            conn = await asyncpg.connect(dsn_for(db))
-            try:
-                await conn.execute(EXEC_LOG_SQL.replace("@DSN@", _dblink_dsn(db)))
-            finally:
-                await conn.close()
+            await install_exec_log(dsn_for(db))
 
     asyncio.run(create())
     yield dsn_for(TEST_DB), dsn_for(TEST_DB_B)
@@ -121,16 +175,6 @@ def make_shared_settings_doc(dsn: str, **sections: dict[str, object]) -> dict[st
     """Like :func:`make_settings_doc`, but both tenants (own keys, own entries) use the same
     database, as two applications or two environments on one database would."""
     return make_settings_doc(dsn, dsn, **sections)
-
-
-@pytest.fixture(scope="session")
-def flushed_redis() -> str:
-    import redis
-
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
-    return REDIS_URL
 
 
 @pytest.fixture

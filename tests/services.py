@@ -13,19 +13,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 import os
-import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
-from cache_edge.devtools.processes import Child
+from cache_edge.devtools.harness import Children
 
 __all__ = ["ensure_services"]
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"
 
-_children: list[Child] = []
+_children = Children()  # stopped at exit, newest first
 
 
 async def _pg_is_logical(dsn: str) -> bool:
@@ -57,7 +55,7 @@ async def _ensure() -> tuple[str, str, list[str]]:
         else:
             service = await _start_private_postgres(work, work / "logs")
             assert service.child is not None
-            _children.append(service.child)
+            _children.add(service.child)
             pg = service.url
             notes.append(f"private PostgreSQL (wal_level=logical) at {pg}")
     redis = os.environ.get("CACHE_EDGE_TEST_REDIS")
@@ -67,25 +65,10 @@ async def _ensure() -> tuple[str, str, list[str]]:
         else:
             service = await _start_private_redis(work, work / "logs")
             assert service.child is not None
-            _children.append(service.child)
+            _children.add(service.child)
             redis = service.url.rsplit("/", 1)[0] + "/15"
             notes.append(f"private Redis at {redis}")
     return pg, redis, notes
-
-
-def _stop() -> None:
-    # Synchronous: at interpreter exit no event loop may start threads any more.
-    for child in reversed(_children):
-        proc = child.proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(child.stop_signal)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        if child.cleanup is not None:
-            shutil.rmtree(child.cleanup, ignore_errors=True)
 
 
 def ensure_services() -> tuple[str, str]:
@@ -96,8 +79,8 @@ def ensure_services() -> tuple[str, str]:
     pg, redis, notes = asyncio.run(_ensure())
     os.environ["CACHE_EDGE_TEST_PG"] = pg
     os.environ["CACHE_EDGE_TEST_REDIS"] = redis
-    if _children:
-        atexit.register(_stop)
+    if any(_children):
+        atexit.register(_children.stop_all)
     for note in notes:
         print(f"tests: {note}")
     return pg, redis

@@ -9,13 +9,9 @@ processes this module started.
 from __future__ import annotations
 
 import asyncio
-import os
-import pwd
 import shutil
 import signal
-import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,8 +19,22 @@ from typing import Any
 
 import tomli_w
 
-from bench.procs import Proc, ProcessFailed, free_port, python_cmd, wait_http, wait_port
-from cache_edge.devtools.services import pg_bindir
+from cache_edge.devtools.harness import (
+    Child,
+    cache_edge_cmd,
+    free_port,
+    wait_http,
+    wait_port,
+    wait_until,
+)
+from cache_edge.devtools.services import (
+    initdb,
+    pg_accepts,
+    pg_bindir,
+    postgres_child,
+    redis_child,
+    service_user,
+)
 
 __all__ = ["API_KEY", "TENANT", "Cluster"]
 
@@ -42,24 +52,13 @@ CREATE INDEX IF NOT EXISTS chaos_writes_client ON chaos_writes (client, seq);
 """
 
 
-def _service_user() -> str | None:
-    """PostgreSQL refuses to run as root: as root it runs as ``postgres``."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam("postgres")
-    except KeyError:
-        raise ProcessFailed("running as root needs a 'postgres' user for PostgreSQL") from None
-    return "postgres"
-
-
 @dataclass
 class Region:
     name: str
     redis_port: int
     node_port: int
-    redis: Proc | None = None
-    node: Proc | None = None
+    redis: Child | None = None
+    node: Child | None = None
 
     @property
     def url(self) -> str:
@@ -82,8 +81,8 @@ class Cluster:
     pg_port: int = 0
     origin_port: int = 0
     regions: list[Region] = field(default_factory=list)
-    _pg: Proc | None = None
-    _origin: Proc | None = None
+    _pg: Child | None = None
+    _origin: Child | None = None
     _pgdata: Path | None = None
     _user: str | None = None
 
@@ -131,7 +130,7 @@ class Cluster:
         self._origin = self._proc("origin", self._origin_cmd(config))
         self._origin.start()
         for region in self.regions:
-            region.redis = self._proc(f"redis-{region.name}", self._redis_cmd(region))
+            region.redis = self._redis(region)
             region.redis.start()
             wait_port(region.redis_port, region.redis)
         wait_http(self.origin_url + "/healthz", self._origin)
@@ -155,8 +154,8 @@ class Cluster:
             shutil.rmtree(self._pgdata, ignore_errors=True)
             self._pgdata = None
 
-    def _proc(self, name: str, cmd: list[str], **kw: Any) -> Proc:
-        return Proc(name, cmd, self.logs / f"{name}.log", **kw)
+    def _proc(self, name: str, cmd: list[str]) -> Child:
+        return Child(name, cmd, self.logs / f"{name}.log")
 
     # ------------------------------------------------------------------ PostgreSQL
 
@@ -166,25 +165,22 @@ class Cluster:
             raise LookupError(
                 "PostgreSQL server binaries (initdb) not found: apt-get install postgresql"
             )
-        self._user = _service_user()
+        self._user = service_user()
         self._pgdata = Path(tempfile.mkdtemp(prefix="cache-edge-chaos-pg-"))
         if self._user is not None:
             shutil.chown(self._pgdata, self._user)
-        initdb = [str(bindir / "initdb"), "-D", str(self._pgdata), "-U", "postgres", "-A", "trust"]
-        done = subprocess.run(
-            [*initdb, "-E", "UTF8", "--no-sync"], capture_output=True, text=True, user=self._user
-        )
-        if done.returncode != 0:
-            raise ProcessFailed(f"initdb failed:\n{done.stderr[-1500:]}")
+        initdb(self._pgdata, self._user, bindir)
         self.pg_port = free_port()
-        cmd = [
-            str(bindir / "postgres"), "-D", str(self._pgdata), "-p", str(self.pg_port),
-            "-k", str(self._pgdata), "-c", "listen_addresses=127.0.0.1",
-            "-c", "max_connections=60", "-c", "fsync=off",
-        ]  # fmt: skip
-        self._pg = self._proc("postgres", cmd, user=self._user, stop_signal=signal.SIGINT)
+        self._pg = postgres_child(
+            self._pgdata,
+            self.pg_port,
+            self.logs / "postgres.log",
+            user=self._user,
+            settings={"max_connections": 60, "fsync": "off"},
+            bindir=bindir,
+        )
         self._pg.start()
-        _wait_pg(self.admin_dsn, self._pg)
+        self._wait_pg()
 
     def _prepare_database(self) -> None:
         import asyncpg
@@ -227,27 +223,28 @@ class Cluster:
         return path
 
     def _origin_cmd(self, config: Path) -> list[str]:
-        listen = f"127.0.0.1:{self.origin_port}"
-        return python_cmd("cache_edge.cli", "origin", "--config", str(config), "--listen", listen)
+        return cache_edge_cmd("origin", config, "--listen", f"127.0.0.1:{self.origin_port}")
 
     def _node_cmd(self, config: Path, region: Region) -> list[str]:
-        return python_cmd(
-            "cache_edge.cli", "node", "--config", str(config),
+        return cache_edge_cmd(
+            "node", config,
             "--listen", f"127.0.0.1:{region.node_port}", "--region", region.name,
             "--redis-url", region.redis_url, "--origin-url", self.origin_url,
         )  # fmt: skip
 
-    def _redis_cmd(self, region: Region) -> list[str]:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise LookupError("redis-server not found: apt-get install redis-server")
-        folder = self.workdir / f"redis-{region.name}"
-        folder.mkdir(exist_ok=True)
-        return [
-            binary, "--port", str(region.redis_port), "--bind", "127.0.0.1",
-            "--save", "", "--appendonly", "no", "--dir", str(folder),
+    def _redis(self, region: Region) -> Child:
+        return redis_child(
+            region.redis_port,
+            self.workdir / f"redis-{region.name}",
+            self.logs / f"redis-{region.name}.log",
             "--maxmemory", "64mb", "--maxmemory-policy", "volatile-lru",
-        ]  # fmt: skip
+            name=f"redis-{region.name}",
+        )  # fmt: skip
+
+    def _wait_pg(self) -> None:
+        assert self._pg is not None
+        dsn = self.admin_dsn
+        wait_until(lambda: pg_accepts(dsn), self._pg, "did not accept connections", 30.0, 0.1)
 
     # ------------------------------------------------------------------ faults
 
@@ -257,7 +254,7 @@ class Cluster:
     async def kill_node(self, name: str) -> None:
         node = self.region(name).node
         assert node is not None
-        await _signal_and_wait(node, signal.SIGKILL)
+        await node.astop(15.0, signal.SIGKILL)
 
     async def start_node(self, name: str) -> None:
         region = self.region(name)
@@ -268,7 +265,7 @@ class Cluster:
     async def stop_redis(self, name: str) -> None:
         redis = self.region(name).redis
         assert redis is not None
-        await _signal_and_wait(redis, signal.SIGTERM)
+        await redis.astop(15.0, signal.SIGTERM)
 
     async def start_redis(self, name: str) -> None:
         region = self.region(name)
@@ -297,7 +294,7 @@ class Cluster:
 
     async def stop_origin(self, sig: int) -> None:
         assert self._origin is not None
-        await _signal_and_wait(self._origin, sig)
+        await self._origin.astop(15.0, sig)
 
     async def start_origin(self) -> None:
         assert self._origin is not None
@@ -307,47 +304,15 @@ class Cluster:
     async def stop_postgres(self, immediate: bool) -> None:
         assert self._pg is not None
         # SIGINT: fast shutdown (clients cut off, checkpoint); SIGQUIT: immediate (a crash).
-        await _signal_and_wait(self._pg, signal.SIGQUIT if immediate else signal.SIGINT)
+        await self._pg.astop(15.0, signal.SIGQUIT if immediate else signal.SIGINT)
 
     async def start_postgres(self) -> None:
         assert self._pg is not None
         self._pg.start()
-        await asyncio.to_thread(_wait_pg, self.admin_dsn, self._pg)
-
-
-async def _signal_and_wait(proc: Proc, sig: int, timeout: float = 15.0) -> None:
-    popen = proc.proc
-    if popen is None or popen.poll() is not None:
-        return
-    popen.send_signal(sig)
-    try:
-        await asyncio.to_thread(popen.wait, timeout)
-    except subprocess.TimeoutExpired:
-        popen.kill()
-        await asyncio.to_thread(popen.wait, 5)
+        await asyncio.to_thread(self._wait_pg)
 
 
 def _sha256(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _wait_pg(dsn: str, proc: Proc, timeout: float = 30.0) -> None:
-    import asyncpg
-
-    async def attempt() -> bool:
-        try:
-            conn = await asyncpg.connect(dsn, timeout=2)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            return False
-        await conn.close()
-        return True
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        proc.check_alive()
-        if asyncio.run(attempt()):
-            return
-        time.sleep(0.1)
-    raise ProcessFailed(f"private PostgreSQL did not accept connections in {timeout:.0f}s")

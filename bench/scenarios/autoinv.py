@@ -23,10 +23,10 @@ import msgpack
 from bench.capture import capture_tenant, table
 from bench.context import Context
 from bench.load.run import run_loader
-from bench.procs import ProcessFailed
 from bench.scenarios.base import Measurement, ScenarioResult, Target
 from bench.scenarios.common import start_edge
 from bench.stack import Stack, post
+from cache_edge.devtools.harness import ProcessFailed
 
 __all__ = ["TITLE", "run"]
 

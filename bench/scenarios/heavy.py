@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 import msgpack
 
 from bench.context import BENCH_DB, Context
-from bench.procs import ProcessFailed
 from bench.scenarios.base import (
     ScenarioResult,
     Skip,
@@ -26,6 +25,7 @@ from bench.scenarios.base import (
 )
 from bench.scenarios.common import HEAVY_SQL, node_plan, query_body, start_edge
 from bench.stack import Stack
+from cache_edge.devtools.harness import ProcessFailed
 
 __all__ = ["TITLE", "run"]
 

@@ -26,7 +26,7 @@ import msgpack
 from bench.context import Context
 from bench.load.rawhttp import build_request
 from bench.load.run import run_loader
-from bench.procs import ROOT
+from bench.procs import ROOT, rss_bytes
 from bench.scenarios.base import Measurement, ScenarioResult, Target, ratio
 from bench.scenarios.common import HIT_PARAMS, HIT_SQL, query_body, start_edge
 from bench.stack import Server, Stack
@@ -169,11 +169,11 @@ def run(ctx: Context) -> ScenarioResult:
             node = fresh_node(f"node-round-{r + 1}")
             ctx.step(f"one client alone (round {r + 1}/{ctx.budget.rounds})")
             alone.append(_client(ctx, node, hit))
-            before = node.proc.rss_bytes()
+            before = rss_bytes(node.proc.pid)
             ctx.step(f"opening {count:,} idle connections (round {r + 1}/{ctx.budget.rounds})")
             holder = _Holder(ctx, node, count, hit)
             time.sleep(1)  # let the node settle
-            held_rss, fds = node.proc.rss_bytes(), _fds(node.proc.pid)
+            held_rss, fds = rss_bytes(node.proc.pid), _fds(node.proc.pid)
             ctx.step(f"one client beside {holder.held['held']:,} idle connections")
             crowded.append(_client(ctx, node, hit))
             done = holder.release()
@@ -184,12 +184,12 @@ def run(ctx: Context) -> ScenarioResult:
         node = fresh_node("node-big-answers")
         _client(ctx, node, big)  # the same warm-up as the other nodes had
         ctx.step(f"{big_count:,} idle connections whose last answer was {_BIG // 1000} KB")
-        before = node.proc.rss_bytes()
+        before = rss_bytes(node.proc.pid)
         # Few at a time: 200 answers of 100 KB in flight at once would leave their peak of
         # write buffers in the RSS, which is not what an idle connection costs.
         holder = _Holder(ctx, node, big_count, big, parallel=10)
         time.sleep(1)
-        big_rss = node.proc.rss_bytes()
+        big_rss = rss_bytes(node.proc.pid)
         big_done = holder.release()
     result.measurements.append(_measurement("alone", "one client, no idle connections", alone))
     result.measurements.append(

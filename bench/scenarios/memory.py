@@ -22,10 +22,11 @@ import redis
 
 from bench.context import Context
 from bench.load.run import run_loader
-from bench.procs import Proc
+from bench.procs import rss_bytes
 from bench.scenarios.base import Measurement, ScenarioResult
 from bench.scenarios.common import POINT_SQL, query_body, start_edge
 from bench.stack import Server, Stack, metrics
+from cache_edge.devtools.harness import Child
 
 __all__ = ["TITLE", "run"]
 
@@ -42,14 +43,14 @@ PHASES = (
 
 @contextlib.contextmanager
 def _sampling(
-    proc: Proc, phase: str, started: float, series: list[tuple[float, str, float]]
+    proc: Child, phase: str, started: float, series: list[tuple[float, str, float]]
 ) -> Iterator[None]:
     """Sample ``proc``'s RSS twice a second while the phase runs."""
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.is_set():
-            mib = proc.rss_bytes() / _MIB
+            mib = rss_bytes(proc.pid) / _MIB
             series.append((round(time.monotonic() - started, 2), phase, round(mib, 2)))
             stop.wait(0.5)
 
@@ -99,7 +100,7 @@ def run(ctx: Context) -> ScenarioResult:
         warm = msgpack.packb(query_body(POINT_SQL, [keys + 1], ttl=3600))
         for node in nodes.values():
             st.prime(node, warm)
-        rss = {f"{name}-start": node.proc.rss_bytes() for name, node in nodes.items()}
+        rss = {f"{name}-start": rss_bytes(node.proc.pid) for name, node in nodes.items()}
         hot_tier: dict[str, dict[str, float]] = {}
         phases = []
         series: list[tuple[float, str, float]] = []  # (seconds, phase, RSS MiB)
@@ -109,7 +110,7 @@ def run(ctx: Context) -> ScenarioResult:
             ctx.step(f"{label} {keys:,} distinct keys")
             with _sampling(node.proc, phase, started, series):
                 summary = run_loader("http", _spec(ctx, node, keys), ctx.pinning, timeout=1800)
-            rss[phase] = node.proc.rss_bytes()
+            rss[phase] = rss_bytes(node.proc.pid)
             got = metrics(node)
             hot_tier[phase] = {
                 "entries": got.get("cache_edge_node_memory_entries", 0.0),

@@ -14,10 +14,10 @@ import msgpack
 
 from bench.context import Context
 from bench.load.run import run_loader
-from bench.procs import ProcessFailed
 from bench.scenarios.base import Measurement, ScenarioResult, Target
 from bench.scenarios.common import start_edge
 from bench.stack import Server, Stack, post
+from cache_edge.devtools.harness import ProcessFailed
 
 __all__ = ["TITLE", "run"]
 

@@ -28,10 +28,11 @@ import asyncpg
 from bench.capture import capture_tenant, table
 from bench.context import Context
 from bench.load.stats import summarize
-from bench.procs import ROOT, ProcessFailed, tree_cpu_seconds
+from bench.procs import ROOT, tree_cpu_seconds
 from bench.scenarios.base import Measurement, ScenarioResult, Target
 from bench.scenarios.common import start_edge
 from bench.stack import Stack
+from cache_edge.devtools.harness import ProcessFailed
 
 __all__ = ["TITLE", "run"]
 

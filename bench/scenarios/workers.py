@@ -14,10 +14,11 @@ from collections.abc import Callable
 import msgpack
 
 from bench.context import Context
-from bench.procs import ROOT, Proc
+from bench.procs import ROOT
 from bench.scenarios.base import ScenarioResult, Skip, measure_rounds, ratio, wrk_variant
 from bench.scenarios.common import HIT_PARAMS, HIT_SQL, node_plan, query_body
 from bench.stack import Stack
+from cache_edge.devtools.harness import Child
 
 __all__ = ["TITLE", "run", "workers_flag_exists"]
 
@@ -36,7 +37,7 @@ def workers_flag_exists() -> bool:
     return "--workers" in done.stdout
 
 
-def _pid_of(proc: Proc) -> Callable[[], list[int]]:
+def _pid_of(proc: Child) -> Callable[[], list[int]]:
     return lambda: [proc.pid]
 
 

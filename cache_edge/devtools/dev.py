@@ -22,7 +22,13 @@ from cache_edge.devtools.check import check_region, format_checks
 from cache_edge.devtools.config_file import DEMO_TENANT, load_or_make_secrets, write_config
 from cache_edge.devtools.delay_relay import DelayRelay
 from cache_edge.devtools.demo_db import ensure_demo_database
-from cache_edge.devtools.processes import Child, ChildFailed, port_in_use, wait_healthy
+from cache_edge.devtools.harness import (
+    Child,
+    ProcessFailed,
+    cache_edge_cmd,
+    port_in_use,
+    wait_healthy,
+)
 from cache_edge.devtools.services import Service, ServiceError, find_postgres, find_redis
 from cache_edge.server.config import redact_dsn
 
@@ -207,23 +213,21 @@ class DevStack:
         )
 
     def _child(self, name: str, args: list[str]) -> Child:
-        cmd = [sys.executable, "-m", "cache_edge.cli", args[0], "--config", str(self.config)]
-        child = Child(name, cmd + args[1:], self.logs / f"{name}.log")
-        child.start()
-        return child
+        cmd = cache_edge_cmd(args[0], self.config, *args[1:])
+        return Child(name, cmd, self.logs / f"{name}.log").start()
 
     async def stop(self) -> None:
         # Reverse order of start: nodes, relays, origin, then the servers we started ourselves.
-        await asyncio.gather(*(n.stop() for n in self.nodes))
+        await asyncio.gather(*(n.astop() for n in self.nodes))
         for relay in self.relays:
             await relay.close()
         if self.origin is not None:
-            await self.origin.stop()
+            await self.origin.astop()
         if self.captured:
             await _remove_capture(self.database_url)
         for service in (self.redis, self.pg):
             if service is not None and service.child is not None:
-                await service.child.stop()
+                await service.child.astop()
 
 
 def render_banner(stack: DevStack) -> str:
@@ -296,7 +300,7 @@ async def _serve(opts: DevOptions) -> int:
         main.uncancel()
         print("\nstopping...", file=sys.stderr, flush=True)
         return 0 if state["started"] else 130
-    except (ServiceError, ChildFailed) as exc:
+    except ProcessFailed as exc:  # ServiceError too
         print(f"cache-edge dev: {exc}", file=sys.stderr)
         return 1
     finally:

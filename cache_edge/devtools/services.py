@@ -3,6 +3,8 @@
 Order for each: the environment variable (``DATABASE_URL`` / ``REDIS_URL``) if it answers,
 then the machine's default server if it answers, then a private server started from the
 binaries on this machine; if none works, :class:`ServiceError` says what to install.
+The private servers are harness children (:func:`postgres_child`, :func:`redis_child`),
+which the tests and ``bench/`` start too.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import asyncio
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cache_edge.devtools.processes import Child, free_port
+from cache_edge.devtools.harness import Child, ProcessFailed, free_port, wait_ready
 from cache_edge.server.config import redact_dsn
 
 __all__ = [
@@ -27,9 +30,14 @@ __all__ = [
     "ServiceError",
     "find_postgres",
     "find_redis",
+    "initdb",
+    "pg_accepts",
     "pg_bindir",
     "pg_reachable",
+    "postgres_child",
+    "redis_child",
     "redis_reachable",
+    "service_user",
 ]
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -45,7 +53,7 @@ INSTALL_REDIS = (
 )
 
 
-class ServiceError(RuntimeError):
+class ServiceError(ProcessFailed):
     """No usable server, and none could be started; the message says what to do."""
 
 
@@ -87,23 +95,23 @@ async def redis_reachable(url: str, timeout: float = 2.0) -> bool:
         await client.aclose()
 
 
+def pg_accepts(dsn: str) -> bool:
+    """:func:`pg_reachable` for code without an event loop."""
+    return asyncio.run(pg_reachable(dsn))
+
+
 async def _start_and_wait(
     child: Child, check: Callable[[str, float], Awaitable[bool]], url: str, timeout: float
 ) -> None:
     """Start a private server and wait until it answers; never leave a failed one running."""
     child.start()
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
     try:
-        while loop.time() < deadline:
-            if child.exited:
-                raise ServiceError(f"{child.name} exited at start:\n{child.tail()}")
-            if await check(url, 1.0):
-                return
-            await asyncio.sleep(0.2)
-        raise ServiceError(f"{child.name} did not answer within {timeout:.0f}s:\n{child.tail()}")
+        await wait_ready(child, lambda: check(url, 1.0), f"did not answer {url}", timeout, 0.2)
+    except ProcessFailed as exc:
+        await asyncio.shield(child.astop())
+        raise ServiceError(str(exc)) from None
     except BaseException:
-        await asyncio.shield(child.stop())
+        await asyncio.shield(child.astop())
         raise
 
 
@@ -120,8 +128,9 @@ def pg_bindir() -> Path | None:
     return Path(initdb).parent if initdb else None
 
 
-def _run_as() -> str | None:
-    # PostgreSQL refuses to run as root; as root we run it as the "postgres" user.
+def service_user() -> str | None:
+    """Who runs PostgreSQL (and PgBouncer): we, or ``postgres`` when we are root (they
+    refuse to run as root)."""
     if os.geteuid() != 0:
         return None
     try:
@@ -136,11 +145,66 @@ def _run_as() -> str | None:
     return "postgres"
 
 
+def initdb(data: Path, user: str | None, bindir: Path | None = None) -> None:
+    """Make a PostgreSQL cluster in ``data`` (trust auth, superuser ``postgres``) unless
+    one is there already."""
+    bindir = bindir or pg_bindir()
+    if bindir is None:
+        raise ServiceError(INSTALL_PG)
+    if (data / "PG_VERSION").exists():
+        return
+    cmd = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
+    done = subprocess.run([*cmd, "-E", "UTF8", "--no-sync"], capture_output=True, user=user)
+    if done.returncode != 0:
+        raise ServiceError(f"initdb failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+
+
+def postgres_child(
+    data: Path,
+    port: int,
+    log: Path,
+    *,
+    user: str | None,
+    settings: Mapping[str, object] | None = None,
+    bindir: Path | None = None,
+    cleanup: Path | None = None,
+) -> Child:
+    """A PostgreSQL on 127.0.0.1:``port`` serving the cluster in ``data`` (see :func:`initdb`);
+    ``settings`` become ``-c name=value`` options."""
+    bindir = bindir or pg_bindir()
+    if bindir is None:
+        raise ServiceError(INSTALL_PG)
+    cmd = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data)]
+    cmd += ["-c", "listen_addresses=127.0.0.1"]
+    for name, value in (settings or {}).items():
+        cmd += ["-c", f"{name}={value}"]
+    return Child(
+        "postgres",
+        cmd,
+        log,
+        user=user,
+        stop_signal=signal.SIGINT,  # PostgreSQL's "fast" shutdown: do not wait for clients
+        cleanup=cleanup,
+    )
+
+
+def redis_child(
+    port: int, data: Path, log: Path, *options: str, name: str = "redis", binary: str | None = None
+) -> Child:
+    """A redis-server on 127.0.0.1:``port`` that persists nothing; ``options`` are added."""
+    binary = binary or shutil.which("redis-server")
+    if binary is None:
+        raise ServiceError(INSTALL_REDIS)
+    data.mkdir(parents=True, exist_ok=True)
+    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+    return Child(name, [*cmd, "--save", "", "--appendonly", "no", *options], log)
+
+
 async def _start_private_postgres(workdir: Path, logs: Path) -> Service:
     bindir = pg_bindir()
     if bindir is None:
         raise ServiceError(INSTALL_PG)
-    user = _run_as()
+    user = service_user()
     notes = []
     if user is None:
         data = workdir / "postgres"
@@ -149,22 +213,16 @@ async def _start_private_postgres(workdir: Path, logs: Path) -> Service:
         data = Path(tempfile.mkdtemp(prefix="cache-edge-dev-pg-"))
         shutil.chown(data, user)
         notes.append(f"running as root: PostgreSQL data lives in {data} for this run only")
-    if not (data / "PG_VERSION").exists():
-        cmd = [str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust"]
-        done = await asyncio.to_thread(
-            subprocess.run, [*cmd, "-E", "UTF8", "--no-sync"], capture_output=True, user=user
-        )
-        if done.returncode != 0:
-            raise ServiceError(f"initdb failed:\n{done.stderr.decode(errors='replace')[-2000:]}")
+    await asyncio.to_thread(initdb, data, user, bindir)
     port = free_port()
-    cmd = [str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", str(data)]
-    child = Child(
-        "postgres",
-        # wal_level=logical: the demo tenant gets automatic invalidation and change streams.
-        [*cmd, "-c", "listen_addresses=127.0.0.1", "-c", "wal_level=logical"],
+    child = postgres_child(
+        data,
+        port,
         logs / "postgres.log",
         user=user,
-        stop_signal="SIGINT",  # PostgreSQL's "fast" shutdown: do not wait for clients
+        # wal_level=logical: the demo tenant gets automatic invalidation and change streams.
+        settings={"wal_level": "logical"},
+        bindir=bindir,
         cleanup=data if user is not None else None,
     )
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
@@ -173,50 +231,59 @@ async def _start_private_postgres(workdir: Path, logs: Path) -> Service:
 
 
 async def _start_private_redis(workdir: Path, logs: Path) -> Service:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise ServiceError(INSTALL_REDIS)
-    data = workdir / "redis"
-    data.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    cmd = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
-    child = Child("redis", [*cmd, "--save", "", "--appendonly", "no"], logs / "redis.log")
+    child = redis_child(port, workdir / "redis", logs / "redis.log")
     url = f"redis://127.0.0.1:{port}/0"
     await _start_and_wait(child, redis_reachable, url, 15.0)
     return Service(url, "private", child)
+
+
+async def _find(
+    variable: str,
+    default: str,
+    reachable: Callable[[str], Awaitable[bool]],
+    start_private: Callable[[], Awaitable[Service]],
+    env: Mapping[str, str],
+    private: bool,
+) -> Service:
+    """``env[variable]`` if it answers, else ``default`` if it answers, else a private one."""
+    notes = []
+    if not private:
+        configured = env.get(variable)
+        if configured:
+            if await reachable(configured):
+                return Service(configured, variable)
+            notes.append(f"{variable} ({redact_dsn(configured)}) does not answer")
+        if await reachable(default):
+            return Service(default, "default", notes=notes)
+    service = await start_private()
+    service.notes[:0] = notes
+    return service
 
 
 async def find_postgres(
     workdir: Path, logs: Path, env: Mapping[str, str], private: bool = False
 ) -> Service:
     """An admin DSN that answers, starting a private server if nothing does."""
-    notes = []
-    if not private:
-        configured = env.get("DATABASE_URL")
-        if configured:
-            if await pg_reachable(configured):
-                return Service(configured, "DATABASE_URL")
-            notes.append(f"DATABASE_URL ({redact_dsn(configured)}) does not answer")
-        if await pg_reachable(DEFAULT_PG):
-            return Service(DEFAULT_PG, "default", notes=notes)
-    service = await _start_private_postgres(workdir, logs)
-    service.notes[:0] = notes
-    return service
+    return await _find(
+        "DATABASE_URL",
+        DEFAULT_PG,
+        pg_reachable,
+        lambda: _start_private_postgres(workdir, logs),
+        env,
+        private,
+    )
 
 
 async def find_redis(
     workdir: Path, logs: Path, env: Mapping[str, str], private: bool = False
 ) -> Service:
     """A Redis URL that answers, starting a private server if nothing does."""
-    notes = []
-    if not private:
-        configured = env.get("REDIS_URL")
-        if configured:
-            if await redis_reachable(configured):
-                return Service(configured, "REDIS_URL")
-            notes.append(f"REDIS_URL ({redact_dsn(configured)}) does not answer")
-        if await redis_reachable(DEFAULT_REDIS):
-            return Service(DEFAULT_REDIS, "default", notes=notes)
-    service = await _start_private_redis(workdir, logs)
-    service.notes[:0] = notes
-    return service
+    return await _find(
+        "REDIS_URL",
+        DEFAULT_REDIS,
+        redis_reachable,
+        lambda: _start_private_redis(workdir, logs),
+        env,
+        private,
+    )

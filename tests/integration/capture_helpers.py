@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import subprocess
-import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 
+from cache_edge.devtools.harness import cache_edge_cmd
 from origin.capture.setup import slot_name
 from tests.conftest import PG_ADMIN_DSN, dsn_for
-from tests.integration.stack import Stack
+from tests.integration.stack import Stack, started
 
 
 async def prepare_database(name: str, schema: str) -> None:
@@ -43,9 +43,9 @@ async def execute(database: str, sql: str, *args: Any) -> None:
 
 
 def origin_cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """``cache-edge origin <args> --config <config>``, e.g. setup-auto-invalidation."""
+    """``cache-edge origin --config <config> <args>``, e.g. setup-auto-invalidation."""
     return subprocess.run(
-        [sys.executable, "-m", "cache_edge.cli", "origin", *args, "--config", str(config)],
+        cache_edge_cmd("origin", config, *args),
         capture_output=True,
         text=True,
         timeout=60,
@@ -86,12 +86,9 @@ def running_with_capture(
         assert setup.returncode == 0, setup.stderr
         assert f"automatic invalidation is set up for tenant '{tenant}'" in setup.stdout
     try:
-        st.start_origin()
-        for region, redis_url in regions:
-            st.start_node(region=region, redis_url=redis_url)
-        yield st
+        with started(st, regions):
+            yield st
     finally:
-        st.stop_all()
         for tenant in tenants:
             removed = origin_cli(st.config, "remove-auto-invalidation", "--tenant", tenant)
             assert removed.returncode == 0, removed.stderr

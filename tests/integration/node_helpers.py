@@ -63,6 +63,13 @@ def marker(prefix: str = "m") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:12]}"
 
 
-def new_stack(tmp_path: Path, dsns: tuple[str, str], redis_url: str, **sections: Any) -> Stack:
+def node_doc(dsns: tuple[str, str], redis_url: str, **sections: Any) -> dict[str, Any]:
+    """The tests' settings (two tenants) with the nodes' Redis at ``redis_url``; ``sections``
+    update the settings' tables (``node={...}``, ``origin={...}``, ``limits={...}``)."""
     node = {"redis_url": redis_url, **sections.pop("node", {})}
-    return Stack(tmp_path, make_settings_doc(*dsns, node=node, **sections))
+    return make_settings_doc(*dsns, node=node, **sections)
+
+
+def new_stack(tmp_path: Path, dsns: tuple[str, str], redis_url: str, **sections: Any) -> Stack:
+    """A stack with :func:`node_doc`'s settings, nothing started yet."""
+    return Stack(tmp_path, node_doc(dsns, redis_url, **sections))

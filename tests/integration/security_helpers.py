@@ -72,29 +72,9 @@ class HttpsServer(Server):
     def url(self) -> str:
         return f"https://127.0.0.1:{self.port}"
 
-    def start(self, wait: bool = True) -> Server:
-        super().start(wait=False)
-        if wait:
-            wait_https(self.url + "/healthz", self.ca, self)
-        return self
-
-
-def wait_https(url: str, ca: Path | None, server: Server, timeout: float = 15.0) -> None:
-    import urllib.request
-
-    ctx = client_ssl(ca) if ca else None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.proc is not None and server.proc.poll() is not None:
-            raise RuntimeError(f"server exited with {server.proc.returncode}: {server.logs()}")
-        try:
-            with urllib.request.urlopen(url, timeout=1, context=ctx) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise RuntimeError(f"{url} did not come up in {timeout}s: {server.logs()[-2000:]}")
+    @property
+    def health_context(self) -> ssl.SSLContext | None:
+        return client_ssl(self.ca) if self.ca else ssl.create_default_context()
 
 
 def rewrite_config(stack: Stack, doc: dict[str, Any]) -> None:

@@ -20,10 +20,9 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import redis
 
 from origin.capture.setup import slot_name
-from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
+from tests.conftest import API_KEY_A, API_KEY_B, RedisLease, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import captured as capture_read_all
 from tests.integration.capture_helpers import (
     execute,
@@ -35,8 +34,6 @@ from tests.integration.node_helpers import Reply, marker, post
 from tests.integration.stack import Stack
 
 AUTO_DB = "cache_edge_auto"
-REGION_A_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
-REGION_B_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
 REGIONS = {"region-a", "region-b"}
 
 SCHEMA = """
@@ -51,19 +48,18 @@ INSERT INTO auto_items VALUES (1, 1, 5), (2, 2, 50);
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], redis_dbs: RedisLease
 ) -> Iterator[Stack]:
     asyncio.run(prepare_database(AUTO_DB, SCHEMA))
-    for url in (REGION_A_REDIS, REGION_B_REDIS):
-        redis.Redis.from_url(url).flushdb()
+    region_a, region_b = redis_dbs("region-a"), redis_dbs("region-b")
     doc = make_settings_doc(
-        dsn_for(AUTO_DB), pg_databases[1], node={"redis_url": REGION_A_REDIS, "sync_grace": 3.0}
+        dsn_for(AUTO_DB), pg_databases[1], node={"redis_url": region_a, "sync_grace": 3.0}
     )
     tenants: list[dict[str, Any]] = doc["tenants"]  # type: ignore[assignment]
     tenants[0]["auto_invalidation"] = True
     tenants[1]["auto_invalidation"] = True  # opted in, never set up: must say so
     st = Stack(tmp_path_factory.mktemp("auto"), doc)
-    regions = [("region-a", REGION_A_REDIS), ("region-b", REGION_B_REDIS)]
+    regions = [("region-a", region_a), ("region-b", region_b)]
     with running_with_capture(st, ["acme"], regions):
         yield st
 

@@ -6,15 +6,15 @@ import datetime as dt
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cache_edge.client import AsyncClient, CacheStrategy, Client
 from cache_edge.common.errors import QueryError, Unauthorized
-from tests.conftest import API_KEY_A, make_settings_doc
-from tests.integration.stack import Stack
+from tests.conftest import API_KEY_A
+from tests.integration.node_helpers import node_doc
+from tests.integration.stack import running_stack
 
 # (SQL type, value sent as a parameter); each comes back in a column of that type.
 TYPED: list[tuple[str, Any]] = [
@@ -49,17 +49,9 @@ VALUES = [v for _, v in TYPED]
 def node_url(
     tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], flushed_redis: str
 ) -> Iterator[str]:
-    tmp: Path = tmp_path_factory.mktemp("sdk")
-    stack = Stack(tmp, make_settings_doc(*pg_databases, node={"redis_url": flushed_redis}))
-    try:
-        stack.start_origin()
-        node = stack.start_node(region="sdk-region")
-        yield node.url
-    except Exception:
-        print(stack.dump_logs())
-        raise
-    finally:
-        stack.stop_all()
+    doc = node_doc(pg_databases, flushed_redis)
+    with running_stack(tmp_path_factory.mktemp("sdk"), doc, [("sdk-region", None)]) as stack:
+        yield stack.nodes()[0].url
 
 
 def assert_exact(row: Any) -> None:

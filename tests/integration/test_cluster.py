@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +20,12 @@ import aiohttp
 import asyncpg
 import pytest
 
+from cache_edge.devtools.harness import Child, Children, free_port, wait_port, wait_until
+from cache_edge.devtools.services import redis_child
 from cache_edge.node.tiers.layout import CLUSTER_SHARDS, Layout
-from tests.conftest import API_KEY_A, TEST_DB, dsn_for, executions, free_port
-from tests.integration.node_helpers import marker, new_stack, post
-from tests.integration.stack import Server, Stack
+from tests.conftest import API_KEY_A, TEST_DB, dsn_for, executions
+from tests.integration.node_helpers import marker, new_stack, node_doc, post
+from tests.integration.stack import Server, Stack, running_stack
 from tests.integration.test_workers import wait_listeners
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-cli") is None, reason="needs redis-cli")
@@ -56,23 +59,26 @@ def _cli(port: int, *args: str) -> str:
 
 
 class Cluster:
+    """Six redis-servers (harness children) made into a cluster: three masters, a replica each."""
+
     def __init__(self, tmp: Path) -> None:
         self.ports = _free_cluster_ports(6)
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
         self.tmp = tmp
+        self.servers = Children()
+        self.procs: dict[int, Child] = {}
 
     def start(self) -> None:
         for port in self.ports:
-            cmd = [
-                "redis-server", "--port", str(port), "--bind", "127.0.0.1",
+            child = redis_child(
+                port, self.tmp, self.tmp / f"redis-{port}.log",
                 "--cluster-enabled", "yes", "--cluster-config-file", f"nodes-{port}.conf",
-                "--cluster-node-timeout", "1000", "--save", "", "--appendonly", "no",
+                "--cluster-node-timeout", "1000",
                 "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0",
-                "--dir", str(self.tmp), "--logfile", str(self.tmp / f"redis-{port}.log"),
-            ]  # fmt: skip
-            self.procs[port] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+                name=f"redis-{port}",
+            )  # fmt: skip
+            self.procs[port] = self.servers.start(child)
         for port in self.ports:
-            self._wait(lambda p=port: _cli(p, "PING").strip() == "PONG")
+            wait_port(port, self.procs[port])
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
         subprocess.run(
             ["redis-cli", "--cluster", "create", *nodes, "--cluster-replicas", "1",
@@ -81,30 +87,30 @@ class Cluster:
         )  # fmt: skip
         self.wait_ok()
 
+    def live(self) -> list[int]:
+        return [p for p, child in self.procs.items() if child.running]
+
     def wait_ok(self) -> None:
-        live = [p for p, proc in self.procs.items() if proc.poll() is None]
-        self._wait(lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in live))
+        live = self.live()
+        wait_until(
+            lambda: all("cluster_state:ok" in _cli(p, "CLUSTER", "INFO") for p in live),
+            None,
+            "the cluster did not reach cluster_state:ok",
+        )
         # A replica can only take over once its initial sync is done.
-        self._wait(
+        wait_until(
             lambda: all(
                 "master_link_status:up" in info or "role:master" in info
                 for info in (_cli(p, "INFO", "replication") for p in live)
-            )
+            ),
+            None,
+            "the replicas did not finish their initial sync",
         )
-
-    @staticmethod
-    def _wait(check: object, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():  # type: ignore[operator]
-                return
-            time.sleep(0.1)
-        raise AssertionError("cluster did not become ready")
 
     def master_of(self, key: str) -> int:
         """Port of the master serving ``key``'s slot."""
         slot = int(_cli(self.ports[0], "CLUSTER", "KEYSLOT", key).strip())
-        live = next(p for p, proc in self.procs.items() if proc.poll() is None)
+        live = self.live()[0]
         for line in _cli(live, "CLUSTER", "NODES").splitlines():
             fields = line.split()
             if "master" not in fields[2] or "fail" in fields[2]:
@@ -116,14 +122,10 @@ class Cluster:
         raise AssertionError(f"no master for slot {slot}")
 
     def kill(self, port: int) -> None:
-        self.procs[port].kill()
-        self.procs[port].wait(5)
+        self.procs[port].stop(sig=signal.SIGKILL)
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(5)
+        self.servers.stop_all()
 
 
 @pytest.fixture
@@ -137,23 +139,12 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 @pytest.fixture
-async def stack(
-    tmp_path: Path, pg_databases: tuple[str, str], cluster: Cluster
-) -> AsyncIterator[Stack]:
+def stack(tmp_path: Path, pg_databases: tuple[str, str], cluster: Cluster) -> Iterator[Stack]:
     url = f"redis://127.0.0.1:{cluster.ports[0]}"
-    st = new_stack(
-        tmp_path,
-        pg_databases,
-        url,
-        node={"redis_cluster": True, "sync_grace": 3.0, "redis_retry_after": 0.2},
-    )
-    st.start_origin()
-    st.start_node(region="clustered")
-    st.start_node(region="clustered")
-    try:
+    node = {"redis_cluster": True, "sync_grace": 3.0, "redis_retry_after": 0.2}
+    doc = node_doc(pg_databases, url, node=node)
+    with running_stack(tmp_path, doc, [("clustered", None), ("clustered", None)]) as st:
         yield st
-    finally:
-        st.stop_all()
 
 
 def nodes(st: Stack) -> list[str]:
@@ -272,10 +263,9 @@ async def test_node_sets_redis_up_before_serving_on_cluster(
         rate_limit={"rate": 0.5, "burst": 4},
     )
     origin = st.start_origin()
-    node = Server(
-        "node", free_port(), st.config, ["--workers", "2", "--origin-url", origin.url]
-    ).start()
-    st.servers.append(node)
+    node = st.add(
+        Server("node", free_port(), st.config, ["--workers", "2", "--origin-url", origin.url])
+    )
     try:
         wait_listeners(node.port, 2)
         body = {"sql": "SELECT 1 AS one", "cacheStrategy": {"ttl": 60}}

@@ -19,16 +19,15 @@ from typing import Any
 
 import msgpack
 import pytest
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cache_edge.common.signing import sign_headers
-from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc, redis_db
+from tests.conftest import API_KEY_A, NODE_SECRET
+from tests.integration.node_helpers import node_doc
 from tests.integration.security_helpers import metric_value
-from tests.integration.stack import Server, Stack
+from tests.integration.stack import Server, running_stack
 
-REDIS_URL = redis_db(9)
 LIMITS = {"max_body_bytes": 65536, "max_params": 20, "max_string_length": 2000}
 
 pytestmark = pytest.mark.slow
@@ -71,25 +70,19 @@ class Target:
 
 @pytest.fixture(scope="module")
 def servers(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], flushed_redis: str
 ) -> Iterator[tuple[Target, Target]]:
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
-    doc = make_settings_doc(*pg_databases, node={"redis_url": REDIS_URL}, limits=LIMITS)
-    stack = Stack(tmp_path_factory.mktemp("fuzz"), doc)
-    stack.start_origin()
-    node = stack.start_node(region="fuzz")
-    assert stack.origin is not None
-    targets = (Target(node), Target(stack.origin))
-    try:
-        yield targets
-    finally:
-        for t in targets:
-            t.close()
-        logs = stack.dump_logs()
-        stack.stop_all()
-        assert "Traceback" not in logs, logs[-3000:]
+    doc = node_doc(pg_databases, flushed_redis, limits=LIMITS)
+    with running_stack(tmp_path_factory.mktemp("fuzz"), doc, [("fuzz", None)]) as stack:
+        assert stack.origin is not None
+        targets = (Target(stack.nodes()[0]), Target(stack.origin))
+        try:
+            yield targets
+        finally:
+            for t in targets:
+                t.close()
+            logs = stack.dump_logs()
+    assert "Traceback" not in logs, logs[-3000:]
 
 
 # ------------------------------------------------------------------------ strategies

@@ -7,7 +7,7 @@ stale answer is visible in the rows, not only in the cache status.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,12 +15,10 @@ import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, TEST_DB, dsn_for, free_port
-from tests.integration.node_helpers import Reply, marker, new_stack, post
-from tests.integration.stack import Server, Stack
-
-REGION_A_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
-REGION_B_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
+from cache_edge.devtools.harness import free_port
+from tests.conftest import API_KEY_A, API_KEY_B, TEST_DB, RedisLease, dsn_for
+from tests.integration.node_helpers import Reply, marker, new_stack, node_doc, post
+from tests.integration.stack import Server, Stack, running_stack
 
 
 async def _flush(url: str) -> None:
@@ -30,17 +28,19 @@ async def _flush(url: str) -> None:
 
 
 @pytest.fixture
-async def world(tmp_path: Path, pg_databases: tuple[str, str]) -> AsyncIterator[Stack]:
-    await _flush(REGION_A_REDIS)
-    await _flush(REGION_B_REDIS)
-    st = new_stack(tmp_path, pg_databases, REGION_A_REDIS, node={"sync_grace": 2.0})
-    st.start_origin()
-    st.start_node(region="region-a", redis_url=REGION_A_REDIS)
-    st.start_node(region="region-b", redis_url=REGION_B_REDIS)
-    try:
+def region_redis(redis_dbs: RedisLease) -> tuple[str, str]:
+    """Regions a and b's Redis databases, empty."""
+    return redis_dbs.fresh("region-a"), redis_dbs.fresh("region-b")
+
+
+@pytest.fixture
+def world(
+    tmp_path: Path, pg_databases: tuple[str, str], region_redis: tuple[str, str]
+) -> Iterator[Stack]:
+    a, b = region_redis
+    doc = node_doc(pg_databases, a, node={"sync_grace": 2.0})
+    with running_stack(tmp_path, doc, [("region-a", a), ("region-b", b)]) as st:
         yield st
-    finally:
-        st.stop_all()
 
 
 @pytest.fixture
@@ -216,7 +216,10 @@ async def test_node_and_origin_restart_between_purge_and_apply(
 
 @pytest.mark.slow
 async def test_region_state_lost_means_resync_not_stale(
-    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+    world: Stack,
+    http: aiohttp.ClientSession,
+    row: tuple[asyncpg.Connection, str],
+    region_redis: tuple[str, str],
 ) -> None:
     """Region b's invalidation state is evicted (entries kept): it must not serve them."""
     conn, key = row
@@ -227,7 +230,7 @@ async def test_region_state_lost_means_resync_not_stale(
     node_b.stop()  # so the purge is not applied in b before we lose b's state
     await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
     await purge(http, node_a.url, {"tags": [tag], "wait": 0})
-    r = aioredis.Redis.from_url(REGION_B_REDIS)
+    r = aioredis.Redis.from_url(region_redis[1])
     state = [k async for k in r.scan_iter("ce:{acme*") if b":e:" not in k]
     await r.delete(*state)  # what allkeys-lru eviction or a partial loss could do
     assert [k async for k in r.scan_iter("ce:{acme.*}:e:*")], "the entry is still there"
@@ -236,7 +239,7 @@ async def test_region_state_lost_means_resync_not_stale(
     after = await post(http, node_b.url, read(key, tag), API_KEY_A)
     assert after.body["rows"] == [[2]], after.body
     # And a flushed Redis: answers continue, caching resumes.
-    await _flush(REGION_B_REDIS)
+    await _flush(region_redis[1])
     assert (await post(http, node_b.url, read(key, tag), API_KEY_A)).body["rows"] == [[2]]
     for _ in range(50):
         reply = await post(http, node_b.url, read(key, tag), API_KEY_A)
@@ -248,15 +251,17 @@ async def test_region_state_lost_means_resync_not_stale(
 
 @pytest.mark.slow
 async def test_region_cut_off_from_origin_stops_vouching(
-    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+    world: Stack,
+    http: aiohttp.ClientSession,
+    row: tuple[asyncpg.Connection, str],
+    region_redis: tuple[str, str],
+    redis_dbs: RedisLease,
 ) -> None:
     """Region c reaches the origin through its own origin replica, which we stop."""
     conn, key = row
-    replica = Server("origin", free_port(), world.config).start()
-    world.servers.append(replica)
-    await _flush(REDIS_URL.rsplit("/", 1)[0] + "/12")
+    replica = world.add(Server("origin", free_port(), world.config))
     node_c = world.start_node(
-        region="region-c", redis_url=REDIS_URL.rsplit("/", 1)[0] + "/12", origin_url=replica.url
+        region="region-c", redis_url=redis_dbs.fresh("region-c"), origin_url=replica.url
     )
     a = nodes(world)[0].url
     await wait_live(http, a, {"region-a", "region-b", "region-c"})
@@ -318,18 +323,16 @@ async def test_two_origin_replicas_share_one_purge_log(
     pg_databases: tuple[str, str],
     http: aiohttp.ClientSession,
     row: tuple[asyncpg.Connection, str],
+    region_redis: tuple[str, str],
 ) -> None:
     """Regions behind different origin instances (as behind a load balancer) see one purge."""
     conn, key = row
-    await _flush(REGION_A_REDIS)
-    await _flush(REGION_B_REDIS)
-    st = new_stack(tmp_path, pg_databases, REGION_A_REDIS, node={"sync_grace": 2.0})
+    st = new_stack(tmp_path, pg_databases, region_redis[0], node={"sync_grace": 2.0})
     try:
         first = st.start_origin()
-        second = Server("origin", free_port(), st.config).start()
-        st.servers.append(second)
-        a = st.start_node(region="replica-a", redis_url=REGION_A_REDIS, origin_url=first.url)
-        b = st.start_node(region="replica-b", redis_url=REGION_B_REDIS, origin_url=second.url)
+        second = st.add(Server("origin", free_port(), st.config))
+        a = st.start_node(region="replica-a", redis_url=region_redis[0], origin_url=first.url)
+        b = st.start_node(region="replica-b", redis_url=region_redis[1], origin_url=second.url)
         await wait_live(http, a.url, {"replica-a", "replica-b"})
         tag = marker("rep").replace("-", "_")
         for node in (a, b):
@@ -344,11 +347,14 @@ async def test_two_origin_replicas_share_one_purge_log(
 
 
 async def test_hot_tiers_of_every_process_honour_a_purge(
-    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+    world: Stack,
+    http: aiohttp.ClientSession,
+    row: tuple[asyncpg.Connection, str],
+    region_redis: tuple[str, str],
 ) -> None:
     """Two processes of region a answer from memory; once the purge returns, neither does."""
     conn, key = row
-    second = world.start_node(region="region-a", redis_url=REGION_A_REDIS)
+    second = world.start_node(region="region-a", redis_url=region_redis[0])
     a1, a2 = nodes(world)[0].url, second.url
     await wait_live(http, a1, {"region-a", "region-b"})
     tag = marker("hot").replace("-", "_")
@@ -403,7 +409,10 @@ async def test_stale_if_error_never_serves_a_purged_entry_end_to_end(
 
 @pytest.mark.slow
 async def test_flushed_region_notices_and_never_serves_pre_purge_rows(
-    world: Stack, http: aiohttp.ClientSession, row: tuple[asyncpg.Connection, str]
+    world: Stack,
+    http: aiohttp.ClientSession,
+    row: tuple[asyncpg.Connection, str],
+    region_redis: tuple[str, str],
 ) -> None:
     """Issue 13 B: a slow miss in flight, a purge applied, FLUSHALL, the miss completes."""
     conn, key = row
@@ -420,7 +429,7 @@ async def test_flushed_region_notices_and_never_serves_pre_purge_rows(
     await conn.execute("UPDATE inv_t SET v = 2 WHERE k = $1", key)
     done = await purge(http, node_a.url, {"tags": [tag], "wait": 10})
     assert "region-a" in done.body["appliedRegions"]
-    await _flush(REGION_A_REDIS)
+    await _flush(region_redis[0])
     await in_flight
     deadline = asyncio.get_running_loop().time() + 3.0
     while asyncio.get_running_loop().time() < deadline:
@@ -439,7 +448,10 @@ async def test_flushed_region_notices_and_never_serves_pre_purge_rows(
 
 @pytest.mark.slow
 async def test_a_database_whose_purge_log_starts_over_does_not_lock_regions_out(
-    tmp_path: Path, pg_databases: tuple[str, str], http: aiohttp.ClientSession
+    tmp_path: Path,
+    pg_databases: tuple[str, str],
+    http: aiohttp.ClientSession,
+    region_redis: tuple[str, str],
 ) -> None:
     """Issue 13 I: purges reach seq 5, the database is dropped and created again (as a
     restore from an older backup or a new database would), the stack starts again."""
@@ -451,13 +463,12 @@ async def test_a_database_whose_purge_log_starts_over_does_not_lock_regions_out(
         await admin.execute(f'CREATE DATABASE "{db}"')
 
     await recreate()
-    await _flush(REGION_A_REDIS)
     dsns = (dsn_for(db), pg_databases[1])
     body = {"sql": "SELECT 42 AS answer", "cacheStrategy": {"ttl": 300, "tags": ["t"]}}
     try:
-        st = new_stack(tmp_path, dsns, REGION_A_REDIS, node={"sync_grace": 2.0})
+        st = new_stack(tmp_path, dsns, region_redis[0], node={"sync_grace": 2.0})
         st.start_origin()
-        node = st.start_node(region="region-a", redis_url=REGION_A_REDIS)
+        node = st.start_node(region="region-a", redis_url=region_redis[0])
         await wait_live(http, node.url, {"region-a"})
         for _ in range(5):
             await purge(http, node.url, {"tags": ["t"], "wait": 5})
@@ -465,7 +476,7 @@ async def test_a_database_whose_purge_log_starts_over_does_not_lock_regions_out(
         st.stop_all()
         await recreate()  # the purge log starts over; the region's Redis still remembers
         st.start_origin()
-        node = st.start_node(region="region-a", redis_url=REGION_A_REDIS)
+        node = st.start_node(region="region-a", redis_url=region_redis[0])
         statuses = []
         for _ in range(50):
             reply = await post(http, node.url, body, API_KEY_A)

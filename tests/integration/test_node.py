@@ -8,28 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.conftest import API_KEY_A, API_KEY_B, executions
-from tests.integration.node_helpers import Reply, marker, new_stack, post
-from tests.integration.stack import Stack
+from tests.integration.conftest import PrivateRedis
+from tests.integration.node_helpers import Reply, marker, new_stack, node_doc, post
+from tests.integration.stack import Stack, running_stack
 
 
 @pytest.fixture
-async def stack(
-    tmp_path: Path, pg_databases: tuple[str, str], flushed_redis: str
-) -> AsyncIterator[Stack]:
-    st = new_stack(tmp_path, pg_databases, flushed_redis)
-    st.start_origin()
-    st.start_node(region="eu-west")
-    try:
+def stack(tmp_path: Path, pg_databases: tuple[str, str], flushed_redis: str) -> Iterator[Stack]:
+    with running_stack(tmp_path, node_doc(pg_databases, flushed_redis), [("eu-west", None)]) as st:
         yield st
-    finally:
-        st.stop_all()
 
 
 def node_url(stack: Stack, i: int = 0) -> str:
@@ -302,44 +296,27 @@ def _reply_ok(reply: Reply) -> bool:
 
 @pytest.mark.slow
 async def test_redis_down_then_back(
-    tmp_path: Path, pg_databases: tuple[str, str], http: aiohttp.ClientSession
+    tmp_path: Path,
+    pg_databases: tuple[str, str],
+    http: aiohttp.ClientSession,
+    private_redis: Callable[..., PrivateRedis],
 ) -> None:
     """A private redis-server is killed mid-test: answers continue from the origin."""
-    import subprocess
-
-    from tests.conftest import free_port
-
-    port = free_port()
-    cmd = [
-        "redis-server",
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--daemonize",
-        "no",
-    ]
-    redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    redis = private_redis()
     st = new_stack(
         tmp_path,
         pg_databases,
-        f"redis://127.0.0.1:{port}/0",
+        redis.url,
         node={"redis_retry_after": 0.2, "redis_timeout": 0.2},
     )
     try:
-        time.sleep(0.3)
         st.start_origin()
         st.start_node()
         url = node_url(st)
         m = marker()
         assert (await post(http, url, q(m, ttl=60), API_KEY_A)).cache_status == "miss"
         assert (await post(http, url, q(m, ttl=60), API_KEY_A)).cache_status == "ttl"
-        redis_proc.terminate()
-        redis_proc.wait(5)
+        redis.stop()
         for _ in range(3):
             reply = await post(http, url, q(m, ttl=60), API_KEY_A)
             assert _reply_ok(reply), reply.body
@@ -347,10 +324,11 @@ async def test_redis_down_then_back(
             assert reply.info["cacheError"] == "redis_unavailable"
         async with http.get(url + "/readyz") as r:
             assert r.status == 503
-        redis_proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        time.sleep(0.5)
+        redis.start()
+        # As long as before the harness waited for the port (a 0.5 s sleep, then 20 tries).
+        deadline = time.monotonic() + 3.0
         statuses = []
-        for _ in range(20):
+        while not statuses or time.monotonic() < deadline:
             reply = await post(http, url, q(m, ttl=60), API_KEY_A)
             assert _reply_ok(reply)
             statuses.append(reply.cache_status)
@@ -360,8 +338,6 @@ async def test_redis_down_then_back(
         assert statuses[-1] == "ttl", statuses  # Redis is used again once it is back
     finally:
         st.stop_all()
-        redis_proc.terminate()
-        redis_proc.wait(5)
 
 
 async def test_info_warns_when_a_result_depends_on_more_than_tables(

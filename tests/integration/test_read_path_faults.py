@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,7 +32,7 @@ from cache_edge.node.origin_client import OriginResult
 from cache_edge.node.read_path import QueryCache
 from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
 from cache_edge.server.config import NodeConfig
-from tests.conftest import free_port
+from tests.integration.conftest import PrivateRedis
 
 TENANT = "acme"
 SQL = "SELECT v FROM t WHERE k = $1"
@@ -113,21 +113,9 @@ class ScriptedOrigin:
 
 
 @pytest.fixture
-def redis_server() -> Iterator[str]:
+def redis_server(private_redis: Callable[..., PrivateRedis]) -> str:
     """A private redis-server this test may flush, kill and restart."""
-    port = free_port()
-    cmd = ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", ""]
-    cmd += ["--appendonly", "no"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).stdout:
-                break
-            time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.kill()
-        proc.wait()
+    return private_redis().url
 
 
 CONFIG = NodeConfig(region="r1", sync_grace=2.0, coalesce_wait=5.0, memory_cache_mb=0)

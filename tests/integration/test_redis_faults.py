@@ -6,49 +6,22 @@ Each test runs its own redis-server on a free loopback port, so it can stop and 
 from __future__ import annotations
 
 import asyncio
-import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY_A, free_port
+from tests.conftest import API_KEY_A
+from tests.integration.conftest import PrivateRedis
 from tests.integration.node_helpers import Reply, marker, new_stack, post
 
 
-class RedisServer:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        cmd = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no"]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            ping = ["redis-cli", "-p", str(self.port), "PING"]
-            if subprocess.run(ping, capture_output=True, text=True).stdout.strip() == "PONG":
-                return
-            time.sleep(0.05)
-        raise AssertionError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
+def redis_server(private_redis: Callable[..., PrivateRedis]) -> PrivateRedis:
+    """This test's redis-server, not started yet."""
+    return private_redis(started=False)
 
 
 def _bypassed(replies: list[Reply]) -> int:
@@ -57,7 +30,7 @@ def _bypassed(replies: list[Reply]) -> int:
 
 
 async def test_a_redis_restart_costs_at_most_one_trip(
-    tmp_path: Path, pg_databases: tuple[str, str], redis_server: RedisServer
+    tmp_path: Path, pg_databases: tuple[str, str], redis_server: PrivateRedis
 ) -> None:
     """After a restart every pooled connection is dead. Each used to fail the request that
     reused it and open the breaker for redis_retry_after, so bursts wider than the last one
@@ -97,7 +70,7 @@ async def test_a_redis_restart_costs_at_most_one_trip(
 
 
 async def test_a_node_starts_and_serves_while_redis_is_down(
-    tmp_path: Path, pg_databases: tuple[str, str], redis_server: RedisServer
+    tmp_path: Path, pg_databases: tuple[str, str], redis_server: PrivateRedis
 ) -> None:
     """Redis is an accelerator: setting its clients up is waited for, within a bound, and a
     node whose Redis is down starts anyway, answers from the origin, and uses Redis once up."""

@@ -5,47 +5,31 @@ from __future__ import annotations
 import copy
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
-from tests.conftest import API_KEY_A, API_KEY_B, redis_db, sha
-from tests.integration.node_helpers import Reply, new_stack, post
+from tests.conftest import API_KEY_A, API_KEY_B, RedisLease, sha
+from tests.integration.node_helpers import Reply, node_doc, post
 from tests.integration.security_helpers import eventually, rewrite_config
-from tests.integration.stack import Server, Stack
+from tests.integration.stack import Server, Stack, running_stack
 
 pytestmark = pytest.mark.security
 
-REGION_REDIS = (redis_db(8), redis_db(9))
 NEW_KEY_A = "ce_rotated_key_for_tenant_a_0123456789"
 QUERY = {"sql": "SELECT current_database() AS db"}
 
 
 @pytest.fixture
-def regions_redis() -> Iterator[tuple[str, str]]:
-    for url in REGION_REDIS:
-        r = redis.Redis.from_url(url)
-        r.flushdb()
-        r.close()
-    yield REGION_REDIS
-
-
-@pytest.fixture
-async def stack(
-    tmp_path: Path, pg_databases: tuple[str, str], regions_redis: tuple[str, str]
-) -> AsyncIterator[Stack]:
-    st = new_stack(tmp_path, pg_databases, regions_redis[0])
-    st.start_origin()
-    st.start_node(region="eu-west", redis_url=regions_redis[0])
-    st.start_node(region="us-east", redis_url=regions_redis[1])
-    try:
+def stack(tmp_path: Path, pg_databases: tuple[str, str], redis_dbs: RedisLease) -> Iterator[Stack]:
+    eu, us = redis_dbs.fresh("eu-west"), redis_dbs.fresh("us-east")
+    with running_stack(
+        tmp_path, node_doc(pg_databases, eu), [("eu-west", eu), ("us-east", us)]
+    ) as st:
         yield st
-    finally:
-        st.stop_all()
 
 
 def nodes(stack: Stack) -> list[Server]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,8 +11,6 @@ from urllib.parse import urlsplit
 import aiohttp
 import asyncpg
 import pytest
-import redis
-import tomli_w
 
 from cache_edge.common.signing import sign_headers
 from cache_edge.common.wire import packb, unpackb
@@ -22,45 +20,29 @@ from tests.conftest import (
     NODE_SECRET,
     TEST_DB,
     TEST_DB_B,
+    RedisLease,
     dsn_for,
     executions,
-    redis_db,
 )
-from tests.integration.node_helpers import marker, new_stack, post
-from tests.integration.stack import Server, Stack
+from tests.integration.node_helpers import marker, node_doc, post
+from tests.integration.stack import Server, Stack, running_stack
 
 pytestmark = pytest.mark.security
 
-REDIS_URL = redis_db(11)
 SECRET_VALUE = "globex-confidential-7f3a9c"
 BROKEN_PASSWORD = "pw-of-a-broken-tenant-91b2"
 
 
 @pytest.fixture
-def region_redis() -> Iterator[str]:
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
-    yield REDIS_URL
-
-
-@pytest.fixture
-async def stack(
-    tmp_path: Path, pg_databases: tuple[str, str], region_redis: str
-) -> AsyncIterator[Stack]:
-    st = new_stack(tmp_path, pg_databases, region_redis)
+def stack(tmp_path: Path, pg_databases: tuple[str, str], redis_dbs: RedisLease) -> Iterator[Stack]:
+    doc = node_doc(pg_databases, redis_dbs.fresh())
     u = urlsplit(pg_databases[0])
     # Port 1: nothing listens there, whichever PostgreSQL the tests use.
     broken = u._replace(netloc=f"{u.username}:{BROKEN_PASSWORD}@127.0.0.1:1").geturl()
-    tenants: list[dict[str, Any]] = st.doc["tenants"]  # type: ignore[assignment]
+    tenants: list[dict[str, Any]] = doc["tenants"]
     tenants.append({"id": "broken", "api_keys_sha256": [], "database_url": broken})
-    st.config.write_text(tomli_w.dumps(st.doc))
-    st.start_origin()
-    st.start_node(region="eu-west")
-    try:
+    with running_stack(tmp_path, doc, [("eu-west", None)]) as st:
         yield st
-    finally:
-        st.stop_all()
 
 
 def node(stack: Stack) -> Server:

@@ -10,26 +10,22 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
-from tests.conftest import API_KEY_A, API_KEY_B, free_port, make_settings_doc, redis_db, sha
+from cache_edge.devtools.harness import free_port
+from tests.conftest import API_KEY_A, API_KEY_B, RedisLease, make_settings_doc, sha
 from tests.integration.node_helpers import Reply, post
 from tests.integration.security_helpers import eventually, metric_value
-from tests.integration.stack import Server, Stack
+from tests.integration.stack import Server, Stack, running_stack
 
 pytestmark = pytest.mark.security
 
-REDIS_URL = redis_db(10)
 SECOND_KEY_A = "ce_second_key_of_tenant_a_abcdef"
 SELECT = {"sql": "SELECT 1"}
 
 
 @pytest.fixture
-def region_redis() -> Iterator[str]:
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
-    yield REDIS_URL
+def region_redis(redis_dbs: RedisLease) -> str:
+    return redis_dbs.fresh()
 
 
 @pytest.fixture
@@ -41,7 +37,8 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def _stack(tmp: Path, pg: tuple[str, str], redis_url: str, **sections: Any) -> Stack:
+def _doc(pg: tuple[str, str], redis_url: str, **sections: Any) -> dict[str, Any]:
+    """The tests' settings; ``tenants={i: {...}}`` updates tenant i, other sections theirs."""
     tenants = sections.pop("tenants", {})
     doc = make_settings_doc(*pg, node={"redis_url": redis_url, **sections.pop("node", {})})
     for key, value in sections.items():
@@ -50,7 +47,11 @@ def _stack(tmp: Path, pg: tuple[str, str], redis_url: str, **sections: Any) -> S
         base.update(value)
     for i, extra in tenants.items():
         doc["tenants"][i].update(extra)  # type: ignore[index]
-    return Stack(tmp, doc)
+    return doc
+
+
+def _stack(tmp: Path, pg: tuple[str, str], redis_url: str, **sections: Any) -> Stack:
+    return Stack(tmp, _doc(pg, redis_url, **sections))
 
 
 def nodes(stack: Stack) -> list[Server]:
@@ -213,18 +214,11 @@ LIMITS = {
 
 @pytest.fixture(scope="module")
 def limited(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], redis_dbs: RedisLease
 ) -> Iterator[Server]:
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
-    stack = _stack(tmp_path_factory.mktemp("limited"), pg_databases, REDIS_URL, limits=LIMITS)
-    stack.start_origin()
-    node = stack.start_node("eu-west")
-    try:
-        yield node
-    finally:
-        stack.stop_all()
+    doc = _doc(pg_databases, redis_dbs("limited"), limits=LIMITS)
+    with running_stack(tmp_path_factory.mktemp("limited"), doc, [("eu-west", None)]) as stack:
+        yield stack.nodes()[0]
 
 
 @pytest.mark.parametrize(

@@ -8,32 +8,27 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import redis
 
 from cache_edge.common.signing import sign_headers
 from cache_edge.common.wire import packb
-from tests.conftest import API_KEY_A, API_KEY_B, NODE_SECRET, make_settings_doc, redis_db, sha
+from tests.conftest import API_KEY_A, API_KEY_B, NODE_SECRET, make_settings_doc, sha
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import rewrite_config
 from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.security
 
-REDIS_URL = redis_db(9)
 DB_PASSWORD = "pg-pass-S3cr3t-4b1f"
 REDIS_PASSWORD = "redis-pass-9e2d7c"
 OLD_SECRET = "old-node-secret-still-accepted-5a"
 
 
 async def test_secrets_never_reach_logs_metrics_or_errors(
-    tmp_path: Path, pg_databases: tuple[str, str]
+    tmp_path: Path, pg_databases: tuple[str, str], flushed_redis: str
 ) -> None:
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
     dsn_a, dsn_b = (d.replace("postgres@", f"postgres:{DB_PASSWORD}@") for d in pg_databases)
     broken = dsn_b.rsplit("/", 1)[0] + "/no_such_database_here"
-    doc = make_settings_doc(dsn_a, dsn_b, node={"redis_url": REDIS_URL})
+    doc = make_settings_doc(dsn_a, dsn_b, node={"redis_url": flushed_redis})
     del doc["node_secret"]
     doc["node_secrets"] = [NODE_SECRET, OLD_SECRET]
     doc["log_level"] = "debug"
@@ -52,7 +47,7 @@ async def test_secrets_never_reach_logs_metrics_or_errors(
     bad_stack = Stack(bad_dir, bad_doc)
     bad_node = bad_stack.start_node(
         region="eu-west",
-        redis_url=redis_db(9).replace("redis://", f"redis://:{REDIS_PASSWORD}@"),
+        redis_url=flushed_redis.replace("redis://", f"redis://:{REDIS_PASSWORD}@"),
         origin_url=origin.url,
     )
     texts: list[str] = []

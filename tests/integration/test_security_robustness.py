@@ -10,39 +10,27 @@ from collections.abc import Iterator
 import aiohttp
 import msgpack
 import pytest
-import redis
 
 from cache_edge.common.wire import EXT_DECIMAL, EXT_UUID, packb
-from tests.conftest import API_KEY_A, executions, make_settings_doc, redis_db
-from tests.integration.node_helpers import marker, post
+from tests.conftest import API_KEY_A, executions
+from tests.integration.node_helpers import marker, node_doc, post
 from tests.integration.security_helpers import eventually, metric_value
-from tests.integration.stack import Server, Stack
+from tests.integration.stack import Server, Stack, running_stack
 
 pytestmark = pytest.mark.security
 
-REDIS_URL = redis_db(11)
 IDLE = 1.5  # keepalive_timeout: also the deadline for a first request's headers
 BODY = 1.0  # body_timeout
 
 
 @pytest.fixture(scope="module")
 def stack(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], flushed_redis: str
 ) -> Iterator[Stack]:
-    r = redis.Redis.from_url(REDIS_URL)
-    r.flushdb()
-    r.close()
     timeouts = {"keepalive_timeout": IDLE, "body_timeout": BODY}
-    doc = make_settings_doc(
-        *pg_databases, node={"redis_url": REDIS_URL, **timeouts}, origin=dict(timeouts)
-    )
-    st = Stack(tmp_path_factory.mktemp("robust"), doc)
-    st.start_origin()
-    st.start_node(region="eu-west")
-    try:
+    doc = node_doc(pg_databases, flushed_redis, node=timeouts, origin=dict(timeouts))
+    with running_stack(tmp_path_factory.mktemp("robust"), doc, [("eu-west", None)]) as st:
         yield st
-    finally:
-        st.stop_all()
 
 
 def node(stack: Stack) -> Server:

@@ -11,7 +11,7 @@ import pytest
 
 from cache_edge.common.signing import TENANT_HEADER, sign_headers
 from cache_edge.common.wire import packb, unpackb
-from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc, redis_db
+from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc
 from tests.integration.node_helpers import post
 from tests.integration.security_helpers import eventually, rewrite_config
 from tests.integration.stack import Server, Stack
@@ -21,12 +21,11 @@ pytestmark = pytest.mark.security
 OLD = "rotation-old-secret-0123456789"
 NEW = "rotation-new-secret-0123456789"
 THIRD = "some-other-secret-0123456789ab"
-REDIS_URL = redis_db(10)
 QUERY = {"sql": "SELECT 1 AS one"}
 
 
-def _doc(pg: tuple[str, str], **secrets: Any) -> dict[str, Any]:
-    doc = make_settings_doc(*pg, node={"redis_url": REDIS_URL})
+def _doc(pg: tuple[str, str], redis_url: str, **secrets: Any) -> dict[str, Any]:
+    doc = make_settings_doc(*pg, node={"redis_url": redis_url})
     del doc["node_secret"]
     doc.update(secrets)
     return doc
@@ -85,14 +84,21 @@ async def test_replayed_or_tampered_requests_are_refused(
 
 
 async def test_rotation_with_overlap(
-    tmp_path: Path, pg_databases: tuple[str, str], http: aiohttp.ClientSession
+    tmp_path: Path,
+    pg_databases: tuple[str, str],
+    http: aiohttp.ClientSession,
+    flushed_redis: str,
 ) -> None:
-    origin_stack = _stack(tmp_path, "origin", _doc(pg_databases, node_secrets=[NEW, OLD]))
+    origin_stack = _stack(
+        tmp_path, "origin", _doc(pg_databases, flushed_redis, node_secrets=[NEW, OLD])
+    )
     origin = origin_stack.start_origin()
     stacks = [origin_stack]
     try:
         for i, (secret, status) in enumerate(((OLD, 200), (NEW, 200), (THIRD, 401))):
-            node_stack = _stack(tmp_path, f"node{i}", _doc(pg_databases, node_secret=secret))
+            node_stack = _stack(
+                tmp_path, f"node{i}", _doc(pg_databases, flushed_redis, node_secret=secret)
+            )
             stacks.append(node_stack)
             node = node_stack.start_node(region=f"r{i}", origin_url=origin.url)
             reply = await post(http, node.url, QUERY, API_KEY_A, fmt="json")
@@ -110,6 +116,7 @@ async def test_rotation_without_restart_and_secrets_from_file_and_environment(
     pg_databases: tuple[str, str],
     http: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
+    flushed_redis: str,
 ) -> None:
     """The whole zero-downtime procedure: origins accept both, nodes switch, origins drop the old.
 
@@ -118,14 +125,18 @@ async def test_rotation_without_restart_and_secrets_from_file_and_environment(
     """
     secret_file = tmp_path / "node-secrets"
     secret_file.write_text(OLD + "\n")
-    origin_stack = _stack(tmp_path, "origin", _doc(pg_databases, node_secret_file=str(secret_file)))
+    origin_stack = _stack(
+        tmp_path, "origin", _doc(pg_databases, flushed_redis, node_secret_file=str(secret_file))
+    )
     origin = origin_stack.start_origin()
-    node_doc = _doc(pg_databases, node_secret=OLD)
+    node_doc = _doc(pg_databases, flushed_redis, node_secret=OLD)
     node_doc["log_level"] = "info"  # its config_reloaded line tells when it signs with NEW
     node_stack = _stack(tmp_path, "node", node_doc)
     node = node_stack.start_node(region="r1", origin_url=origin.url)
     monkeypatch.setenv("CACHE_EDGE_NODE_SECRET", NEW)
-    env_stack = _stack(tmp_path, "env", _doc(pg_databases))  # no secret in the file at all
+    env_stack = _stack(
+        tmp_path, "env", _doc(pg_databases, flushed_redis)
+    )  # no secret in the file at all
     env_node = env_stack.start_node(region="r2", origin_url=origin.url)
     monkeypatch.delenv("CACHE_EDGE_NODE_SECRET")
     stacks = [origin_stack, node_stack, env_stack]

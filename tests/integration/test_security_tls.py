@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import tomli_w
 
-from tests.conftest import API_KEY_A, free_port, make_settings_doc, redis_db
+from cache_edge.devtools.harness import free_port
+from tests.conftest import API_KEY_A, make_settings_doc
+from tests.integration.conftest import PrivateRedis
 from tests.integration.node_helpers import marker, post
 from tests.integration.security_helpers import Certs, HttpsServer, client_ssl, make_certs
-from tests.integration.stack import Server, Stack
+from tests.integration.stack import Stack
 
 pytestmark = pytest.mark.security
-
-REDIS_URL = redis_db(8)
 
 
 @pytest.fixture(scope="module")
@@ -26,16 +24,10 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-def _config(tmp: Path, doc: dict[str, Any]) -> Path:
-    path = tmp / "cache-edge.toml"
-    path.write_text(tomli_w.dumps(doc))
-    return path
-
-
-def _start(kind: str, config: Path, ca: Path | None, args: list[str]) -> HttpsServer:
-    server = HttpsServer(kind, free_port(), config, args)
+def _start(stack: Stack, kind: str, ca: Path, args: list[str]) -> HttpsServer:
+    server = HttpsServer(kind, free_port(), stack.config, args)
     server.ca = ca
-    server.start()
+    stack.add(server)
     return server
 
 
@@ -48,12 +40,12 @@ async def http_tls(certs: Certs) -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-def _tls_doc(pg: tuple[str, str], certs: Certs, **node: Any) -> dict[str, Any]:
+def _tls_doc(pg: tuple[str, str], certs: Certs, redis_url: str, **node: Any) -> dict[str, Any]:
     pair = {"tls_cert": str(certs.cert), "tls_key": str(certs.key)}
     return make_settings_doc(
         *pg,
         origin=pair,
-        node={"redis_url": REDIS_URL, "origin_ca": str(certs.ca), **pair, **node},
+        node={"redis_url": redis_url, "origin_ca": str(certs.ca), **pair, **node},
     )
 
 
@@ -62,14 +54,12 @@ async def test_node_and_origin_over_https(
     pg_databases: tuple[str, str],
     certs: Certs,
     http_tls: aiohttp.ClientSession,
+    flushed_redis: str,
 ) -> None:
-    config = _config(tmp_path, _tls_doc(pg_databases, certs))
-    servers: list[Server] = []
+    stack = Stack(tmp_path, _tls_doc(pg_databases, certs, flushed_redis))
     try:
-        origin = _start("origin", config, certs.ca, [])
-        servers.append(origin)
-        node = _start("node", config, certs.ca, ["--region", "tls", "--origin-url", origin.url])
-        servers.append(node)
+        origin = _start(stack, "origin", certs.ca, [])
+        node = _start(stack, "node", certs.ca, ["--region", "tls", "--origin-url", origin.url])
         assert node.url.startswith("https://") and origin.url.startswith("https://")
         m = marker("tls")
         body = {"sql": "SELECT $1::text AS m", "params": [m], "cacheStrategy": {"ttl": 60}}
@@ -83,8 +73,7 @@ async def test_node_and_origin_over_https(
             with pytest.raises(aiohttp.ClientError):
                 await post(plain, node.url.replace("https", "http"), body, API_KEY_A)
     finally:
-        for server in reversed(servers):
-            server.stop()
+        stack.stop_all()
 
 
 async def test_node_refuses_an_origin_certificate_it_cannot_verify(
@@ -92,43 +81,33 @@ async def test_node_refuses_an_origin_certificate_it_cannot_verify(
     pg_databases: tuple[str, str],
     certs: Certs,
     http_tls: aiohttp.ClientSession,
+    flushed_redis: str,
 ) -> None:
     other = make_certs(tmp_path / "other", name="other")  # a CA that did not sign the origin
-    config = _config(tmp_path, _tls_doc(pg_databases, certs, origin_ca=str(other.ca)))
-    servers: list[Server] = []
+    doc = _tls_doc(pg_databases, certs, flushed_redis, origin_ca=str(other.ca))
+    stack = Stack(tmp_path, doc)
     try:
-        origin = _start("origin", config, certs.ca, [])
-        servers.append(origin)
-        node = _start("node", config, certs.ca, ["--region", "tls", "--origin-url", origin.url])
-        servers.append(node)
+        origin = _start(stack, "origin", certs.ca, [])
+        node = _start(stack, "node", certs.ca, ["--region", "tls", "--origin-url", origin.url])
         reply = await post(http_tls, node.url, {"sql": "SELECT 1"}, API_KEY_A)
         assert reply.status == 502 and reply.code == "origin_unavailable", reply.body
         message = reply.body["error"]["message"]
         assert "verify failed" not in message and "127.0.0.1" not in message  # detail: log only
         assert "certificate verify failed" in node.logs().lower()
     finally:
-        for server in reversed(servers):
-            server.stop()
+        stack.stop_all()
 
 
 @pytest.fixture
-def tls_redis(tmp_path: Path, certs: Certs) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            "redis-server", "--port", "0", "--tls-port", str(port),
-            "--tls-cert-file", str(certs.cert), "--tls-key-file", str(certs.key),
-            "--tls-auth-clients", "no", "--save", "", "--appendonly", "no",
-            "--dir", str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+def tls_redis(certs: Certs, private_redis: Callable[..., PrivateRedis]) -> str:
+    """A redis-server that speaks only TLS (its plain port is off)."""
+    server = private_redis(
+        "--port", "0", "--tls-port", "{port}",
+        "--tls-cert-file", str(certs.cert), "--tls-key-file", str(certs.key),
+        "--tls-auth-clients", "no",
+        scheme="rediss",
     )  # fmt: skip
-    try:
-        yield f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={certs.ca}"
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    return f"{server.url}?ssl_ca_certs={certs.ca}"
 
 
 async def test_rediss_to_the_regions_redis(
@@ -137,18 +116,6 @@ async def test_rediss_to_the_regions_redis(
     tls_redis: str,
     certs: Certs,
 ) -> None:
-    import redis as redis_sync
-
-    client = redis_sync.Redis.from_url(tls_redis)
-    for _ in range(100):  # wait for it to listen
-        try:
-            client.ping()
-            break
-        except redis_sync.ConnectionError:
-            import time
-
-            time.sleep(0.05)
-    client.close()
     stack = Stack(tmp_path, make_settings_doc(*pg_databases, node={"redis_url": tls_redis}))
     stack.start_origin()
     node = stack.start_node(region="tls-redis", redis_url=tls_redis)

@@ -17,18 +17,17 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import redis
 import tomli_w
 
+from cache_edge.devtools.harness import free_port
 from cache_edge.server.config import parse_settings
 from origin.capture.setup import legacy_slot_name, remove, setup, slot_name
 from tests.conftest import (
     API_KEY_A,
     API_KEY_B,
     PG_ADMIN_DSN,
-    REDIS_URL,
+    RedisLease,
     dsn_for,
-    free_port,
     make_shared_settings_doc,
 )
 from tests.integration.capture_helpers import (
@@ -44,7 +43,6 @@ from tests.integration.stack import Server, Stack
 
 SHARED_DB = "cache_edge_shared"
 ORPHAN_SLOT = "cache_edge_gone_00000000"  # a slot a tenant removed from the config left
-REDIS_A, REDIS_B, REDIS_C = (REDIS_URL.rsplit("/", 1)[0] + f"/{n}" for n in (13, 14, 12))
 BOTH = {"region-a", "region-b"}
 KEYS = {"acme": API_KEY_A, "globex": API_KEY_B}
 
@@ -77,13 +75,12 @@ async def _drop_slots() -> None:
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], redis_dbs: RedisLease
 ) -> Iterator[Stack]:
     asyncio.run(prepare_database(SHARED_DB, SCHEMA))
     asyncio.run(_create_orphan_slot())
-    for url in (REDIS_A, REDIS_B, REDIS_C):
-        redis.Redis.from_url(url).flushdb()
-    doc = make_shared_settings_doc(dsn_for(SHARED_DB), node={"redis_url": REDIS_A})
+    redis_a, redis_b, redis_c = (redis_dbs(f"region-{r}") for r in "abc")
+    doc = make_shared_settings_doc(dsn_for(SHARED_DB), node={"redis_url": redis_a})
     for tenant in doc["tenants"]:  # type: ignore[attr-defined]
         tenant["auto_invalidation"] = True
         tenant["change_streams"] = True
@@ -91,15 +88,15 @@ def world(
     st = Stack(tmp, doc)
     try:
         with running_with_capture(
-            st, ["acme", "globex"], [("region-a", REDIS_A), ("region-b", REDIS_B)]
+            st, ["acme", "globex"], [("region-a", redis_a), ("region-b", redis_b)]
         ):
             # region-c: a node whose config knows only globex.
             only_b = {**doc, "tenants": [t for t in doc["tenants"] if t["id"] == "globex"]}  # type: ignore[attr-defined]
             config_c = tmp / "region-c.toml"
             config_c.write_text(tomli_w.dumps(only_b))
             assert st.origin is not None
-            args = ["--region", "region-c", "--redis-url", REDIS_C, "--origin-url", st.origin.url]
-            st.servers.append(Server("node", free_port(), config_c, args).start())
+            args = ["--region", "region-c", "--redis-url", redis_c, "--origin-url", st.origin.url]
+            st.add(Server("node", free_port(), config_c, args))
             yield st
     finally:
         # Removing it for one tenant keeps the slot the other still uses: drop what is left.

@@ -20,11 +20,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis
 
 from cache_edge.client import AsyncClient, Backoff, ChangeEvent, Client
 from cache_edge.common.errors import BadRequest, CaptureUnavailable, Unauthorized
-from tests.conftest import API_KEY_A, API_KEY_B, REDIS_URL, dsn_for, make_settings_doc
+from tests.conftest import API_KEY_A, API_KEY_B, RedisLease, dsn_for, make_settings_doc
 from tests.integration.capture_helpers import (
     execute,
     prepare_database,
@@ -33,7 +32,6 @@ from tests.integration.capture_helpers import (
 from tests.integration.stack import Server, Stack
 
 STREAM_DB = "cache_edge_stream_client"
-NODE_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/10"
 TABLE = "public.sc_items"
 FAST = Backoff(initial=0.05, maximum=0.5)
 
@@ -45,19 +43,19 @@ CREATE TABLE sc_items (id int PRIMARY KEY, name text NOT NULL, price numeric, ta
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], redis_dbs: RedisLease
 ) -> Iterator[Stack]:
     asyncio.run(prepare_database(STREAM_DB, SCHEMA))
-    redis.Redis.from_url(NODE_REDIS).flushdb()
+    node_redis = redis_dbs()
     doc = make_settings_doc(
         dsn_for(STREAM_DB),
         pg_databases[1],
-        node={"redis_url": NODE_REDIS, "stream_heartbeat": 1.0},
+        node={"redis_url": node_redis, "stream_heartbeat": 1.0},
     )
     tenants: list[dict[str, Any]] = doc["tenants"]  # type: ignore[assignment]
     tenants[0]["change_streams"] = True
     st = Stack(tmp_path_factory.mktemp("stream-client"), doc)
-    with running_with_capture(st, ["acme"], [("sc-1", NODE_REDIS)]):
+    with running_with_capture(st, ["acme"], [("sc-1", node_redis)]):
         yield st
 
 

@@ -17,12 +17,11 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-import redis
 
 from tests.conftest import (
     API_KEY_A,
     API_KEY_B,
-    REDIS_URL,
+    RedisLease,
     dsn_for,
     make_settings_doc,
     sha,
@@ -38,8 +37,6 @@ from tests.integration.stack import Stack
 STREAM_DB = "cache_edge_streams"
 STREAM_DB_B = "cache_edge_streams_b"  # globex's own database
 API_KEY_C = "ce_test_key_tenant_c_no_streams"
-REGION_A_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/13"
-REGION_B_REDIS = REDIS_URL.rsplit("/", 1)[0] + "/14"
 BUFFER = 200  # events a subscriber may fall behind before it is cut off (node.stream_buffer)
 
 SCHEMA = """
@@ -51,16 +48,15 @@ CREATE TABLE s_other (id int PRIMARY KEY, pad text);
 
 @pytest.fixture(scope="module")
 def world(
-    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str]
+    tmp_path_factory: pytest.TempPathFactory, pg_databases: tuple[str, str], redis_dbs: RedisLease
 ) -> Iterator[Stack]:
     for name in (STREAM_DB, STREAM_DB_B):
         asyncio.run(prepare_database(name, SCHEMA))
-    for url in (REGION_A_REDIS, REGION_B_REDIS):
-        redis.Redis.from_url(url).flushdb()
+    region_a, region_b = redis_dbs("region-a"), redis_dbs("region-b")
     doc = make_settings_doc(
         dsn_for(STREAM_DB),
         dsn_for(STREAM_DB_B),
-        node={"redis_url": REGION_A_REDIS, "stream_buffer": BUFFER, "stream_heartbeat": 1.0},
+        node={"redis_url": region_a, "stream_buffer": BUFFER, "stream_heartbeat": 1.0},
     )
     tenants: list[dict[str, Any]] = doc["tenants"]  # type: ignore[assignment]
     tenants[0]["change_streams"] = True
@@ -69,7 +65,7 @@ def world(
         {"id": "initech", "api_keys_sha256": [sha(API_KEY_C)], "database_url": pg_databases[1]}
     )
     st = Stack(tmp_path_factory.mktemp("streams"), doc)
-    regions = [("region-a", REGION_A_REDIS), ("region-b", REGION_B_REDIS)]
+    regions = [("region-a", region_a), ("region-b", region_b)]
     with running_with_capture(st, ["acme", "globex"], regions):
         yield st
 

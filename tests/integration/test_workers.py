@@ -12,7 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.conftest import API_KEY_A, free_port
+from cache_edge.devtools.harness import free_port
+from tests.conftest import API_KEY_A
 from tests.integration.node_helpers import marker, new_stack, post
 from tests.integration.stack import Server, Stack
 
@@ -65,10 +66,9 @@ async def test_node_workers_restart_and_drain(stack: Stack) -> None:
     origin = stack.start_origin(workers="2")
     assert origin.proc is not None
     assert len(wait_children(origin.proc.pid, 2)) == 2
-    node = Server(
-        "node", free_port(), stack.config, ["--workers", "2", "--origin-url", origin.url]
-    ).start()
-    stack.servers.append(node)
+    node = stack.add(
+        Server("node", free_port(), stack.config, ["--workers", "2", "--origin-url", origin.url])
+    )
     assert node.proc is not None
     first = wait_children(node.proc.pid, 2)
     wait_listeners(node.port, 2)

@@ -14,7 +14,7 @@ from cache_edge.cli.main import main
 from cache_edge.cli.query import format_error
 from cache_edge.client.table import format_table, render_value
 from cache_edge.common.errors import QueryError
-from tests.conftest import free_port
+from cache_edge.devtools.harness import free_port
 from tests.unit.client.fake_node import API_KEY, Seen, running_fake_node
 
 

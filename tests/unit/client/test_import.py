@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 import cache_edge.client
-from tests.conftest import free_port
+from cache_edge.devtools.harness import free_port
 from tests.unit.client.fake_node import API_KEY, Seen, running_fake_node
 
 SERVER_ONLY = ["asyncpg", "redis", "prometheus_client", "structlog", "uvloop"]

@@ -453,7 +453,7 @@ async def test_give_up_after_raises_the_last_problem(flavor: str) -> None:
 
 
 async def test_a_node_that_is_not_there_is_retried_then_given_up(flavor: str) -> None:
-    from tests.conftest import free_port
+    from cache_edge.devtools.harness import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     backoff = Backoff(initial=0.01, maximum=0.02, give_up_after=0.1)

@@ -18,7 +18,7 @@ import pytest
 from cache_edge.client import AsyncClient, CacheStrategy, Client
 from cache_edge.common.errors import OriginUnavailable, QueryError, RateLimited, Unauthorized
 from cache_edge.common.wire import packb
-from tests.conftest import free_port
+from cache_edge.devtools.harness import free_port
 from tests.unit.client.fake_node import API_KEY, Seen, running_fake_node
 
 PARAMS: list[Any] = [

@@ -167,7 +167,7 @@ async def test_delay_relay_delays_each_way_and_keeps_bytes() -> None:
 
 
 async def test_delay_relay_drops_clients_when_target_is_down() -> None:
-    from tests.conftest import free_port
+    from cache_edge.devtools.harness import free_port
 
     relay = await DelayRelay("127.0.0.1", free_port(), 0.0).start()
     try:

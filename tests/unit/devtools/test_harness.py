@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from cache_edge.devtools.processes import port_in_use
+from cache_edge.devtools.harness import port_in_use
 
 
 def _time_wait_port() -> int:
