@@ -50,6 +50,7 @@ __all__ = [
     "RateLimited",
     "RedisUnavailable",
     "ResponseTooLarge",
+    "RetryLater",
     "StreamGap",
     "SubscriberTooSlow",
     "Unauthorized",
@@ -92,6 +93,14 @@ class CacheEdgeError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r})"
+
+
+class RetryLater(CacheEdgeError):
+    """A failure expected to pass: answered with ``Retry-After`` (no code of its own)."""
+
+    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after = retry_after
 
 
 class BadRequest(CacheEdgeError):
@@ -150,15 +159,11 @@ class ResponseTooLarge(CacheEdgeError):
     status = 422
 
 
-class RateLimited(CacheEdgeError):
+class RateLimited(RetryLater):
     """The API key exceeded its rate limit."""
 
     code = "rate_limited"
     status = 429
-
-    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
-        super().__init__(message, **extra)
-        self.retry_after = retry_after
 
 
 class SubscriberTooSlow(CacheEdgeError):
@@ -190,49 +195,33 @@ class OriginUnavailable(CacheEdgeError):
     status = 502
 
 
-class OriginOverloaded(OriginUnavailable):
+class OriginOverloaded(OriginUnavailable, RetryLater):
     """Too many of this node's requests are already waiting for the origin: shed at once."""
 
     code = "origin_overloaded"
     status = 503
 
-    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
-        super().__init__(message, **extra)
-        self.retry_after = retry_after
 
-
-class OriginDown(OriginUnavailable):
+class OriginDown(OriginUnavailable, RetryLater):
     """The origin kept failing to answer; the node does not try it again until a probe
     gets through (Retry-After says when)."""
 
     code = "origin_down"
     status = 503
 
-    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
-        super().__init__(message, **extra)
-        self.retry_after = retry_after
 
-
-class DatabaseUnavailable(CacheEdgeError):
+class DatabaseUnavailable(RetryLater):
     """The origin could not reach PostgreSQL."""
 
     code = "database_unavailable"
     status = 503
 
-    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
-        super().__init__(message, **extra)
-        self.retry_after = retry_after
 
-
-class PoolTimeout(CacheEdgeError):
+class PoolTimeout(RetryLater):
     """Timed out waiting to acquire a database connection from the pool."""
 
     code = "pool_timeout"
     status = 503
-
-    def __init__(self, message: str, retry_after: float = 1.0, **extra: Any) -> None:
-        super().__init__(message, **extra)
-        self.retry_after = retry_after
 
 
 class QueryTimeout(CacheEdgeError):
