@@ -40,14 +40,14 @@ from cache_edge.node.read_path import Answer, QueryCache
 from cache_edge.node.stream_http import serve_stream
 from cache_edge.node.streams import StreamHub
 from cache_edge.node.tiers.memory import MemoryTier
-from cache_edge.node.tiers.redis import RedisTier
+from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
 from cache_edge.server.bodies import read_capped
 from cache_edge.server.config import Settings
 from cache_edge.server.http_errors import REQUEST_ID, ErrorBoundary
 from cache_edge.server.httplog import quiet_client_errors
 from cache_edge.server.logs import get_logger
 from cache_edge.server.reload import ConfigWatcher, LiveSettings
-from cache_edge.server.serving import ConnectionCap, raise_fd_limit, serve
+from cache_edge.server.serving import ConnectionCap, Listener, raise_fd_limit, serve
 from cache_edge.server.tls import client_context, reload_server_context, server_context
 
 __all__ = ["create_node_app", "run_node"]
@@ -291,6 +291,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     )
     app[APPLIER] = applier
     applier.start()
+    if redis_ready:
+        # Until the region's purge state is in sync, misses are answered but not stored
+        # (nothing could vouch for them later): serve from a synced state from the start.
+        wait = min(node.sync_grace, 3.0)
+        if not await _synced(tier, [t.id for t in settings.tenants], wait):
+            log.warning("purge_state_not_synced", region=node.region, waited=wait)
     app[STREAMS] = StreamHub(origin, buffer=node.stream_buffer, ring=node.stream_ring)
     watcher = _watch_config(app, origin)
     log.info("node_started", region=node.region, listen=str(node.listen))
@@ -303,6 +309,24 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await origin.close()
     await limiter.close()
     await tier.close()
+
+
+async def _synced(tier: RedisTier, tenants: list[str], timeout: float) -> bool:
+    """Has some applier of the region (this process's or another's) synced every tenant?"""
+    deadline = asyncio.get_running_loop().time() + timeout
+    pending = list(tenants)
+    while pending:
+        try:
+            state = await tier.state(pending[0], "0" * 32, ())
+        except TierUnavailable:
+            return False
+        if state[0] is not None:
+            pending.pop(0)
+            continue
+        if asyncio.get_running_loop().time() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
 
 
 async def _ready(setup: Awaitable[tuple[bool, ...]], timeout: float) -> bool:
@@ -394,15 +418,14 @@ def run_node(settings: Settings) -> None:
             max_connections=cap.limit,
             reason=f"file-descriptor limit {soft} (hard {hard})",
         )
-    serve(
-        app,
-        cap,
+    listen = Listener(
         host=node.listen.host,
         port=node.listen.port,
         ssl_context=app.get(TLS),
-        keepalive_timeout=node.keepalive_timeout,
-        shutdown_timeout=node.shutdown_timeout,
-        reuse_port=node.reuse_port,
         # aiohttp's default (128) overflows when a thousand clients connect at once.
         backlog=node.backlog,
+        reuse_port=node.reuse_port,
+        keepalive_timeout=node.keepalive_timeout,
+        shutdown_timeout=node.shutdown_timeout,
     )
+    serve(app, cap, listen)

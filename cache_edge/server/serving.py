@@ -30,13 +30,14 @@ import ssl
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
 from cache_edge.server.logs import get_logger
 
-__all__ = ["ConnectionCap", "raise_fd_limit", "serve"]
+__all__ = ["ConnectionCap", "Listener", "raise_fd_limit", "serve"]
 
 log = get_logger(__name__)
 
@@ -180,34 +181,24 @@ def _drop_body(response: web.Response) -> None:
     response.body = None
 
 
-def serve(
-    app: web.Application,
-    cap: ConnectionCap,
-    *,
-    host: str,
-    port: int,
-    ssl_context: ssl.SSLContext | None,
-    backlog: int,
-    reuse_port: bool,
-    keepalive_timeout: float,
-    shutdown_timeout: float,
-) -> None:
+@dataclass(frozen=True, slots=True)
+class Listener:
+    """Where and how to listen: the socket options a server's settings decide."""
+
+    host: str
+    port: int
+    ssl_context: ssl.SSLContext | None
+    backlog: int
+    reuse_port: bool
+    keepalive_timeout: float
+    shutdown_timeout: float
+
+
+def serve(app: web.Application, cap: ConnectionCap, listen: Listener) -> None:
     """Run ``app`` until SIGTERM or SIGINT, then shut down gracefully (as ``run_app``)."""
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    main = loop.create_task(
-        _serve(
-            app,
-            cap,
-            host=host,
-            port=port,
-            ssl_context=ssl_context,
-            backlog=backlog,
-            reuse_port=reuse_port,
-            keepalive_timeout=keepalive_timeout,
-            shutdown_timeout=shutdown_timeout,
-        )
-    )
+    main = loop.create_task(_serve(app, cap, listen))
     try:
         loop.run_until_complete(main)
     except (web.GracefulExit, KeyboardInterrupt):
@@ -227,25 +218,14 @@ def serve(
             loop.close()
 
 
-async def _serve(
-    app: web.Application,
-    cap: ConnectionCap,
-    *,
-    host: str,
-    port: int,
-    ssl_context: ssl.SSLContext | None,
-    backlog: int,
-    reuse_port: bool,
-    keepalive_timeout: float,
-    shutdown_timeout: float,
-) -> None:
+async def _serve(app: web.Application, cap: ConnectionCap, listen: Listener) -> None:
     runner = web.AppRunner(
         app,
         handle_signals=True,
         access_log=None,
         # Also the deadline for a new connection's first request headers (slowloris).
-        keepalive_timeout=keepalive_timeout,
-        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=listen.keepalive_timeout,
+        shutdown_timeout=listen.shutdown_timeout,
     )
     await runner.setup()
     listener: asyncio.Server | None = None
@@ -254,11 +234,11 @@ async def _serve(
         assert server is not None
         listener = await asyncio.get_running_loop().create_server(
             cap.protocol_factory(server),
-            host,
-            port,
-            ssl=ssl_context,
-            backlog=backlog,
-            reuse_port=reuse_port or None,
+            listen.host,
+            listen.port,
+            ssl=listen.ssl_context,
+            backlog=listen.backlog,
+            reuse_port=listen.reuse_port or None,
         )
         await asyncio.Event().wait()  # until a signal ends the loop
     finally:
