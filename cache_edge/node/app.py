@@ -368,7 +368,7 @@ def create_node_app(settings: Settings) -> web.Application:
         max_body_bytes=settings.limits.max_body_bytes,
     )
     app = web.Application(
-        middlewares=[connections.middleware, errors.middleware],
+        middlewares=[errors.middleware],
         client_max_size=settings.limits.max_body_bytes,
     )
     app[CONNECTIONS] = connections

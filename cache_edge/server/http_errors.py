@@ -18,6 +18,7 @@ the error says when to come back, ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Awaitable, Callable
@@ -78,6 +79,18 @@ def error_response(
     return response
 
 
+# aiohttp keeps a keep-alive connection's last response referenced until its next
+# request: an idle connection would hold its last answer. Small ones are cheaper to keep
+# than to drop on every hit; larger ones are dropped once sent (docs/decisions.md).
+_RETAIN_MAX = 16 * 1024
+
+
+def _drop_body_when_sent(response: web.Response) -> None:
+    task = asyncio.current_task()
+    if task is not None:  # aiohttp's task for this request ends once it is written
+        task.add_done_callback(lambda _t: setattr(response, "body", None))
+
+
 class ErrorBoundary:
     """The middleware every request of an app passes through (innermost of the app's own)."""
 
@@ -132,6 +145,10 @@ class ErrorBoundary:
             await answer_and_close(request, response)  # it stalled: no lingering for it
         if self._observe is not None:
             self._observe(request, response, code, time.monotonic() - started)
+        if type(response) is web.Response:
+            body = response.body
+            if isinstance(body, (bytes, bytearray)) and len(body) > _RETAIN_MAX:
+                _drop_body_when_sent(response)
         return response
 
     def _unexpected(self, exc: Exception) -> CacheEdgeError:

@@ -12,10 +12,11 @@ What aiohttp's ``run_app`` does not do, and a node facing the internet needs:
   closed for room: if every connection is busy, the newcomer is closed at once. So a
   flood of idle connections cannot lock others out, and open sockets stay bounded
   instead of running into ``EMFILE``.
-* **Idle connections hold no answer.** aiohttp keeps the last request and response of
-  a keep-alive connection referenced until the next request arrives, body included: a
-  connection that received a 1 MB result and then idles would hold 1 MB. The
-  middleware here drops the body once the response is sent.
+* **Idle connections hold no large answer.** aiohttp keeps the last request and response
+  of a keep-alive connection referenced until the next request arrives, body included:
+  a connection that received a 1 MB result and then idles would hold 1 MB. The HTTP
+  error boundary every request passes through (``http_errors.py``) drops a large body
+  once the response is sent.
 
 Idle memory per connection is then about what aiohttp and the event loop need (9 KB
 measured, docs/decisions.md); ``keepalive_timeout`` closes idle connections anyway.
@@ -28,8 +29,7 @@ import contextlib
 import resource
 import ssl
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,6 @@ __all__ = ["ConnectionCap", "Listener", "raise_fd_limit", "serve"]
 
 log = get_logger(__name__)
 
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _LOG_EVERY = 10.0  # seconds between two "at the cap" warnings
 
 
@@ -57,92 +56,59 @@ def raise_fd_limit() -> tuple[int, int, int]:
     return before, soft, hard
 
 
-class _Tracked(asyncio.Protocol):
-    """Wraps aiohttp's protocol for one connection: counts it, orders it by activity."""
-
-    __slots__ = ("_cap", "_inner", "_transport", "busy")
-
-    def __init__(self, cap: ConnectionCap, inner: Any) -> None:
-        self._cap = cap
-        self._inner = inner  # aiohttp's RequestHandler
-        self._transport: asyncio.BaseTransport | None = None
-        self.busy = 0  # requests in progress (their response not yet sent)
+class _Refused(asyncio.Protocol):
+    """A connection turned away at the cap: closed as soon as it is made."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if not self._cap._admit(self, transport):
-            transport.close()
-            return
-        self._transport = transport
-        self._inner.connection_made(transport)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is None:
-            return  # refused: aiohttp never saw it
-        self._cap._conns.pop(self._transport, None)
-        self._inner.connection_lost(exc)
-
-    def data_received(self, data: bytes) -> None:
-        if self._transport is not None:
-            self._cap._conns.move_to_end(self._transport)
-            self._inner.data_received(data)
-
-    def eof_received(self) -> bool | None:
-        if self._transport is None:
-            return None
-        return self._inner.eof_received()  # type: ignore[no-any-return]
-
-    def pause_writing(self) -> None:
-        if self._transport is not None:
-            self._inner.pause_writing()
-
-    def resume_writing(self) -> None:
-        if self._transport is not None:
-            self._inner.resume_writing()
-
-    def close_idle(self) -> None:
-        self._inner.force_close()
-
-    def request_done(self, _task: object) -> None:
-        self.busy -= 1
-        if self._transport is not None and self._transport in self._cap._conns:
-            self._cap._conns.move_to_end(self._transport)  # activity: last to be closed
+        transport.close()
 
 
 class ConnectionCap:
-    """At most ``limit`` open connections; at the cap the longest-idle one makes room."""
+    """At most ``limit`` open connections; at the cap the longest-idle one makes room.
+
+    It reads aiohttp's own bookkeeping (the server's connection table, each handler's
+    "request in progress" flag and keep-alive deadline) only when a connection arrives at
+    the cap, so requests pay nothing for it (a per-request wrapper cost ~10 us per hit).
+    tests/unit/server/test_serving.py fails loudly if aiohttp renames what it reads.
+    """
 
     def __init__(self, limit: int, clock: Callable[[], float] = time.monotonic) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self._clock = clock
-        # Open connections, least recently active first.
-        self._conns: OrderedDict[asyncio.BaseTransport, _Tracked] = OrderedDict()
         self.evicted = 0  # idle connections closed to make room
         self.refused = 0  # new connections closed because every one was busy
         self._logged = -_LOG_EVERY
+        self._server: Any = None
 
     @property
     def open(self) -> int:
-        return len(self._conns)
+        return len(self._server._connections) if self._server is not None else 0
 
-    def protocol_factory(self, make: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
+    def protocol_factory(self, server: Any) -> Callable[[], asyncio.Protocol]:
         """Wrap the server's protocol factory (aiohttp's ``web.Server``)."""
-        return lambda: _Tracked(self, make())
+        self._server = server
 
-    def _admit(self, conn: _Tracked, transport: asyncio.BaseTransport) -> bool:
-        if len(self._conns) >= self.limit:
-            victim = next((c for c in self._conns.values() if c.busy == 0), None)
-            if victim is None:
-                self.refused += 1
-                self._warn()
-                return False
-            self.evicted += 1
+        def make() -> asyncio.Protocol:
+            if len(server._connections) >= self.limit and not self._make_room(server):
+                return _Refused()
+            return server()  # type: ignore[no-any-return]
+
+        return make
+
+    def _make_room(self, server: Any) -> bool:
+        # Idle: no request in progress. Longest idle: the earliest keep-alive deadline.
+        idle = [h for h in server._connections if not h._request_in_progress]
+        if not idle:
+            self.refused += 1
             self._warn()
-            victim.close_idle()  # its connection_lost removes it, on the next loop turn
-            if victim._transport is not None:
-                self._conns.pop(victim._transport, None)
-        self._conns[transport] = conn
+            return False
+        victim = min(idle, key=lambda h: h._next_keepalive_close_time)
+        self.evicted += 1
+        self._warn()
+        victim.force_close()
+        server._connections.pop(victim, None)  # its connection_lost comes a turn later
         return True
 
     def _warn(self) -> None:
@@ -155,30 +121,6 @@ class ConnectionCap:
                 idle_closed=self.evicted,
                 refused=self.refused,
             )
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: _Handler) -> web.StreamResponse:
-        """Mark the connection busy until its response is sent, then drop the body.
-
-        Outermost middleware: it must see the response every other one produced.
-        """
-        task = asyncio.current_task()
-        conn = self._conns.get(request.transport) if request.transport is not None else None
-        if conn is not None:
-            conn.busy += 1
-            if task is not None:
-                task.add_done_callback(conn.request_done)
-            else:  # pragma: no cover - a handler always runs in a task
-                conn.busy -= 1
-        response = await handler(request)
-        if task is not None and type(response) is web.Response:
-            # aiohttp's task for this request ends once the response is written.
-            task.add_done_callback(lambda _t: _drop_body(response))
-        return response
-
-
-def _drop_body(response: web.Response) -> None:
-    response.body = None
 
 
 @dataclass(frozen=True, slots=True)

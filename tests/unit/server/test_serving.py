@@ -1,115 +1,136 @@
-"""serving.ConnectionCap: which connection makes room at the cap, and what an idle one keeps.
+"""serving.ConnectionCap on a real aiohttp server over loopback sockets: which connection
+makes room at the cap, and that requests pay nothing for it.
 
-Fake transports and a fake aiohttp protocol; tests/integration/test_floods.py holds
-real sockets against a real node.
+tests/integration/test_floods.py holds thousands of real connections against a node.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
+from aiohttp.web_protocol import RequestHandler
 
+from cache_edge.server.http_errors import ErrorBoundary
 from cache_edge.server.serving import ConnectionCap
 
-
-class FakeTransport(asyncio.Transport):
-    def __init__(self) -> None:
-        super().__init__()
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
+Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
-class FakeHandler:
-    """Stands in for aiohttp's RequestHandler."""
-
-    def __init__(self) -> None:
-        self.transport: FakeTransport | None = None
-        self.received: list[bytes] = []
-        self.lost = False
-
-    def connection_made(self, transport: FakeTransport) -> None:
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.received.append(data)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost = True
-
-    def force_close(self) -> None:
-        assert self.transport is not None
-        self.transport.close()
+@asynccontextmanager
+async def serving(cap: ConnectionCap, handler: Handler) -> AsyncIterator[int]:
+    server = web.Server(handler)
+    loop = asyncio.get_running_loop()
+    listener = await loop.create_server(cap.protocol_factory(server), "127.0.0.1", 0)
+    try:
+        yield listener.sockets[0].getsockname()[1]
+    finally:
+        listener.close()
+        await server.shutdown(0.1)
 
 
-def connect(cap: ConnectionCap) -> tuple[Any, FakeHandler, FakeTransport]:
-    handlers: list[FakeHandler] = []
+async def request(port: int, conn: tuple[Any, Any] | None = None) -> tuple[Any, Any, bytes]:
+    """One keep-alive GET; returns the connection (reader, writer) and the status line."""
+    reader, writer = conn or await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await writer.drain()
+    status = await asyncio.wait_for(reader.readline(), 5)
+    while (await reader.readline()) not in (b"\r\n", b""):
+        pass
+    await reader.readexactly(2)  # the body: "ok"
+    return reader, writer, status
 
-    def make() -> FakeHandler:
-        handlers.append(FakeHandler())
-        return handlers[-1]
 
-    proto = cap.protocol_factory(make)()
-    transport = FakeTransport()
-    proto.connection_made(transport)
-    return proto, handlers[0], transport
+async def closed(reader: Any) -> bool:
+    try:
+        return await asyncio.wait_for(reader.read(1), 2) == b""
+    except ConnectionError:
+        return True
+    except TimeoutError:
+        return False  # still open
 
 
-def test_under_the_cap_every_connection_is_handed_to_aiohttp() -> None:
+async def ok(_request: web.BaseRequest) -> web.Response:
+    return web.Response(text="ok")
+
+
+async def test_aiohttp_still_has_what_the_cap_reads() -> None:
+    """The cap reads aiohttp's private bookkeeping; say so loudly if aiohttp changes it."""
+    server = web.Server(ok)
+    assert isinstance(server._connections, dict), "aiohttp's web.Server._connections changed"
+    slots = set(getattr(RequestHandler, "__slots__", ())) | set(vars(RequestHandler))
+    for name in ("_request_in_progress", "_next_keepalive_close_time", "force_close"):
+        assert name in slots, f"aiohttp's RequestHandler.{name} is gone: update ConnectionCap"
+
+
+async def test_under_the_cap_every_connection_is_served() -> None:
     cap = ConnectionCap(3)
-    conns = [connect(cap) for _ in range(3)]
-    assert cap.open == 3
-    assert all(h.transport is t and not t.closed for _, h, t in conns)
+    async with serving(cap, ok) as port:
+        conns = [await request(port) for _ in range(3)]
+        assert all(status.startswith(b"HTTP/1.1 200") for _, _, status in conns)
+        assert cap.open == 3 and cap.evicted == cap.refused == 0
+        for _, writer, _ in conns:
+            writer.close()
 
 
-def test_at_the_cap_the_longest_idle_connection_makes_room() -> None:
+async def test_at_the_cap_the_longest_idle_connection_makes_room() -> None:
     cap = ConnectionCap(3)
-    first, second, third = (connect(cap) for _ in range(3))
-    first[0].data_received(b"GET / HTTP/1.1\r\n\r\n")  # activity: now the most recent
-    fourth = connect(cap)
-    assert second[2].closed  # idle longest
-    assert not first[2].closed and not third[2].closed and not fourth[2].closed
-    assert first[1].received == [b"GET / HTTP/1.1\r\n\r\n"]
-    assert cap.open == 3 and cap.evicted == 1
-    second[0].connection_lost(None)  # the close completes
-    assert second[1].lost and cap.open == 3
+    async with serving(cap, ok) as port:
+        a = await request(port)
+        b = await request(port)
+        c = await request(port)
+        await asyncio.sleep(0.01)
+        b = await request(port, (b[0], b[1]))  # b and then c were active after a
+        c = await request(port, (c[0], c[1]))
+        d = await request(port)  # the fourth: a, idle longest, makes room
+        assert d[2].startswith(b"HTTP/1.1 200")
+        assert await closed(a[0])
+        assert (await request(port, (b[0], b[1])))[2].startswith(b"HTTP/1.1 200")
+        assert cap.evicted == 1 and cap.refused == 0
+        for conn in (b, c, d):
+            conn[1].close()
 
 
-def test_busy_connections_are_never_closed_for_room_and_a_newcomer_is_refused() -> None:
+async def test_busy_connections_are_never_closed_and_a_newcomer_is_refused() -> None:
+    release = asyncio.Event()
+
+    async def slow(_request: web.BaseRequest) -> web.Response:
+        await release.wait()
+        return web.Response(text="ok")
+
     cap = ConnectionCap(2)
-    a, b = connect(cap), connect(cap)
-    a[0].busy = b[0].busy = 1  # both answering a request
-    proto, handler, transport = connect(cap)
-    assert transport.closed and handler.transport is None  # aiohttp never saw it
-    assert not a[2].closed and not b[2].closed
-    assert cap.refused == 1 and cap.open == 2
-    proto.data_received(b"late bytes")  # ignored, not forwarded
-    proto.connection_lost(None)
-    assert handler.received == [] and not handler.lost
-    b[0].busy = 0
-    connect(cap)
-    assert b[2].closed and not a[2].closed
+    async with serving(cap, slow) as port:
+        busy = [asyncio.create_task(request(port)) for _ in range(2)]
+        await asyncio.sleep(0.2)  # both requests are in progress
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        assert await closed(reader), "a newcomer at the cap with every connection busy"
+        writer.close()
+        release.set()
+        for task in busy:
+            _, w, status = await task
+            assert status.startswith(b"HTTP/1.1 200")
+            w.close()
+        assert cap.refused == 1 and cap.evicted == 0
 
 
-async def test_the_middleware_marks_a_request_busy_until_sent_and_drops_the_body() -> None:
-    cap = ConnectionCap(2)
-    proto, _, transport = connect(cap)
-    seen: list[int] = []
+@pytest.mark.parametrize(("size", "kept"), [(100_000, False), (1_000, True)])
+async def test_a_large_answer_is_not_kept_by_an_idle_connection(size: int, kept: bool) -> None:
+    boundary = ErrorBoundary("test", count=lambda _code: None, max_body_bytes=1 << 20)
+    body = b"x" * size
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        seen.append(proto.busy)
-        return web.Response(body=b"x" * 100_000)
+    async def handler(_request: web.Request) -> web.Response:
+        return web.Response(body=body)
 
-    async def one_request() -> web.StreamResponse:
-        # aiohttp runs each request in a task that ends once the response is written.
-        request = make_mocked_request("GET", "/", transport=transport)
-        return await cap.middleware(request, handler)
+    async def one() -> web.StreamResponse:
+        return await boundary.middleware(make_mocked_request("GET", "/"), handler)
 
-    response = await asyncio.create_task(one_request())
-    await asyncio.sleep(0)  # done callbacks run
-    assert seen == [1] and proto.busy == 0
-    assert isinstance(response, web.Response) and response.body is None
+    task = asyncio.create_task(one())
+    response = await task
+    await asyncio.sleep(0)  # the task's done callbacks run
+    assert isinstance(response, web.Response)
+    assert (response.body is not None) is kept
