@@ -15,7 +15,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,71 +26,35 @@ import redis.asyncio as aioredis
 from cache_edge.common.errors import OriginUnavailable
 from cache_edge.common.protocol import QueryRequest, Statement
 from cache_edge.common.strategy import CacheStrategy
-from cache_edge.common.wire import packb
 from cache_edge.node.applier import Applier
-from cache_edge.node.origin_client import OriginResult
 from cache_edge.node.read_path import QueryCache
 from cache_edge.node.tiers.redis import RedisTier, TierUnavailable
 from cache_edge.server.config import NodeConfig
 from tests.integration.conftest import PrivateRedis
+from tests.unit.node import fakes
 
 TENANT = "acme"
 SQL = "SELECT v FROM t WHERE k = $1"
 
 
 @dataclass
-class ScriptedOrigin:
-    """Answers queries with the current ``value``; each call can be held by a gate.
+class ScriptedOrigin(fakes.ScriptedOrigin):
+    """The unit tests' scripted origin with a purge log the real applier long-polls.
 
     ``latest`` is the purge log's last seq; answers carry it as their watermark, as
     the real origin does (the last purge committed before the rows were produced).
     """
 
-    value: int = 1
-    latest: int = 0
+    clock: Callable[[], float] = time.time
     purges: list[dict[str, Any]] = field(default_factory=list)
-    calls: int = 0
-    gates: list[asyncio.Event] = field(default_factory=list)
-    down: bool = False
     epoch: str = "e1"
     poll_gate: asyncio.Event | None = None
-    # Runs while a query is in flight, after its rows were read (a purge arriving then).
-    during_query: Callable[[], Awaitable[None]] | None = None
     polling: asyncio.Event = field(default_factory=asyncio.Event)
 
     def purge(self, tags: list[str] | None = None, all_: bool = False) -> int:
-        self.latest += 1
-        self.purges.append({"seq": self.latest, "tags": tags or [], "all": all_})
-        return self.latest
-
-    async def query(
-        self,
-        tenant: str,
-        stmt: Statement,
-        *,
-        read_only: bool,
-        request_id: str,
-        min_watermark: int = 0,
-    ) -> OriginResult:
-        self.calls += 1
-        # What the database holds when the statement starts is what it returns.
-        value, watermark = self.value, self.latest
-        if self.gates:
-            await self.gates.pop(0).wait()
-        if self.during_query is not None:
-            await self.during_query()
-        if self.down:
-            raise OriginUnavailable("scripted origin is down")
-        body = packb(
-            {
-                "columns": [{"name": "v", "type": "int4"}],
-                "rows": [[value]],
-                "rowCount": 1,
-                "producedAt": int(time.time() * 1000),
-                "watermark": watermark,
-            }
-        )
-        return OriginResult(body, request_id)
+        seq = super().purge()
+        self.purges.append({"seq": seq, "tags": tags or [], "all": all_})
+        return seq
 
     async def poll_invalidations(
         self,
@@ -102,8 +66,8 @@ class ScriptedOrigin:
         *,
         epoch: str | None = None,
     ) -> dict[str, Any]:
-        if self.down:
-            raise OriginUnavailable("scripted origin is down")
+        if self.error is not None:
+            raise self.error
         if self.poll_gate is not None:  # a long poll, answered when the test says so
             self.polling.set()
             await self.poll_gate.wait()
@@ -172,7 +136,7 @@ async def test_stale_if_error_never_serves_what_a_purge_voided(world: World) -> 
     world.origin.value = 2
     world.origin.purge(["t1"])
     await world.step()  # applied in this region
-    world.origin.down = True
+    world.origin.go_down()
     await world.tier._redis.delete(world.tier.keys.sync(TENANT, 0))  # the lease lapsed
     await asyncio.sleep(1.1)  # past ttl
     with pytest.raises(OriginUnavailable):
@@ -183,7 +147,7 @@ async def test_stale_if_error_never_serves_what_purge_all_voided(world: World) -
     await world.read(ttl=1, staleIfError=300)
     world.origin.purge(all_=True)
     await world.step()
-    world.origin.down = True
+    world.origin.go_down()
     await world.tier._redis.delete(world.tier.keys.sync(TENANT, 0))
     await asyncio.sleep(1.1)
     with pytest.raises(OriginUnavailable):
@@ -195,7 +159,7 @@ async def test_stale_if_error_still_stands_in_when_no_purge_voided_it(world: Wor
     await world.read(ttl=1, staleIfError=300)
     world.origin.purge(["another_tag"])
     await world.step()
-    world.origin.down = True
+    world.origin.go_down()
     await world.tier._redis.delete(world.tier.keys.sync(TENANT, 0))
     await asyncio.sleep(1.1)
     stale = await world.read(ttl=1, staleIfError=300)

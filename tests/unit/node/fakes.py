@@ -214,7 +214,7 @@ class FakeTier:
 class ScriptedOrigin:
     """The origin link (cache_edge.node.ports.OriginLink), scripted by the test."""
 
-    clock: FakeClock
+    clock: Callable[[], float]  # stamps producedAt: a FakeClock, or time.time with real Redis
     value: int = 1  # what the table holds: each answer is [[value]]
     latest: int = 0  # the purge log's last seq: each answer's watermark
     calls: int = 0
