@@ -28,6 +28,7 @@ __all__ = [
     "loader_variant",
     "measure_rounds",
     "ratio",
+    "summarize",
     "wrk_variant",
 ]
 
@@ -128,44 +129,41 @@ def measure_rounds(ctx: Context, variants: list[Variant], rounds: int) -> list[M
                 cpu = sum(tree_cpu_seconds(p) for p in pids) - cpu_before
                 summary["server_cpu_us_per_request"] = round(cpu / summary["requests"] * 1e6, 1)
             runs[v.name].append(summary)
-    measured = []
-    for v in variants:
-        got = runs[v.name]
-        cpu_us = [s["server_cpu_us_per_request"] for s in got if "server_cpu_us_per_request" in s]
-        detail: dict[str, Any] = {}
-        for s in got:
-            for key in ("errors", "refused_kinds", "statuses", "cache_statuses", "outcomes"):
-                value = s.get(key)
-                if isinstance(value, dict):
-                    bucket = detail.setdefault(key, {})
-                    for k, n in value.items():
-                        bucket[k] = bucket.get(k, 0) + n
-        measured.append(
-            Measurement(
-                name=v.name,
-                label=v.label,
-                client=str(got[0].get("client", "")),
-                rps=_median([s["rps"] for s in got]),
-                p50_ms=_median([s["p50_ms"] for s in got]),
-                p99_ms=_median([s["p99_ms"] for s in got]),
-                mean_ms=_median([s.get("mean_ms", 0.0) for s in got]),
-                p90_ms=_median([s.get("p90_ms", 0.0) for s in got]),
-                max_ms=max(s.get("max_ms", 0.0) for s in got),
-                requests=sum(int(s["requests"]) for s in got),
-                errors=sum(int(s.get("error_count", 0)) for s in got),
-                error_detail=detail,
-                server_cpu_us_per_request=_median(cpu_us) if cpu_us else None,
-                rounds=[
-                    {k: s[k] for k in ("rps", "p50_ms", "p99_ms") if k in s}
-                    | ({"deciles_ms": s["deciles_ms"]} if "deciles_ms" in s else {})
-                    for s in got
-                ],
-                extra={
-                    k: got[-1][k] for k in ("connected", "refused", "client_cpu") if k in got[-1]
-                },
-            )
-        )
-    return measured
+    return [summarize(v.name, v.label, runs[v.name]) for v in variants]
+
+
+def summarize(name: str, label: str, got: list[dict[str, Any]]) -> Measurement:
+    """One variant's rounds as a Measurement: per-metric medians, summed counts."""
+    cpu_us = [s["server_cpu_us_per_request"] for s in got if "server_cpu_us_per_request" in s]
+    detail: dict[str, Any] = {}
+    for s in got:
+        for key in ("errors", "refused_kinds", "statuses", "cache_statuses", "outcomes"):
+            value = s.get(key)
+            if isinstance(value, dict):
+                bucket = detail.setdefault(key, {})
+                for k, n in value.items():
+                    bucket[k] = bucket.get(k, 0) + n
+    return Measurement(
+        name=name,
+        label=label,
+        client=str(got[0].get("client", "")),
+        rps=_median([s["rps"] for s in got]),
+        p50_ms=_median([s["p50_ms"] for s in got]),
+        p99_ms=_median([s["p99_ms"] for s in got]),
+        mean_ms=_median([s.get("mean_ms", 0.0) for s in got]),
+        p90_ms=_median([s.get("p90_ms", 0.0) for s in got]),
+        max_ms=max(s.get("max_ms", 0.0) for s in got),
+        requests=sum(int(s["requests"]) for s in got),
+        errors=sum(int(s.get("error_count", 0)) for s in got),
+        error_detail=detail,
+        server_cpu_us_per_request=_median(cpu_us) if cpu_us else None,
+        rounds=[
+            {k: s[k] for k in ("rps", "p50_ms", "p99_ms") if k in s}
+            | ({"deciles_ms": s["deciles_ms"]} if "deciles_ms" in s else {})
+            for s in got
+        ],
+        extra={k: got[-1][k] for k in ("connected", "refused", "client_cpu") if k in got[-1]},
+    )
 
 
 def wrk_variant(

@@ -27,7 +27,7 @@ from bench.context import Context
 from bench.load.rawhttp import build_request
 from bench.load.run import run_loader
 from bench.procs import ROOT, rss_bytes
-from bench.scenarios.base import Measurement, ScenarioResult, Target, ratio
+from bench.scenarios.base import ScenarioResult, Target, ratio, summarize
 from bench.scenarios.common import HIT_PARAMS, HIT_SQL, query_body, start_edge
 from bench.stack import Server, Stack
 
@@ -119,26 +119,6 @@ def _client(ctx: Context, node: Server, body: dict[str, Any]) -> dict[str, Any]:
     return run_loader("http", spec, ctx.pinning, timeout=ctx.budget.duration + 120)
 
 
-def _measurement(name: str, label: str, runs: list[dict[str, Any]]) -> Measurement:
-    def med(key: str) -> float:
-        return round(statistics.median(float(r[key]) for r in runs), 3)
-
-    return Measurement(
-        name=name,
-        label=label,
-        client=str(runs[0]["client"]),
-        rps=med("rps"),
-        p50_ms=med("p50_ms"),
-        p99_ms=med("p99_ms"),
-        mean_ms=med("mean_ms"),
-        p90_ms=med("p90_ms"),
-        max_ms=max(float(r["max_ms"]) for r in runs),
-        requests=sum(int(r["requests"]) for r in runs),
-        errors=sum(int(r["error_count"]) for r in runs),
-        rounds=[{k: r[k] for k in ("rps", "p50_ms", "p99_ms")} for r in runs],
-    )
-
-
 def run(ctx: Context) -> ScenarioResult:
     count = ctx.budget.idle_connections
     result = ScenarioResult("idle", TITLE.replace("10,000", f"{count:,}"))
@@ -191,9 +171,9 @@ def run(ctx: Context) -> ScenarioResult:
         time.sleep(1)
         big_rss = rss_bytes(node.proc.pid)
         big_done = holder.release()
-    result.measurements.append(_measurement("alone", "one client, no idle connections", alone))
+    result.measurements.append(summarize("alone", "one client, no idle connections", alone))
     result.measurements.append(
-        _measurement("beside-idle", f"one client beside {count:,} idle connections", crowded)
+        summarize("beside-idle", f"one client beside {count:,} idle connections", crowded)
     )
     bytes_each = statistics.median(per_conn)
     big_each = (big_rss - before) / max(1, big_done["held"])
