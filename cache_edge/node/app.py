@@ -317,10 +317,10 @@ async def _synced(tier: RedisTier, tenants: list[str], timeout: float) -> bool:
     pending = list(tenants)
     while pending:
         try:
-            state = await tier.state(pending[0], "0" * 32, ())
+            lease = await tier.get(tier.keys.sync(pending[0], 0))  # every shard has one
         except TierUnavailable:
             return False
-        if state[0] is not None:
+        if lease is not None:
             pending.pop(0)
             continue
         if asyncio.get_running_loop().time() >= deadline:
