@@ -134,11 +134,8 @@ class Applier:
         if applied is not None and seen.epoch != epoch:
             # Our state belongs to another purge log (the database was restored or
             # replaced): its seqs mean nothing here, and neither do its entries.
-            wiped = await self._tier.wipe(tenant)
-            log.warning(
-                "invalidation_epoch_changed", tenant=tenant, was=seen.epoch, now=epoch, wiped=wiped
-            )
-            await self._resync(tenant, latest, epoch, "epoch_changed")
+            log.warning("invalidation_epoch_changed", tenant=tenant, was=seen.epoch, now=epoch)
+            await self._resync(tenant, latest, epoch, "epoch_changed", wipe=True)
             return
         if applied is None:
             # Never synced, or the state was lost (restart, flush, eviction, failover):
@@ -149,10 +146,8 @@ class Applier:
             # The log is behind what we applied: restored in place with the same epoch
             # (a point-in-time restore). Our seqs, tag versions included, no longer name
             # its purges: start over as for a new epoch.
-            wiped = await self._tier.wipe(tenant)
             log.warning("invalidation_log_behind", tenant=tenant, applied=applied, latest=latest)
-            log.info("invalidation_state_wiped", tenant=tenant, wiped=wiped)
-            await self._resync(tenant, latest, epoch, "ahead_of_log")
+            await self._resync(tenant, latest, epoch, "ahead_of_log", wipe=True)
             return
         if oldest > applied + 1 and not _covers(items, applied):
             await self._resync(tenant, latest, epoch, "log_trimmed")
@@ -177,8 +172,13 @@ class Applier:
         if items:
             log.info("invalidations_applied", tenant=tenant, upto=last, count=len(items))
 
-    async def _resync(self, tenant: str, latest: int, epoch: str, reason: str) -> None:
-        log.warning("invalidation_resync", tenant=tenant, reason=reason, floor=latest)
+    async def _resync(
+        self, tenant: str, latest: int, epoch: str, reason: str, *, wipe: bool = False
+    ) -> None:
+        """Start the tenant's region state over at ``latest``; ``wipe``: first delete every
+        key of the tenant (entries and tag versions of another log's seq space)."""
+        wiped = await self._tier.wipe(tenant) if wipe else 0
+        log.warning("invalidation_resync", tenant=tenant, reason=reason, floor=latest, wiped=wiped)
         self.resyncs += 1
         await self._tier.resync(tenant, latest, self._grace, epoch, secrets.token_hex(8))
         await self._publish(tenant, -1, latest, latest, {})
