@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cache_edge.common.limits import Limits
 from cache_edge.server.node_secrets import SecretsError, resolve_node_secrets
@@ -42,6 +42,7 @@ CONFIG_ENV = "CACHE_EDGE_CONFIG"
 _TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _REGION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_SCRAM_VERIFIER = re.compile(r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$")
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,10 @@ class TenantConfig:
     # Opt-in: serve committed row changes at GET /v1/stream (docs/change-streams.md; the
     # same capture and setup as automatic invalidation).
     change_streams: bool = False
+    # SCRAM-SHA-256 verifiers of API keys (`cache-edge keygen` prints one per key), in
+    # PostgreSQL's pg_authid format: with one, the PostgreSQL door asks for SCRAM instead of
+    # a cleartext password (docs/postgres-protocol.md).
+    scram_verifiers: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def captured(self) -> bool:
@@ -108,6 +113,15 @@ class TenantConfig:
     @property
     def safe_dsn(self) -> str:
         return redact_dsn(self.database_url)
+
+    @property
+    def database_name(self) -> str:
+        """The database a PostgreSQL-door client must name: the one database_url names."""
+        parts = urlsplit(self.database_url)
+        name = parts.path.lstrip("/")
+        if name:
+            return unquote(name)
+        return unquote(parts.username or "") or "postgres"  # libpq's default: the user name
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +158,13 @@ class OriginConfig:
     capture_max_lag_mb: int = 1024
     # How long a write through the origin waits for its invalidation to be recorded.
     write_invalidation_wait: float = 2.0
+    # PostgreSQL door: a client that keeps a transaction open and silent this long loses
+    # its database connection (PostgreSQL's idle_in_transaction_session_timeout), so a
+    # vanished client cannot hold one of the pool's few connections.
+    idle_in_transaction_timeout: float = 60.0
+    # PostgreSQL door: prepared statements kept per database connection; past it the least
+    # recently used is closed there (and prepared again where a client needs it).
+    max_prepared_statements: int = 500
     # Change streams: seconds of history a resuming subscriber may ask for.
     stream_retention: float = 86400.0
 
@@ -197,6 +218,16 @@ class NodeConfig:
     tls_key: str = ""
     # CA bundle that signed the origin's certificate (a private CA); empty: the system's.
     origin_ca: str = ""
+    # The PostgreSQL protocol door (docs/postgres-protocol.md): "HOST:PORT", empty = off.
+    pg_listen: str = ""
+    # PostgreSQL door: seconds a new connection may take to finish its startup and
+    # authentication, and the largest protocol message a client may send.
+    pg_startup_timeout: float = 10.0
+    pg_max_message_bytes: int = 16_777_216
+
+    @property
+    def pg_listen_address(self) -> HostPort | None:
+        return _hostport(self.pg_listen, "node.pg_listen") if self.pg_listen else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,7 +292,7 @@ def _pop(table: dict[str, Any], key: str, where: str, kind: type | tuple[type, .
     return value
 
 
-_ZERO_MEANS_OFF = frozenset({"memory_cache_mb"})
+_ZERO_MEANS_OFF = frozenset({"memory_cache_mb", "idle_in_transaction_timeout"})
 
 
 def _positive(value: float, key: str, allow_zero: bool = False) -> None:
@@ -363,6 +394,15 @@ def _tenant(raw: Any, index: int) -> TenantConfig:
     rate_limit = None
     if "rate_limit" in table:
         rate_limit = _rate_limit(table.pop("rate_limit"), where + "rate_limit")
+    verifiers_raw = table.pop("scram_verifiers", [])
+    if not isinstance(verifiers_raw, list) or not all(
+        isinstance(v, str) and _SCRAM_VERIFIER.match(v) for v in verifiers_raw
+    ):
+        raise ConfigError(
+            f"config key '{where}scram_verifiers': expected a list of "
+            "'SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>' strings "
+            "(`cache-edge keygen` prints one)"
+        )
     _reject_unknown(table, where)
     return TenantConfig(
         tenant_id,
@@ -371,6 +411,7 @@ def _tenant(raw: Any, index: int) -> TenantConfig:
         rate_limit=rate_limit,
         auto_invalidation=flags["auto_invalidation"],
         change_streams=flags["change_streams"],
+        scram_verifiers=tuple(verifiers_raw),
         **sizes,
     )
 
@@ -433,6 +474,7 @@ def parse_settings(raw: Mapping[str, Any], env: Mapping[str, str] | None = None)
         raise ConfigError("config key 'node.region': must match [A-Za-z0-9_.-]{1,64}")
     _url(node.redis_url, "node.redis_url", ("redis", "rediss", "unix"))
     _url(node.origin_url, "node.origin_url", ("http", "https"))
+    _ = node.pg_listen_address  # validates HOST:PORT
     _check_tls(origin.tls_cert, origin.tls_key, "origin.")
     _check_tls(node.tls_cert, node.tls_key, "node.", node.origin_ca)
     log_level = table.pop("log_level", "info")

@@ -20,9 +20,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED: dict[str, set[str]] = {
     "cache_edge.common": {"cache_edge.common"},
     "cache_edge.client": {"cache_edge.common", "cache_edge.client", "cache_edge"},
+    "cache_edge.pgwire": {"cache_edge.pgwire"},
     "cache_edge.server": {"cache_edge.common", "cache_edge.server"},
-    "cache_edge.node": {"cache_edge.common", "cache_edge.server", "cache_edge.node"},
-    "origin": {"cache_edge.common", "cache_edge.server", "origin"},
+    "cache_edge.node": {
+        "cache_edge.common",
+        "cache_edge.pgwire",
+        "cache_edge.server",
+        "cache_edge.node",
+    },
+    "origin": {"cache_edge.common", "cache_edge.pgwire", "cache_edge.server", "origin"},
     "cache_edge.cli": {"*"},
     "cache_edge.devtools": {"*"},
 }
@@ -30,6 +36,7 @@ ALLOWED: dict[str, set[str]] = {
 # whose cold start pays for every import, and leaves stay leaves.
 FORBIDDEN_LIBS: dict[str, set[str]] = {
     "cache_edge.common": {"asyncpg", "redis", "aiohttp", "structlog", "prometheus_client"},
+    "cache_edge.pgwire": {"asyncpg", "redis", "aiohttp", "structlog", "prometheus_client"},
     "cache_edge.client": {"asyncpg", "redis", "structlog", "prometheus_client", "uvloop"},
 }
 PROJECT = ("cache_edge", "origin")
