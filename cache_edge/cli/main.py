@@ -34,6 +34,16 @@ def cmd_keygen(args: argparse.Namespace) -> int:
     print(f"api_key        = {key}")
     print(f"api_key_sha256 = {hashlib.sha256(key.encode()).hexdigest()}")
     print("# put the sha256 in [[tenants]].api_keys_sha256; give the key to the application")
+    try:  # scramp comes with the server extra; keygen works without it
+        from cache_edge.pgwire.scram import make_verifier
+    except ImportError:
+        print("# scram_verifier: needs the server extra (pip install 'cache-edge[server]')")
+        return 0
+    print(f"scram_verifier = {make_verifier(key)}")
+    print(
+        "# PostgreSQL door (the key is the password): put scram_verifier in "
+        "[[tenants]].scram_verifiers, first entry (logins check only the first)"
+    )
     return 0
 
 
@@ -67,6 +77,7 @@ def cmd_node(args: argparse.Namespace) -> int:
             "node.listen": args.listen,
             "node.redis_url": args.redis_url,
             "node.origin_url": args.origin_url,
+            "node.pg_listen": args.pg_listen,
             "node.reuse_port": args.reuse_port,
         },
     )
@@ -141,6 +152,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", help="HOST:PORT (overrides node.listen)")
     p.add_argument("--redis-url")
     p.add_argument("--origin-url")
+    p.add_argument(
+        "--pg-listen", help="HOST:PORT of the PostgreSQL protocol door (overrides node.pg_listen)"
+    )
     _worker_args(p)
     p.set_defaults(func=cmd_node)
 

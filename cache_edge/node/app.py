@@ -30,6 +30,8 @@ from cache_edge.common.wire import (
 )
 from cache_edge.node.applier import Applier
 from cache_edge.node.auth import ApiKeys, Principal
+from cache_edge.node.pgdoor.door import PgDoor
+from cache_edge.node.pgdoor.link import OriginLink
 from cache_edge.node.entry import result_json, result_msgpack
 from cache_edge.node.metrics import NodeMetrics
 from cache_edge.node.origin_client import OriginClient
@@ -66,6 +68,7 @@ LIMITER = web.AppKey("limiter", RateLimiter)
 TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
 STREAMS = web.AppKey("streams", StreamHub)
 CONNECTIONS = web.AppKey("connections", ConnectionCap)
+DOOR = web.AppKey("door", PgDoor)  # the PostgreSQL door, when node.pg_listen is set
 
 _FMT: web.RequestKey[WireFormat] = web.RequestKey("wire_format")  # the body's, once read
 
@@ -206,9 +209,13 @@ async def handle_readyz(request: web.Request) -> web.Response:
     redis_ok = await request.app[TIER].ping()
     origin_ok = await request.app[ORIGIN].ping()
     ready = redis_ok and origin_ok
-    return web.json_response(
-        {"ready": ready, "redis": redis_ok, "origin": origin_ok}, status=200 if ready else 503
-    )
+    body = {"ready": ready, "redis": redis_ok, "origin": origin_ok}
+    if DOOR in request.app:
+        door = request.app[DOOR]
+        body["postgres"] = door.listening
+        ready = ready and door.listening
+        body["ready"] = ready
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -299,8 +306,11 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             log.warning("purge_state_not_synced", region=node.region, waited=wait)
     app[STREAMS] = StreamHub(origin, buffer=node.stream_buffer, ring=node.stream_ring)
     watcher = _watch_config(app, origin)
+    door = await _open_door(app)
     log.info("node_started", region=node.region, listen=str(node.listen))
     yield
+    if door is not None:
+        await door.stop()
     if watcher is not None:
         await watcher.stop()
     await applier.stop()
@@ -309,6 +319,25 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await origin.close()
     await limiter.close()
     await tier.close()
+
+
+async def _open_door(app: web.Application) -> PgDoor | None:
+    settings = app[SETTINGS]
+    node = settings.node
+    address = node.pg_listen_address
+    if address is None:
+        return None
+    live = app[LIVE]
+    link = OriginLink(
+        node.origin_url,
+        lambda: live.current.node_secret,
+        node.origin_connect_timeout,
+        client_context(node.origin_ca),
+    )
+    door = PgDoor(lambda: live.current, app[KEYS], link, app.get(TLS))
+    await door.start(address.host, address.port, node.reuse_port, node.backlog)
+    app[DOOR] = door
+    return door
 
 
 async def _synced(tier: RedisTier, tenants: list[str], timeout: float) -> bool:

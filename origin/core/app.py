@@ -20,6 +20,7 @@ from cache_edge.common.protocol import (
     table_tag,
 )
 from cache_edge.common.wire import encode_body, json_dumps
+from cache_edge.pgwire.link import PATH as WIRE_PATH
 from cache_edge.server.config import Settings
 from cache_edge.server.httplog import quiet_client_errors
 from cache_edge.server.logs import configure_logging, get_logger
@@ -49,6 +50,7 @@ from origin.core.replay import ReplayCache
 from origin.core.results import encode_query_response, encode_transaction_response
 from origin.purge_log.service import Purges
 from origin.purge_log.table_purges import TablePurges
+from origin.wire.endpoint import WireEndpoint
 
 __all__ = ["EXECUTOR", "POOLS", "create_origin_app", "run_origin"]
 
@@ -60,6 +62,7 @@ PURGES = web.AppKey("purges", Purges)
 CAPTURES = web.AppKey("captures", dict[str, Capture])
 CHANGES = web.AppKey("changes", dict[str, ChangeLog])
 TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speaks https
+WIRE = web.AppKey("wire", WireEndpoint)  # the PostgreSQL door's sessions (origin.wire)
 
 _READY_TIMEOUT = 2.0
 
@@ -235,6 +238,10 @@ async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
     await app[POOLS].close()
 
 
+async def _close_wire(app: web.Application) -> None:
+    await app[WIRE].close()
+
+
 async def _end_waits(app: web.Application) -> None:
     # Long-polls wait for seconds by design; a stopping origin answers them now, so the
     # graceful drain finishes at once instead of after the longest poll.
@@ -331,6 +338,16 @@ def create_origin_app(settings: Settings) -> web.Application:
     tls = server_context(settings.origin.tls_cert, settings.origin.tls_key)
     if tls is not None:
         app[TLS] = tls
+    live = app[LIVE]
+
+    def wrote(tenant: str) -> None:
+        # A write through the PostgreSQL door: let the WAL capture look now, not next poll.
+        capture = captures.get(tenant)
+        if capture is not None and capture.invalidates(tenant):
+            capture.wake()
+
+    app[WIRE] = WireEndpoint(lambda: live.current, app[REPLAY], wrote)
+    app.on_shutdown.append(_close_wire)
     app.cleanup_ctx.append(_pools_lifetime)
     app.on_shutdown.append(_end_waits)
     app.router.add_post("/v1/query", handle_query)
@@ -339,6 +356,7 @@ def create_origin_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/invalidations/status", handle_invalidation_status)
     app.router.add_post("/v1/invalidations/poll", handle_invalidation_poll)
     app.router.add_post("/v1/changes/poll", handle_changes_poll)
+    app.router.add_get(WIRE_PATH, app[WIRE].handle)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

@@ -1,0 +1,51 @@
+"""Frames of the node↔origin link that carries PostgreSQL-door sessions.
+
+One WebSocket per node process, authenticated once when it opens (the node signs the
+upgrade request as it signs every origin call), then multiplexing every client session of
+that process. A frame is a msgpack array ``[kind, session id, payload]``; session data is
+whole protocol messages, so a client's Parse/Bind/Execute/Sync travel as one frame.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+__all__ = [
+    "CANCEL",
+    "CLOSE",
+    "DATA",
+    "OPEN",
+    "OPENED",
+    "PATH",
+    "decode_frame",
+    "encode_frame",
+]
+
+PATH = "/v1/wire"
+
+# node -> origin
+OPEN = 1  # payload {"tenant", "settings": {name: value}, "key": [pid, secret]}
+DATA = 2  # payload: frontend (node -> origin) or backend (origin -> node) messages
+CLOSE = 3  # node -> origin: the client left; origin -> node: payload = final messages
+CANCEL = 4  # node -> origin, payload [pid, secret]: the client's cancel key
+# origin -> node
+OPENED = 5  # payload {"status": [[name, value], ...]} or {"error": ErrorResponse bytes}
+
+
+def encode_frame(kind: int, sid: int, payload: Any) -> bytes:
+    return msgpack.packb([kind, sid, payload], use_bin_type=True)
+
+
+def decode_frame(data: bytes) -> tuple[int, int, Any]:
+    try:
+        frame = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise ValueError(f"malformed link frame: {exc}") from None
+    if not isinstance(frame, list) or len(frame) != 3:
+        raise ValueError("malformed link frame: expected [kind, session, payload]")
+    kind, sid, payload = frame
+    if not isinstance(kind, int) or not isinstance(sid, int):
+        raise ValueError("malformed link frame: kind and session must be integers")
+    return kind, sid, payload

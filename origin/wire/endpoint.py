@@ -1,0 +1,235 @@
+"""The origin's end of the node↔origin link for PostgreSQL-door sessions (GET /v1/wire).
+
+A node process opens one WebSocket, signed like any other origin call, and proven once:
+every session it then carries is trusted to belong to the tenant the node authenticated,
+as a signed /v1/query is. Frames are described in :mod:`cache_edge.pgwire.link`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from cache_edge.common.errors import CacheEdgeError, Unauthorized
+from cache_edge.common.signing import (
+    SIGNATURE_HEADER,
+    SignatureError,
+    signed_until,
+    verify_headers,
+)
+from cache_edge.pgwire.link import CANCEL, CLOSE, DATA, OPEN, OPENED, decode_frame, encode_frame
+from cache_edge.pgwire.messages import error_response
+from cache_edge.server.config import Settings
+from cache_edge.server.logs import get_logger
+from origin.core.replay import ReplayCache
+from origin.wire.pool import WirePools
+from origin.wire.server import ServerError
+from origin.wire.session import SessionEvents, WireSession, apply_sql, settings_key, sqlstate_for
+
+__all__ = ["WireEndpoint"]
+
+log = get_logger("origin.wire.endpoint")
+
+_MAX_FRAME = 64 << 20
+
+
+class WireEndpoint:
+    """Accepts links from nodes and runs their sessions on the tenants' wire pools."""
+
+    def __init__(
+        self,
+        settings: Callable[[], Settings],
+        replay: ReplayCache,
+        wrote: Callable[[str], None] = lambda tenant: None,
+    ) -> None:
+        self._settings = settings
+        self._replay = replay
+        self._wrote = wrote
+        self.pools = WirePools(settings().origin)
+        self._by_key: dict[tuple[int, int], WireSession] = {}
+        self._links: set[_Link] = set()
+        self.pinned_total: dict[str, int] = {}
+
+    def sessions(self) -> int:
+        return sum(len(link.sessions) for link in self._links)
+
+    def count_pinned(self, tenant: str) -> None:
+        self.pinned_total[tenant] = self.pinned_total.get(tenant, 0) + 1
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        settings = self._settings()
+        window = settings.origin.signature_window
+        try:
+            verify_headers(
+                settings.node_secrets, request.method, request.path, request.headers, b"", window
+            )
+        except SignatureError as exc:
+            raise Unauthorized(str(exc)) from None
+        if not self._replay.first_use(
+            request.headers[SIGNATURE_HEADER], signed_until(request.headers, window)
+        ):
+            raise Unauthorized("node signature already used: replayed request")
+        ws = web.WebSocketResponse(max_msg_size=_MAX_FRAME, heartbeat=20.0, compress=False)
+        await ws.prepare(request)
+        link = _Link(self, ws)
+        self._links.add(link)
+        log.info("wire_link_opened", peer=request.remote)
+        try:
+            await link.run()
+        finally:
+            self._links.discard(link)
+            await link.close_all()
+            log.info("wire_link_closed", peer=request.remote, sessions=len(link.sessions))
+        return ws
+
+    async def close(self) -> None:
+        for link in list(self._links):
+            await link.ws.close()
+        self.pools.close()
+
+
+class _Link:
+    def __init__(self, endpoint: WireEndpoint, ws: web.WebSocketResponse) -> None:
+        self.endpoint = endpoint
+        self.ws = ws
+        self.sessions: dict[int, WireSession] = {}
+        self._keys: dict[int, tuple[int, int]] = {}
+        self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._opening: set[asyncio.Task[None]] = set()
+        self._events = SessionEvents(
+            send=lambda sid, data: self._out.put_nowait(encode_frame(DATA, sid, data)),
+            ended=self._ended,
+            wrote=endpoint._wrote,
+            pinned=endpoint.count_pinned,
+        )
+
+    def _ended(self, sid: int, final: bytes) -> None:
+        self.sessions.pop(sid, None)
+        key = self._keys.pop(sid, None)
+        if key is not None:
+            self.endpoint._by_key.pop(key, None)
+        self._out.put_nowait(encode_frame(CLOSE, sid, final))
+
+    async def run(self) -> None:
+        writer = asyncio.create_task(self._write())
+        try:
+            async for msg in self.ws:
+                if msg.type != WSMsgType.BINARY:
+                    if msg.type in (WSMsgType.ERROR, WSMsgType.CLOSE):
+                        break
+                    continue
+                try:
+                    kind, sid, payload = decode_frame(msg.data)
+                except ValueError as exc:
+                    log.warning("wire_link_bad_frame", error=str(exc))
+                    break
+                try:
+                    await self._dispatch(kind, sid, payload)
+                except Exception:
+                    log.exception("wire_link_dispatch_failed", kind=kind)
+        finally:
+            self._out.put_nowait(None)
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer, 1.0)
+            writer.cancel()
+
+    async def _write(self) -> None:
+        while True:
+            frame = await self._out.get()
+            if frame is None:
+                return
+            try:
+                await self.ws.send_bytes(frame)
+            except (ConnectionError, RuntimeError):
+                return
+
+    async def _dispatch(self, kind: int, sid: int, payload: Any) -> None:
+        if kind == DATA:
+            session = self.sessions.get(sid)
+            if session is not None and isinstance(payload, bytes):
+                session.feed(payload)
+        elif kind == OPEN and isinstance(payload, dict):
+            if payload.get("describe"):
+                # Waits for a database connection: off the link's reader, which serves all.
+                task = asyncio.create_task(self._open(sid, payload))
+                self._opening.add(task)
+                task.add_done_callback(self._opening.discard)
+            else:
+                await self._open(sid, payload)
+        elif kind == CLOSE:
+            session = self.sessions.get(sid)
+            if session is not None:
+                session.close()
+        elif kind == CANCEL and isinstance(payload, list) and len(payload) == 2:
+            target = self.endpoint._by_key.get((int(payload[0]), int(payload[1])))
+            if target is not None:
+                asyncio.create_task(target.cancel_query())
+
+    async def _open(self, sid: int, payload: dict[str, Any]) -> None:
+        settings = self.endpoint._settings()
+        tenant = settings.tenant(str(payload.get("tenant", "")))
+        raw = payload.get("settings") or {}
+        client_settings = {str(k): str(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        if tenant is None:
+            error = error_response("28000", "unknown tenant", "FATAL")
+            self._out.put_nowait(encode_frame(OPENED, sid, {"error": error}))
+            return
+        pool = self.endpoint.pools.get(tenant)
+        if payload.get("describe"):
+            answer = await _describe(pool, client_settings)
+            self._out.put_nowait(encode_frame(OPENED, sid, answer))
+            if "error" in answer:
+                return
+        session = WireSession(
+            sid,
+            tenant.id,
+            pool,
+            client_settings,
+            self._events,
+            settings.origin.max_prepared_statements,
+        )
+        self.sessions[sid] = session
+        key = payload.get("key")
+        if isinstance(key, list) and len(key) == 2:
+            self._keys[sid] = (int(key[0]), int(key[1]))
+            self.endpoint._by_key[self._keys[sid]] = session
+
+    async def close_all(self) -> None:
+        sessions = list(self.sessions.values())
+        for session in sessions:
+            session.close()
+        for session in sessions:
+            with contextlib.suppress(Exception):
+                await session.wait_closed()
+
+
+async def _describe(pool: Any, client_settings: dict[str, str]) -> dict[str, Any]:
+    """The ParameterStatus a new session with these startup settings gets (the node caches
+    it per tenant and settings, so only a new combination costs a round trip)."""
+    try:
+        conn = await pool.acquire()
+    except CacheEdgeError as exc:
+        return {"error": error_response(sqlstate_for(exc), str(exc), "FATAL")}
+    reusable = True
+    try:
+        try:
+            await conn.run(apply_sql(client_settings))
+            conn.state_key = settings_key(client_settings)
+        except ServerError as exc:
+            conn.state_key = ""
+            fields = exc.fields
+            return {
+                "error": error_response(
+                    fields.get("C", "22023"), fields.get("M", str(exc)), "FATAL"
+                )
+            }
+        return {"status": [[k, v] for k, v in conn.parameters.items()]}
+    except (ConnectionError, OSError) as exc:
+        reusable = False
+        return {"error": error_response("08006", f"database connection lost: {exc}", "FATAL")}
+    finally:
+        pool.release(conn, reusable)

@@ -1,0 +1,503 @@
+"""One client session of the PostgreSQL door, relayed onto pooled database connections.
+
+Transaction pooling, as PgBouncer does it: a session borrows a connection when it sends
+something and gives it back when PostgreSQL reports ReadyForQuery 'I' with nothing of the
+client's left in flight. While it holds one, the client's messages go to it as they come
+and PostgreSQL's messages come back untouched, so results are byte for byte the server's.
+
+What a session carries from one connection to the next:
+
+1. Its settings. Startup parameters and every ``SET`` that committed are read back from
+   ``pg_settings`` before the connection is returned (only after a command tag showed a
+   SET/RESET/DISCARD, or set_config() ran), and applied wherever the session lands next
+   (``RESET ALL`` plus ``set_config``; connections already in that state skip it).
+2. Its prepared statements. Their names are made unique per session (two clients may both
+   call theirs ``S_1``), and one a client uses on a connection that lacks it is parsed there
+   first, with the client's unnamed statement too when a Bind relies on an earlier Parse.
+3. Nothing else: features that need one server session pin it (:mod:`origin.wire.statements`).
+
+Failure story: a connection that breaks or that the client abandons mid-transaction is
+closed, never lent again (PostgreSQL rolls its transaction back); a client that goes quiet
+inside a transaction loses it after ``idle_in_transaction_timeout`` (PostgreSQL ends it and
+its FATAL error reaches the client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from collections.abc import Callable
+from typing import Final
+
+import xxhash
+
+from cache_edge.common.errors import CacheEdgeError, DatabaseUnavailable, PoolTimeout
+from cache_edge.pgwire.messages import (
+    ProtocolViolation,
+    cstring,
+    error_response,
+    message,
+    ready_for_query,
+    split_messages,
+)
+from cache_edge.server.logs import get_logger
+from origin.wire.pool import WirePool
+from origin.wire.server import ServerConnection, ServerError
+from origin.wire.statements import (
+    IDENTITY_REFUSAL,
+    needs_pin,
+    refusal_sql,
+    refused,
+    touches_settings,
+)
+
+__all__ = ["SessionEvents", "WireSession", "sqlstate_for"]
+
+log = get_logger("origin.wire.session")
+
+
+class _Check:
+    """Queue item: look whether the connection can go back."""
+
+
+_CHECK: Final = _Check()
+_MAX_MESSAGE = 1 << 30
+_SNAPSHOT = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'"
+_STATE_TAGS = (b"SET", b"RESET")
+_WRITE_TAGS = frozenset(
+    {b"INSERT", b"UPDATE", b"DELETE", b"MERGE", b"COPY", b"TRUNCATE", b"COMMIT"}
+)
+# Settings PostgreSQL reports or cache-edge enforces; applied sessions never clear these.
+_ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
+
+_SQLSTATES = {PoolTimeout: "53300", DatabaseUnavailable: "08006"}
+
+
+def sqlstate_for(exc: CacheEdgeError) -> str:
+    """The SQLSTATE a door client sees for one of our own errors (mapped here only)."""
+    for kind, state in _SQLSTATES.items():
+        if isinstance(exc, kind):
+            return state
+    return "XX000"
+
+
+class SessionEvents:
+    """What a session tells the rest of the origin (the link, metrics, the WAL capture)."""
+
+    def __init__(
+        self,
+        send: Callable[[int, bytes], None],
+        ended: Callable[[int, bytes], None],
+        wrote: Callable[[str], None] = lambda tenant: None,
+        pinned: Callable[[str], None] = lambda tenant: None,
+    ) -> None:
+        self.send = send
+        self.ended = ended
+        self.wrote = wrote
+        self.pinned = pinned
+
+
+def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
+    end = data.index(b"\x00", pos)
+    return data[pos:end], end + 1
+
+
+def _dollar(value: str) -> str:
+    tag = "$ce$"
+    while tag in value:
+        tag = tag[:-1] + "x$"
+    return f"{tag}{value}{tag}"
+
+
+def apply_sql(settings: dict[str, str]) -> str:
+    calls = ", ".join(
+        f"pg_catalog.set_config({_dollar(k)}, {_dollar(v)}, false)"
+        for k, v in sorted(settings.items())
+    )
+    return "RESET ALL" + (f"; SELECT {calls}" if calls else "")
+
+
+def settings_key(settings: dict[str, str]) -> str:
+    if not settings:
+        return ""
+    return xxhash.xxh3_64_hexdigest(repr(sorted(settings.items())).encode())
+
+
+def _data_rows(messages: list[bytes]) -> list[list[str | None]]:
+    rows: list[list[str | None]] = []
+    for msg in messages:
+        if msg[:1] != b"D":
+            continue
+        count = struct.unpack_from("!H", msg, 5)[0]
+        pos = 7
+        row: list[str | None] = []
+        for _ in range(count):
+            size = struct.unpack_from("!i", msg, pos)[0]
+            pos += 4
+            if size < 0:
+                row.append(None)
+            else:
+                row.append(msg[pos : pos + size].decode())
+                pos += size
+        rows.append(row)
+    return rows
+
+
+class WireSession:
+    """A client session at the origin; fed whole frontend messages by the link."""
+
+    def __init__(
+        self,
+        sid: int,
+        tenant: str,
+        pool: WirePool,
+        settings: dict[str, str],
+        events: SessionEvents,
+        max_prepared: int = 500,
+    ) -> None:
+        self.sid = sid
+        self.tenant = tenant
+        self.pool = pool
+        self.events = events
+        self.settings = {k: v for k, v in settings.items() if k not in _ENFORCED}
+        self._key = settings_key(self.settings)
+        self._max_prepared = max_prepared
+        self.conn: ServerConnection | None = None
+        self.status = b"I"
+        self.pinned = False
+        self._queue: asyncio.Queue[bytes | _Check | None] = asyncio.Queue()
+        self._outstanding = 0  # ReadyForQuery messages still to come
+        self._unsynced = False  # extended-protocol messages sent since the last Sync
+        self._dirty = False  # settings may have changed: read them before release
+        self._wrote = False
+        self._statements: dict[bytes, tuple[bytes, bytes]] = {}  # client -> (server, tail)
+        self._unnamed: bytes | None = None  # the tail of the last unnamed Parse
+        self._counter = 0
+        self._pump: asyncio.Task[None] | None = None
+        self._ended = False
+        self._task = asyncio.create_task(self._run(), name=f"wire-session-{sid}")
+
+    # ------------------------------------------------------------ called by the link
+
+    def feed(self, data: bytes) -> None:
+        if not self._ended:
+            self._queue.put_nowait(data)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def cancel_query(self) -> None:
+        conn = self.conn
+        if conn is not None and self._outstanding > 0:
+            await self.pool.cancel(conn)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._task)
+
+    # ------------------------------------------------------------ the session's own task
+
+    async def _run(self) -> None:
+        reason = b""
+        try:
+            while True:
+                item = await self._queue.get()
+                if item is None:
+                    break
+                if isinstance(item, bytes):
+                    await self._handle(item)
+                if self._queue.empty() and self._releasable():
+                    await self._release()
+        except _SessionOver as over:
+            reason = over.message
+        except ProtocolViolation as exc:
+            reason = error_response("08P01", str(exc), "FATAL")
+        except Exception:
+            log.exception("wire_session_failed", tenant=self.tenant)
+            reason = error_response("XX000", "internal error in the origin's relay", "FATAL")
+        finally:
+            self._ended = True
+            await self._drop_connection()
+            self.events.ended(self.sid, reason)
+
+    def _releasable(self) -> bool:
+        return (
+            self.conn is not None
+            and not self.pinned
+            and self._outstanding == 0
+            and not self._unsynced
+            and self.status == b"I"
+        )
+
+    async def _handle(self, data: bytes) -> None:
+        msgs, used = split_messages(data, _MAX_MESSAGE)
+        if used != len(data):
+            raise ProtocolViolation("a frame ended inside a message")
+        if self.conn is None:
+            msgs = [m for m in msgs if m[:1] not in b"dcf"]  # PostgreSQL ignores stray COPY data
+            if not msgs:
+                return
+            try:
+                await self._lend()
+            except CacheEdgeError as exc:
+                self._refuse(msgs, error_response(sqlstate_for(exc), str(exc)))
+                return
+            except ServerError as exc:
+                self._refuse(msgs, error_response(exc.sqlstate, str(exc)))
+                return
+            await self._prepare(msgs)
+            assert self.conn is not None
+            self._pump = asyncio.create_task(self._relay(self.conn), name=f"wire-pump-{self.sid}")
+        conn = self.conn
+        assert conn is not None
+        conn.write(b"".join([self._rewrite(m, conn) for m in msgs]))
+        try:
+            await conn.writer.drain()
+        except (ConnectionError, OSError):
+            pass  # the pump sees the connection end and ends the session
+
+    def _refuse(self, msgs: list[bytes], error: bytes) -> None:
+        """Answer a batch that found no connection as PostgreSQL answers a failing one."""
+        out = bytearray()
+        failed = False  # an extended-protocol message failed: the rest waits for Sync
+        for m in msgs:
+            kind = m[:1]
+            if kind in (b"Q", b"F"):
+                out += error + ready_for_query(self.status)
+                failed = False
+            elif kind == b"S":
+                out += ready_for_query(self.status)
+                failed = False
+            elif not failed and kind in (b"P", b"B", b"D", b"E", b"C"):
+                out += error
+                failed = True
+        if out:
+            self.events.send(self.sid, bytes(out))
+
+    async def _lend(self) -> None:
+        conn = await self.pool.acquire()
+        try:
+            if conn.state_key != self._key:
+                await conn.run(apply_sql(self.settings))
+                conn.state_key = self._key
+        except BaseException:
+            self.pool.release(conn, reusable=False)
+            raise
+        self.conn = conn
+        self.status = b"I"
+
+    async def _prepare(self, msgs: list[bytes]) -> None:
+        """Before a borrowed connection runs the batch: parse there the statements it uses
+        that this connection has not seen, and close statements nobody uses any more."""
+        conn = self.conn
+        assert conn is not None
+        setup = bytearray()
+        parsed_here: set[bytes] = set()
+        unnamed_parsed = False
+        for m in msgs:
+            kind = m[:1]
+            if kind == b"P":
+                name, _ = _cstr(m, 5)
+                if name:
+                    parsed_here.add(name)
+                else:
+                    unnamed_parsed = True
+            elif kind == b"Q":
+                unnamed_parsed = True
+            elif kind in b"BD":
+                if kind == b"B":
+                    _, pos = _cstr(m, 5)
+                    stmt, _ = _cstr(m, pos)
+                elif m[5:6] == b"S":
+                    stmt, _ = _cstr(m, 6)
+                else:
+                    continue
+                if stmt and stmt not in parsed_here and stmt in self._statements:
+                    server, tail = self._statements[stmt]
+                    if server not in conn.prepared:
+                        setup += message(b"P", cstring(server.decode()) + tail)
+                        conn.prepared[server] = None
+                        parsed_here.add(stmt)
+                elif not stmt and not unnamed_parsed and self._unnamed is not None:
+                    setup += message(b"P", b"\x00" + self._unnamed)
+                    unnamed_parsed = True
+        dead = [n for n in conn.prepared if n.decode() in self.pool.dead_statements]
+        while len(conn.prepared) - len(dead) > self._max_prepared:
+            oldest = next(n for n in conn.prepared if n not in dead)
+            dead.append(oldest)
+        for name in dead:
+            setup = message(b"C", b"S" + name + b"\x00") + setup
+            conn.prepared.pop(name, None)
+        if setup:
+            conn.write(bytes(setup) + message(b"S"))
+            try:
+                await conn.until_ready()
+            except ServerError:
+                # A statement that no longer parses (a dropped table): the client's own Bind
+                # now fails with PostgreSQL's error, as it would on a direct connection.
+                pass
+            except (ConnectionError, OSError, ProtocolViolation):
+                raise _SessionOver(_lost()) from None
+
+    def _rewrite(self, m: bytes, conn: ServerConnection) -> bytes:
+        kind = m[:1]
+        if kind == b"P":
+            self._unsynced = True
+            name, pos = _cstr(m, 5)
+            sql, _ = _cstr(m, pos)
+            tail = m[pos:]
+            tail = self._screen(sql, tail)
+            if not name:
+                self._unnamed = tail
+                return message(b"P", b"\x00" + tail) if tail is not m[pos:] else m
+            server = self._statements.get(name, (b"", b""))[0]
+            if not server:
+                self._counter += 1
+                server = f"_ce{self.sid}_{self._counter}".encode()
+            self._statements[name] = (server, tail)
+            conn.prepared[server] = None
+            conn.prepared.move_to_end(server)
+            return message(b"P", server + b"\x00" + tail)
+        if kind == b"B":
+            self._unsynced = True
+            portal, pos = _cstr(m, 5)
+            stmt, rest = _cstr(m, pos)
+            known = self._statements.get(stmt) if stmt else None
+            if known is None:
+                return m
+            return message(b"B", portal + b"\x00" + known[0] + b"\x00" + m[rest:])
+        if kind in b"DC":
+            self._unsynced = True
+            if m[5:6] != b"S":
+                return m
+            stmt, _ = _cstr(m, 6)
+            known = self._statements.get(stmt) if stmt else None
+            if known is None:
+                return m
+            if kind == b"C":
+                del self._statements[stmt]
+                conn.prepared.pop(known[0], None)
+                self._forget(known[0])
+            return message(kind, b"S" + known[0] + b"\x00")
+        if kind == b"Q":
+            self._outstanding += 1
+            self._unsynced = False
+            self._unnamed = None  # a simple query replaces the unnamed statement
+            sql = m[5:-1]
+            screened = self._screen(sql, sql + b"\x00")
+            return m if screened[:-1] == sql else message(b"Q", screened)
+        if kind == b"S":
+            self._outstanding += 1
+            self._unsynced = False
+            return m
+        if kind == b"F":
+            self._outstanding += 1
+            return m
+        if kind in b"EH":
+            self._unsynced = self._unsynced or kind == b"E"
+            return m
+        return m  # CopyData, CopyDone, CopyFail
+
+    def _screen(self, sql: bytes, tail: bytes) -> bytes:
+        """Pin or refuse by the statement's text; returns the (possibly replaced) tail."""
+        if refused(sql):
+            return refusal_sql("42501", IDENTITY_REFUSAL) + tail[len(sql) :]
+        if not self.pinned and needs_pin(sql):
+            self.pinned = True
+            self.events.pinned(self.tenant)
+            log.info("wire_session_pinned", tenant=self.tenant, sid=self.sid)
+        if touches_settings(sql):
+            self._dirty = True
+        return tail
+
+    def _forget(self, server: bytes) -> None:
+        dead = self.pool.dead_statements
+        if len(dead) > 10_000:
+            dead.clear()  # each connection's cap still closes what this forgets
+        dead.add(server.decode())
+
+    async def _relay(self, conn: ServerConnection) -> None:
+        """Copy PostgreSQL's messages to the client, noting what the session must know."""
+        fatal = False
+        try:
+            while True:
+                msgs = await conn.read_some()
+                ready = False
+                for msg in msgs:
+                    kind = msg[:1]
+                    if kind == b"Z":
+                        self._outstanding -= 1
+                        self.status = msg[5:6]
+                        ready = True
+                    elif kind == b"C":
+                        tag = msg[5:-1].split(b" ", 1)[0]
+                        if tag in _STATE_TAGS or tag == b"DISCARD":
+                            self._dirty = True
+                        elif tag in _WRITE_TAGS:
+                            self._wrote = True
+                    elif kind == b"E" and b"SFATAL\x00" in msg[:40]:
+                        fatal = True
+                self.events.send(self.sid, b"".join(msgs))
+                if ready and self._outstanding <= 0:
+                    self._queue.put_nowait(_CHECK)
+        except asyncio.CancelledError:
+            raise
+        except (ConnectionError, OSError, ProtocolViolation):
+            conn.broken = True
+            if not self._ended and not fatal:
+                self.events.send(self.sid, _lost())
+            self._queue.put_nowait(None)
+
+    async def _stop_pump(self) -> None:
+        pump, self._pump = self._pump, None
+        if pump is not None and not pump.done():
+            pump.cancel()
+            try:
+                await pump
+            except asyncio.CancelledError:
+                pass
+
+    async def _release(self) -> None:
+        conn = self.conn
+        assert conn is not None
+        await self._stop_pump()
+        self.conn = None
+        reusable = not conn.closed
+        if reusable and self._dirty:
+            try:
+                rows = _data_rows(await conn.run(_SNAPSHOT))
+                self.settings = {
+                    str(r[0]): r[1] or "" for r in rows if r[0] and r[0] not in _ENFORCED
+                }
+                self._key = conn.state_key = settings_key(self.settings)
+                self._dirty = False
+            except (ServerError, ConnectionError, OSError, ProtocolViolation):
+                reusable = False
+        self.pool.release(conn, reusable)
+        if self._wrote:
+            self._wrote = False
+            self.events.wrote(self.tenant)
+
+    async def _drop_connection(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        if self._releasable() and not conn.closed:
+            await self._release()
+            return
+        await self._stop_pump()
+        self.conn = None
+        self.pool.release(conn, reusable=False)
+        if self._wrote:
+            self.events.wrote(self.tenant)
+
+
+class _SessionOver(Exception):
+    def __init__(self, message: bytes) -> None:
+        super().__init__("session over")
+        self.message = message
+
+
+def _lost() -> bytes:
+    return error_response(
+        "08006", "the origin lost its connection to the database", "FATAL"
+    )
