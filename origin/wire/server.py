@@ -112,6 +112,8 @@ class ServerConnection:
         # server statement name -> None, oldest first (the pool closes the oldest past its cap)
         self.prepared: OrderedDict[str, None] = OrderedDict()
         self.state_key = ""  # fingerprint of the client settings applied ("" = none)
+        # whose unnamed statement this connection holds: (session, its Parse generation)
+        self.unnamed_owner: tuple[int, int] | None = None
         self.broken = False
         self._buffer = bytearray()
         self._messages: list[bytes] = []

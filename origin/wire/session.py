@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import struct
+from collections import deque
 from collections.abc import Callable
 from typing import Final
 
@@ -69,6 +70,8 @@ _WRITE_TAGS = frozenset(
 )
 # Settings PostgreSQL reports or cache-edge enforces; applied sessions never clear these.
 _ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
+
+_PARSE, _INJECTED, _SYNC = 0, 1, 2  # what the relay sent and awaits an answer to
 
 _SQLSTATES = {PoolTimeout: "53300", DatabaseUnavailable: "08006"}
 
@@ -172,6 +175,9 @@ class WireSession:
         self._wrote = False
         self._statements: dict[bytes, tuple[bytes, bytes]] = {}  # client -> (server, tail)
         self._unnamed: bytes | None = None  # the tail of the last unnamed Parse
+        self._unnamed_gen = 0
+        # Parses and Syncs sent and not yet answered, in order (see _answered)
+        self._pending: deque[tuple[int, bytes]] = deque()
         self._counter = 0
         self._pump: asyncio.Task[None] | None = None
         self._ended = False
@@ -244,7 +250,7 @@ class WireSession:
             except ServerError as exc:
                 self._refuse(msgs, error_response(exc.sqlstate, str(exc)))
                 return
-            await self._prepare(msgs)
+            await self._prepare()
             assert self.conn is not None
             self._pump = asyncio.create_task(self._relay(self.conn), name=f"wire-pump-{self.sid}")
         conn = self.conn
@@ -285,58 +291,47 @@ class WireSession:
         self.conn = conn
         self.status = b"I"
 
-    async def _prepare(self, msgs: list[bytes]) -> None:
-        """Before a borrowed connection runs the batch: parse there the statements it uses
-        that this connection has not seen, and close statements nobody uses any more."""
+    async def _prepare(self) -> None:
+        """Before a borrowed connection runs anything of this session: close there the
+        statements of ended sessions, and the oldest past ``max_prepared_statements``."""
         conn = self.conn
         assert conn is not None
-        setup = bytearray()
-        parsed_here: set[bytes] = set()
-        unnamed_parsed = False
-        for m in msgs:
-            kind = m[:1]
-            if kind == b"P":
-                name, _ = _cstr(m, 5)
-                if name:
-                    parsed_here.add(name)
-                else:
-                    unnamed_parsed = True
-            elif kind == b"Q":
-                unnamed_parsed = True
-            elif kind in b"BD":
-                if kind == b"B":
-                    _, pos = _cstr(m, 5)
-                    stmt, _ = _cstr(m, pos)
-                elif m[5:6] == b"S":
-                    stmt, _ = _cstr(m, 6)
-                else:
-                    continue
-                if stmt and stmt not in parsed_here and stmt in self._statements:
-                    server, tail = self._statements[stmt]
-                    if server not in conn.prepared:
-                        setup += message(b"P", cstring(server.decode()) + tail)
-                        conn.prepared[server] = None
-                        parsed_here.add(stmt)
-                elif not stmt and not unnamed_parsed and self._unnamed is not None:
-                    setup += message(b"P", b"\x00" + self._unnamed)
-                    unnamed_parsed = True
         dead = [n for n in conn.prepared if n.decode() in self.pool.dead_statements]
-        while len(conn.prepared) - len(dead) > self._max_prepared:
-            oldest = next(n for n in conn.prepared if n not in dead)
-            dead.append(oldest)
+        excess = len(conn.prepared) - len(dead) - self._max_prepared
+        if excess > 0:
+            dead.extend([n for n in conn.prepared if n not in dead][:excess])
+        if not dead:
+            return
         for name in dead:
-            setup = message(b"C", b"S" + name + b"\x00") + setup
             conn.prepared.pop(name, None)
-        if setup:
-            conn.write(bytes(setup) + message(b"S"))
-            try:
-                await conn.until_ready()
-            except ServerError:
-                # A statement that no longer parses (a dropped table): the client's own Bind
-                # now fails with PostgreSQL's error, as it would on a direct connection.
-                pass
-            except (ConnectionError, OSError, ProtocolViolation):
-                raise _SessionOver(_lost()) from None
+        closes = b"".join(message(b"C", b"S" + name + b"\x00") for name in dead)
+        conn.write(closes + message(b"S"))
+        try:
+            await conn.until_ready()
+        except ServerError:
+            pass  # closing a statement the server no longer has is harmless
+        except (ConnectionError, OSError, ProtocolViolation):
+            raise _SessionOver(_lost()) from None
+
+    def _parse(self, server: bytes, tail: bytes, injected: bool) -> bytes:
+        """A Parse to send, noted so that its answer can be matched (and, if injected,
+        swallowed: the client did not send it and expects no ParseComplete)."""
+        self._pending.append((_INJECTED if injected else _PARSE, server))
+        return message(b"P", server + b"\x00" + tail)
+
+    def _ensure(self, stmt: bytes, conn: ServerConnection) -> bytes:
+        """The Parse a Bind or Describe of ``stmt`` needs first on this connection, if any:
+        a session's statements follow it from one pooled connection to the next."""
+        if stmt:
+            known = self._statements.get(stmt)
+            if known is None or known[0] in conn.prepared:
+                return b""
+            conn.prepared[known[0]] = None
+            return self._parse(known[0], known[1], injected=True)
+        if self._unnamed is None or conn.unnamed_owner == (self.sid, self._unnamed_gen):
+            return b""
+        conn.unnamed_owner = (self.sid, self._unnamed_gen)
+        return self._parse(b"", self._unnamed, injected=True)
 
     def _rewrite(self, m: bytes, conn: ServerConnection) -> bytes:
         kind = m[:1]
@@ -344,11 +339,12 @@ class WireSession:
             self._unsynced = True
             name, pos = _cstr(m, 5)
             sql, _ = _cstr(m, pos)
-            tail = m[pos:]
-            tail = self._screen(sql, tail)
+            tail = self._screen(sql, m[pos:])
             if not name:
                 self._unnamed = tail
-                return message(b"P", b"\x00" + tail) if tail is not m[pos:] else m
+                self._unnamed_gen += 1
+                conn.unnamed_owner = (self.sid, self._unnamed_gen)
+                return self._parse(b"", tail, injected=False)
             server = self._statements.get(name, (b"", b""))[0]
             if not server:
                 self._counter += 1
@@ -356,46 +352,71 @@ class WireSession:
             self._statements[name] = (server, tail)
             conn.prepared[server] = None
             conn.prepared.move_to_end(server)
-            return message(b"P", server + b"\x00" + tail)
+            return self._parse(server, tail, injected=False)
         if kind == b"B":
             self._unsynced = True
             portal, pos = _cstr(m, 5)
             stmt, rest = _cstr(m, pos)
+            first = self._ensure(stmt, conn)
             known = self._statements.get(stmt) if stmt else None
             if known is None:
-                return m
-            return message(b"B", portal + b"\x00" + known[0] + b"\x00" + m[rest:])
+                return first + m
+            return first + message(b"B", portal + b"\x00" + known[0] + b"\x00" + m[rest:])
         if kind in b"DC":
             self._unsynced = True
             if m[5:6] != b"S":
                 return m
             stmt, _ = _cstr(m, 6)
+            if kind == b"D":
+                first = self._ensure(stmt, conn)
+            else:
+                first = b""
             known = self._statements.get(stmt) if stmt else None
             if known is None:
-                return m
+                return first + m
             if kind == b"C":
                 del self._statements[stmt]
                 conn.prepared.pop(known[0], None)
                 self._forget(known[0])
-            return message(kind, b"S" + known[0] + b"\x00")
+            return first + message(kind, b"S" + known[0] + b"\x00")
         if kind == b"Q":
             self._outstanding += 1
+            self._pending.append((_SYNC, b""))
             self._unsynced = False
             self._unnamed = None  # a simple query replaces the unnamed statement
+            conn.unnamed_owner = None
             sql = m[5:-1]
             screened = self._screen(sql, sql + b"\x00")
             return m if screened[:-1] == sql else message(b"Q", screened)
-        if kind == b"S":
+        if kind in b"SF":
             self._outstanding += 1
-            self._unsynced = False
+            self._pending.append((_SYNC, b""))
+            self._unsynced = self._unsynced and kind == b"F"
             return m
-        if kind == b"F":
-            self._outstanding += 1
-            return m
-        if kind in b"EH":
-            self._unsynced = self._unsynced or kind == b"E"
-            return m
-        return m  # CopyData, CopyDone, CopyFail
+        if kind == b"E":
+            self._unsynced = True
+        return m  # Execute, Flush, CopyData, CopyDone, CopyFail
+
+    def _answered(self, kind: bytes, conn: ServerConnection) -> bool:
+        """Match a ParseComplete or ReadyForQuery with what was sent; False: swallow it."""
+        pending = self._pending
+        if kind == b"1":
+            while pending and pending[0][0] == _SYNC:
+                pending.popleft()  # cannot happen: a ReadyForQuery consumed it
+            return not (pending and pending.popleft()[0] == _INJECTED)
+        # ReadyForQuery: Parses still pending before this Sync were skipped after an error
+        while pending:
+            token, server = pending.popleft()
+            if token == _SYNC:
+                break
+            conn.prepared.pop(server, None)
+            if server and token == _PARSE:
+                for name, (known, _) in list(self._statements.items()):
+                    if known == server:
+                        del self._statements[name]
+            if not server:
+                conn.unnamed_owner = None
+        return True
 
     def _screen(self, sql: bytes, tail: bytes) -> bytes:
         """Pin or refuse by the statement's text; returns the (possibly replaced) tail."""
@@ -422,9 +443,15 @@ class WireSession:
             while True:
                 msgs = await conn.read_some()
                 ready = False
-                for msg in msgs:
+                swallowed = False
+                for i, msg in enumerate(msgs):
                     kind = msg[:1]
-                    if kind == b"Z":
+                    if kind == b"1":
+                        if not self._answered(kind, conn):
+                            msgs[i] = b""
+                            swallowed = True
+                    elif kind == b"Z":
+                        self._answered(kind, conn)
                         self._outstanding -= 1
                         self.status = msg[5:6]
                         ready = True
@@ -436,7 +463,9 @@ class WireSession:
                             self._wrote = True
                     elif kind == b"E" and b"SFATAL\x00" in msg[:40]:
                         fatal = True
-                self.events.send(self.sid, b"".join(msgs))
+                out = b"".join(msgs)
+                if out or not swallowed:
+                    self.events.send(self.sid, out)
                 if ready and self._outstanding <= 0:
                     self._queue.put_nowait(_CHECK)
         except asyncio.CancelledError:

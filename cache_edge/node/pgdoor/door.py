@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import secrets
 import socket
@@ -122,8 +123,10 @@ class PgDoor:
                     return
                 tenant = settings.tenant(first.user)
                 try:
+                    # Every node of the fleet derives the same decoy salts (see pgwire.scram).
+                    decoy = hashlib.sha256(b"scram-decoy\0" + settings.node_secret.encode())
                     tenant = await authenticate(
-                        stream, first, tenant, self._keys, _loopback(stream)
+                        stream, first, tenant, self._keys, _loopback(stream), decoy.digest()
                     )
                 except Refused:
                     self.stats.logins_failed += 1

@@ -54,11 +54,12 @@ async def authenticate(
     tenant: TenantConfig | None,
     keys: ApiKeys,
     loopback: bool,
+    decoy_secret: bytes,
 ) -> TenantConfig:
     """Run the exchange; the tenant on success, else raises Refused (FATAL for the client)."""
     verifiers = tenant.scram_verifiers if tenant is not None else ()
     if verifiers or not (stream.tls or loopback):
-        return await _scram(stream, startup, tenant)
+        return await _scram(stream, startup, tenant, decoy_secret)
     stream.writer.write(auth_request(_CLEARTEXT))
     body = await _password_message(stream)
     password = body.rstrip(b"\x00").decode("utf-8", "surrogateescape")
@@ -71,7 +72,9 @@ async def authenticate(
     return tenant
 
 
-async def _scram(stream: ClientStream, startup: Startup, tenant: TenantConfig | None) -> TenantConfig:
+async def _scram(
+    stream: ClientStream, startup: Startup, tenant: TenantConfig | None, decoy_secret: bytes
+) -> TenantConfig:
     if tenant is not None and not tenant.scram_verifiers:
         raise Refused(
             error_response(
@@ -85,7 +88,7 @@ async def _scram(stream: ClientStream, startup: Startup, tenant: TenantConfig | 
     exchange = (
         ScramServerExchange(tenant.scram_verifiers)
         if tenant is not None
-        else ScramServerExchange.decoy(startup.user)
+        else ScramServerExchange.decoy(startup.user, secret=decoy_secret)
     )
     stream.writer.write(auth_request(_SASL, b"".join(cstring(m) for m in MECHANISMS) + b"\x00"))
     body = await _password_message(stream)
