@@ -30,12 +30,12 @@ from cache_edge.common.wire import (
 )
 from cache_edge.node.applier import Applier
 from cache_edge.node.auth import ApiKeys, Principal
-from cache_edge.node.pgdoor.door import PgDoor
-from cache_edge.node.pgdoor.link import OriginLink
 from cache_edge.node.entry import result_json, result_msgpack
 from cache_edge.node.metrics import NodeMetrics
 from cache_edge.node.origin_client import OriginClient
 from cache_edge.node.origin_guard import OriginGuard
+from cache_edge.node.pgdoor.door import PgDoor
+from cache_edge.node.pgdoor.link import OriginLink
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.ratelimit import RateLimiter
 from cache_edge.node.read_path import Answer, QueryCache

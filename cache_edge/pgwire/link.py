@@ -35,7 +35,8 @@ OPENED = 5  # payload {"status": [[name, value], ...]} or {"error": ErrorRespons
 
 
 def encode_frame(kind: int, sid: int, payload: Any) -> bytes:
-    return msgpack.packb([kind, sid, payload], use_bin_type=True)
+    packed: bytes = msgpack.packb([kind, sid, payload], use_bin_type=True)
+    return packed
 
 
 def decode_frame(data: bytes) -> tuple[int, int, Any]:

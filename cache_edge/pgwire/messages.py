@@ -24,11 +24,11 @@ __all__ = [
     "backend_key_data",
     "cstring",
     "error_response",
+    "message",
+    "notice_response",
     "parameter_status",
     "parse_error_fields",
     "parse_startup",
-    "message",
-    "notice_response",
     "ready_for_query",
     "split_messages",
 ]

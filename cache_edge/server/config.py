@@ -42,7 +42,9 @@ CONFIG_ENV = "CACHE_EDGE_CONFIG"
 _TENANT_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _REGION = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
-_SCRAM_VERIFIER = re.compile(r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$")
+_SCRAM_VERIFIER = re.compile(
+    r"^SCRAM-SHA-256\$[0-9]+:[A-Za-z0-9+/=]+\$[A-Za-z0-9+/=]+:[A-Za-z0-9+/=]+$"
+)
 
 
 class ConfigError(ValueError):

@@ -167,7 +167,9 @@ class _Link:
         elif kind == CANCEL and isinstance(payload, list) and len(payload) == 2:
             target = self.endpoint._by_key.get((int(payload[0]), int(payload[1])))
             if target is not None:
-                asyncio.create_task(target.cancel_query())
+                task = asyncio.create_task(target.cancel_query())
+                self._opening.add(task)
+                task.add_done_callback(self._opening.discard)
 
     async def _open(self, sid: int, payload: dict[str, Any]) -> None:
         settings = self.endpoint._settings()

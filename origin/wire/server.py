@@ -9,6 +9,7 @@ startup is relayed by :mod:`origin.wire.session`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import ssl
 import struct
@@ -110,7 +111,7 @@ class ServerConnection:
         self.secret = 0
         self.parameters: dict[str, str] = {}
         # server statement name -> None, oldest first (the pool closes the oldest past its cap)
-        self.prepared: OrderedDict[str, None] = OrderedDict()
+        self.prepared: OrderedDict[bytes, None] = OrderedDict()
         self.state_key = ""  # fingerprint of the client settings applied ("" = none)
         # whose unnamed statement this connection holds: (session, its Parse generation)
         self.unnamed_owner: tuple[int, int] | None = None
@@ -244,10 +245,8 @@ class ServerConnection:
     def close(self) -> None:
         self.broken = True
         if not self.writer.is_closing():
-            try:
+            with contextlib.suppress(OSError, RuntimeError):
                 self.writer.write(message(b"X"))
-            except (OSError, RuntimeError):
-                pass
             self.writer.close()
 
 

@@ -25,6 +25,7 @@ its FATAL error reaches the client).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -35,7 +36,6 @@ import xxhash
 from cache_edge.common.errors import CacheEdgeError, DatabaseUnavailable, PoolTimeout
 from cache_edge.pgwire.messages import (
     ProtocolViolation,
-    cstring,
     error_response,
     message,
     ready_for_query,
@@ -256,10 +256,9 @@ class WireSession:
         conn = self.conn
         assert conn is not None
         conn.write(b"".join([self._rewrite(m, conn) for m in msgs]))
-        try:
+        # A failed write needs no handling here: the pump sees the connection end.
+        with contextlib.suppress(ConnectionError, OSError):
             await conn.writer.drain()
-        except (ConnectionError, OSError):
-            pass  # the pump sees the connection end and ends the session
 
     def _refuse(self, msgs: list[bytes], error: bytes) -> None:
         """Answer a batch that found no connection as PostgreSQL answers a failing one."""
@@ -296,7 +295,7 @@ class WireSession:
         statements of ended sessions, and the oldest past ``max_prepared_statements``."""
         conn = self.conn
         assert conn is not None
-        dead = [n for n in conn.prepared if n.decode() in self.pool.dead_statements]
+        dead = [n for n in conn.prepared if n in self.pool.dead_statements]
         excess = len(conn.prepared) - len(dead) - self._max_prepared
         if excess > 0:
             dead.extend([n for n in conn.prepared if n not in dead][:excess])
@@ -367,10 +366,7 @@ class WireSession:
             if m[5:6] != b"S":
                 return m
             stmt, _ = _cstr(m, 6)
-            if kind == b"D":
-                first = self._ensure(stmt, conn)
-            else:
-                first = b""
+            first = self._ensure(stmt, conn) if kind == b"D" else b""
             known = self._statements.get(stmt) if stmt else None
             if known is None:
                 return first + m
@@ -434,7 +430,7 @@ class WireSession:
         dead = self.pool.dead_statements
         if len(dead) > 10_000:
             dead.clear()  # each connection's cap still closes what this forgets
-        dead.add(server.decode())
+        dead.add(server)
 
     async def _relay(self, conn: ServerConnection) -> None:
         """Copy PostgreSQL's messages to the client, noting what the session must know."""
@@ -480,10 +476,8 @@ class WireSession:
         pump, self._pump = self._pump, None
         if pump is not None and not pump.done():
             pump.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await pump
-            except asyncio.CancelledError:
-                pass
 
     async def _release(self) -> None:
         conn = self.conn
@@ -527,6 +521,4 @@ class _SessionOver(Exception):
 
 
 def _lost() -> bytes:
-    return error_response(
-        "08006", "the origin lost its connection to the database", "FATAL"
-    )
+    return error_response("08006", "the origin lost its connection to the database", "FATAL")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["IDENTITY_REFUSAL", "needs_pin", "refused", "refusal_sql", "touches_settings"]
+__all__ = ["IDENTITY_REFUSAL", "needs_pin", "refusal_sql", "refused", "touches_settings"]
 
 _PIN = re.compile(
     rb"""
@@ -55,6 +55,5 @@ def refusal_sql(sqlstate: str, text: str) -> bytes:
     error, with no reordering of the relayed stream."""
     quoted = text.replace("'", "''")
     return (
-        f"DO $ce$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', "
-        f"MESSAGE = '{quoted}'; END$ce$"
+        f"DO $ce$BEGIN RAISE EXCEPTION USING ERRCODE = '{sqlstate}', MESSAGE = '{quoted}'; END$ce$"
     ).encode()

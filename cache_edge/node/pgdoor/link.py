@@ -44,7 +44,7 @@ class OriginLink:
         origin_url: str,
         secret: Callable[[], str],
         connect_timeout: float,
-        ssl_context: ssl.SSLContext | None = None,
+        ssl_context: ssl.SSLContext | bool = True,
     ) -> None:
         self._url = origin_url.rstrip("/") + PATH
         self._secret = secret
@@ -80,9 +80,7 @@ class OriginLink:
             if self._ws is not None and not self._ws.closed:
                 return self._ws
             if self._http is None or self._http.closed:
-                self._http = aiohttp.ClientSession(
-                    connector=aiohttp.TCPConnector(ssl=self._ssl if self._ssl else True)
-                )
+                self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
             headers = sign_headers(self._secret(), "GET", PATH, "", b"")
             try:
                 async with asyncio.timeout(self._connect_timeout):

@@ -104,10 +104,7 @@ def parse_options(options: str) -> dict[str, str]:
         if word == "-c" and i + 1 < len(words):
             pair = words[i + 1]
             i += 2
-        elif word.startswith("-c"):
-            pair = word[2:]
-            i += 1
-        elif word.startswith("--"):
+        elif word.startswith("-c") or word.startswith("--"):
             pair = word[2:]
             i += 1
         else:
@@ -119,9 +116,7 @@ def parse_options(options: str) -> dict[str, str]:
     return out
 
 
-async def negotiate(
-    stream: ClientStream, tls: ssl.SSLContext | None
-) -> Startup | Cancel:
+async def negotiate(stream: ClientStream, tls: ssl.SSLContext | None) -> Startup | Cancel:
     """Read packets until a StartupMessage (or a CancelRequest); raises Refused."""
     while True:
         await stream.need(4)
@@ -132,7 +127,7 @@ async def negotiate(
         packet = bytes(stream.buffer[:length])
         del stream.buffer[:length]
         (code,) = struct.unpack_from("!I", packet, 4)
-        if code == SSL_REQUEST or code == GSSENC_REQUEST:
+        if code in (SSL_REQUEST, GSSENC_REQUEST):
             if stream.buffer:
                 raise _fatal("08P01", "received unencrypted data after SSL request")
             if code == SSL_REQUEST and tls is not None and not stream.tls:
