@@ -235,6 +235,13 @@ async def handle_metrics(request: web.Request) -> web.Response:
             metrics.stream_subscribers.labels(tenant).set(subscribers)
             metrics.stream_events.labels(tenant).set(received)
         metrics.stream_dropped.set(hub.dropped)
+    if DOOR in request.app:
+        door = request.app[DOOR]
+        metrics.pg_connections.set(door.stats.connections)
+        metrics.pg_accepted.set(door.stats.accepted)
+        metrics.pg_logins_failed.set(door.stats.logins_failed)
+        metrics.pg_cancels.set(door.stats.cancels)
+        metrics.pg_link_up.set(1 if door.link_up else 0)
     memory = request.app[CACHE].memory
     if memory is not None:
         metrics.memory_bytes.set(memory.used_bytes)

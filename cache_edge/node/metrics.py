@@ -90,6 +90,32 @@ class NodeMetrics:
             "Subscribers cut off for falling behind (subscriber_too_slow)",
             registry=self.registry,
         )
+        # The PostgreSQL door (cache_edge.node.pgdoor), read from its counters at scrape time.
+        self.pg_connections = Gauge(
+            "cache_edge_node_pg_connections",
+            "Open PostgreSQL-door client connections",
+            registry=self.registry,
+        )
+        self.pg_accepted = Gauge(
+            "cache_edge_node_pg_connections_accepted",
+            "PostgreSQL-door connections accepted since start",
+            registry=self.registry,
+        )
+        self.pg_logins_failed = Gauge(
+            "cache_edge_node_pg_logins_failed",
+            "PostgreSQL-door logins refused (wrong key or tenant) since start",
+            registry=self.registry,
+        )
+        self.pg_cancels = Gauge(
+            "cache_edge_node_pg_cancels",
+            "CancelRequests forwarded to the origin since start",
+            registry=self.registry,
+        )
+        self.pg_link_up = Gauge(
+            "cache_edge_node_pg_link_up",
+            "1 while this process's link to the origin for PostgreSQL-door sessions is open",
+            registry=self.registry,
+        )
         self.info = Gauge(
             "cache_edge_node_info", "Node identity", ["region"], registry=self.registry
         )

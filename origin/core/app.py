@@ -346,7 +346,7 @@ def create_origin_app(settings: Settings) -> web.Application:
         if capture is not None and capture.invalidates(tenant):
             capture.wake()
 
-    app[WIRE] = WireEndpoint(lambda: live.current, app[REPLAY], wrote)
+    app[WIRE] = WireEndpoint(lambda: live.current, app[REPLAY], wrote, metrics)
     app.on_shutdown.append(_close_wire)
     app.cleanup_ctx.append(_pools_lifetime)
     app.on_shutdown.append(_end_waits)

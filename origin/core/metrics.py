@@ -28,12 +28,13 @@ class _PoolCollector:
         ("max_size", "Configured pool size."),
     )
 
-    def __init__(self, stats: Callable[[], Iterable[PoolStats]]) -> None:
+    def __init__(self, stats: Callable[[], Iterable[PoolStats]], name: str = "pool") -> None:
         self._stats = stats
+        self._name = name
 
     def collect(self) -> Iterable[Metric]:
         families = {
-            field: GaugeMetricFamily(f"{_PREFIX}_pool_{field}", doc, labels=["tenant"])
+            field: GaugeMetricFamily(f"{_PREFIX}_{self._name}_{field}", doc, labels=["tenant"])
             for field, doc in self._GAUGES
         }
         for stat in self._stats():
@@ -136,6 +137,29 @@ class OriginMetrics:
         )
         self.registry.register(_PoolCollector(pool_stats))
         self.registry.register(_CaptureCollector(captures))
+        # The PostgreSQL door (origin.wire): its raw pools, leases and what clients saw.
+        self.wire_transactions = Counter(
+            f"{_PREFIX}_wire_transactions",
+            "PostgreSQL-door leases of a database connection (one per transaction pooled).",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.wire_pinned = Counter(
+            f"{_PREFIX}_wire_pinned_sessions",
+            "PostgreSQL-door sessions pinned to one database connection (temporary tables, "
+            "session advisory locks, LISTEN, PREPARE, WITH HOLD cursors).",
+            ["tenant"],
+            registry=self.registry,
+        )
+        self.wire_errors = Counter(
+            f"{_PREFIX}_wire_errors",
+            "ErrorResponses PostgreSQL-door clients received, by SQLSTATE.",
+            ["tenant", "sqlstate"],
+            registry=self.registry,
+        )
+
+    def watch_wire_pools(self, stats: Callable[[], Iterable[PoolStats]]) -> None:
+        self.registry.register(_PoolCollector(stats, "wire_pool"))
 
     def observe(self, tenant: str, kind: str, outcome: str, seconds: float) -> None:
         self.queries.labels(tenant, kind, outcome).inc()

@@ -25,6 +25,7 @@ from cache_edge.pgwire.link import CANCEL, CLOSE, DATA, OPEN, OPENED, decode_fra
 from cache_edge.pgwire.messages import error_response
 from cache_edge.server.config import Settings
 from cache_edge.server.logs import get_logger
+from origin.core.metrics import OriginMetrics
 from origin.core.replay import ReplayCache
 from origin.wire.pool import WirePools
 from origin.wire.server import ServerError
@@ -45,20 +46,35 @@ class WireEndpoint:
         settings: Callable[[], Settings],
         replay: ReplayCache,
         wrote: Callable[[str], None] = lambda tenant: None,
+        metrics: OriginMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._replay = replay
         self._wrote = wrote
+        self._metrics = metrics
         self.pools = WirePools(settings().origin)
         self._by_key: dict[tuple[int, int], WireSession] = {}
         self._links: set[_Link] = set()
-        self.pinned_total: dict[str, int] = {}
+        if metrics is not None:
+            metrics.watch_wire_pools(self.pools.stats)
 
     def sessions(self) -> int:
         return sum(len(link.sessions) for link in self._links)
 
-    def count_pinned(self, tenant: str) -> None:
-        self.pinned_total[tenant] = self.pinned_total.get(tenant, 0) + 1
+    def events_for(
+        self, send: Callable[[int, bytes], None], ended: Callable[[int, bytes], None]
+    ) -> SessionEvents:
+        metrics = self._metrics
+        if metrics is None:
+            return SessionEvents(send, ended, self._wrote)
+        return SessionEvents(
+            send,
+            ended,
+            self._wrote,
+            pinned=lambda tenant: metrics.wire_pinned.labels(tenant).inc(),
+            leased=lambda tenant: metrics.wire_transactions.labels(tenant).inc(),
+            failed=lambda tenant, state: metrics.wire_errors.labels(tenant, state).inc(),
+        )
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         settings = self._settings()
@@ -100,11 +116,8 @@ class _Link:
         self._keys: dict[int, tuple[int, int]] = {}
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._opening: set[asyncio.Task[None]] = set()
-        self._events = SessionEvents(
-            send=lambda sid, data: self._out.put_nowait(encode_frame(DATA, sid, data)),
-            ended=self._ended,
-            wrote=endpoint._wrote,
-            pinned=endpoint.count_pinned,
+        self._events = endpoint.events_for(
+            lambda sid, data: self._out.put_nowait(encode_frame(DATA, sid, data)), self._ended
         )
 
     def _ended(self, sid: int, final: bytes) -> None:

@@ -14,28 +14,18 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
 
 from cache_edge.common.errors import DatabaseUnavailable, PoolTimeout
 from cache_edge.server.config import OriginConfig, TenantConfig
 from cache_edge.server.logs import get_logger
+from origin.core.pool import PoolStats
 from origin.wire.server import DatabaseTarget, ServerConnection, ServerError, send_cancel
 
-__all__ = ["WirePool", "WirePoolStats", "WirePools"]
+__all__ = ["WirePool", "WirePools"]
 
 log = get_logger("origin.wire.pool")
 
 _IDLE_LIFETIME = 300.0  # an idle connection older than this is closed rather than lent
-
-
-@dataclass(frozen=True, slots=True)
-class WirePoolStats:
-    tenant: str
-    size: int
-    idle: int
-    in_use: int
-    waiting: int
-    max_size: int
 
 
 class WirePool:
@@ -63,8 +53,8 @@ class WirePool:
             ),
         }
 
-    def stats(self) -> WirePoolStats:
-        return WirePoolStats(
+    def stats(self) -> PoolStats:
+        return PoolStats(
             self.tenant.id, self._size, len(self._idle), self._in_use, self._waiting, self.max_size
         )
 
@@ -154,7 +144,7 @@ class WirePools:
             pool = self._pools[tenant.id] = WirePool(tenant, self.origin)
         return pool
 
-    def stats(self) -> list[WirePoolStats]:
+    def stats(self) -> list[PoolStats]:
         return [p.stats() for p in self._pools.values()]
 
     def close(self) -> None:

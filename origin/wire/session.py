@@ -93,11 +93,15 @@ class SessionEvents:
         ended: Callable[[int, bytes], None],
         wrote: Callable[[str], None] = lambda tenant: None,
         pinned: Callable[[str], None] = lambda tenant: None,
+        leased: Callable[[str], None] = lambda tenant: None,
+        failed: Callable[[str, str], None] = lambda tenant, sqlstate: None,
     ) -> None:
         self.send = send
         self.ended = ended
         self.wrote = wrote
         self.pinned = pinned
+        self.leased = leased  # a database connection was lent to the session
+        self.failed = failed  # the client received an ErrorResponse (tenant, SQLSTATE)
 
 
 def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
@@ -289,6 +293,7 @@ class WireSession:
             raise
         self.conn = conn
         self.status = b"I"
+        self.events.leased(self.tenant)
 
     async def _prepare(self) -> None:
         """Before a borrowed connection runs anything of this session: close there the
@@ -457,8 +462,9 @@ class WireSession:
                             self._dirty = True
                         elif tag in _WRITE_TAGS:
                             self._wrote = True
-                    elif kind == b"E" and b"SFATAL\x00" in msg[:40]:
-                        fatal = True
+                    elif kind == b"E":
+                        fatal = fatal or b"SFATAL\x00" in msg[:40]
+                        self.events.failed(self.tenant, _sqlstate(msg))
                 out = b"".join(msgs)
                 if out or not swallowed:
                     self.events.send(self.sid, out)
@@ -512,6 +518,11 @@ class WireSession:
         self.pool.release(conn, reusable=False)
         if self._wrote:
             self.events.wrote(self.tenant)
+
+
+def _sqlstate(msg: bytes) -> str:
+    at = msg.find(b"\x00C", 5)
+    return msg[at + 2 : at + 7].decode("ascii", "replace") if at >= 0 else "XX000"
 
 
 class _SessionOver(Exception):

@@ -71,6 +71,10 @@ class PgDoor:
         self.stats = DoorStats()
 
     @property
+    def link_up(self) -> bool:
+        return self._link.connected
+
+    @property
     def listening(self) -> bool:
         return self._server is not None and self._server.is_serving()
 
