@@ -143,7 +143,9 @@ class PgDoor:
                         )
                     )
                 key = (secrets.randbits(31) or 1, secrets.randbits(32))
-                session = ClientSession(stream, self._link, node.pg_max_message_bytes)
+                session = ClientSession(
+                    stream, self._link, node.pg_max_message_bytes, node.pg_startup_timeout
+                )
                 cache_key = (tenant.id, tuple(sorted(first.settings.items())))
                 status = self._described.get(cache_key)
                 answer = await session.open(tenant.id, first.settings, key, status is None)

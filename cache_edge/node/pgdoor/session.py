@@ -18,14 +18,16 @@ from cache_edge.pgwire.messages import ProtocolViolation, error_response, split_
 __all__ = ["ClientSession"]
 
 _FRONTEND = frozenset(b"QPBDEHSCFXdcf")
-_STALL_TIMEOUT = 30.0
 
 
 class ClientSession:
-    def __init__(self, stream: ClientStream, link: OriginLink, max_message: int) -> None:
+    def __init__(
+        self, stream: ClientStream, link: OriginLink, max_message: int, stall_timeout: float
+    ) -> None:
         self.stream = stream
         self.link = link
         self.max_message = max_message
+        self.stall_timeout = stall_timeout  # node.pg_startup_timeout
         self.sid = 0
         self._closed = False
 
@@ -54,7 +56,7 @@ class ClientSession:
         while not self._closed:
             if stream.buffer:
                 # Mid-message: a client that stalls here is holding memory and a slot.
-                async with asyncio.timeout(_STALL_TIMEOUT):
+                async with asyncio.timeout(self.stall_timeout):
                     await stream.fill()
             else:
                 await stream.fill()
