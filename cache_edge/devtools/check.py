@@ -1,4 +1,5 @@
-"""``cache-edge dev --check``: a cached query twice per region, expecting miss then ttl."""
+"""``cache-edge dev --check``: a cached query twice per region, expecting miss then ttl, and a
+query through each region's PostgreSQL door."""
 
 from __future__ import annotations
 
@@ -27,10 +28,28 @@ class RegionCheck:
     retries: int = 0
     error: str | None = None
     notes: list[str] = field(default_factory=list)  # cacheError / error the node reported
+    pg_url: str = ""
+    pg_result: str = ""  # "N products in X ms" or the error, through the PostgreSQL door
 
     @property
     def ok(self) -> bool:
-        return self.error is None and tuple(self.statuses) == EXPECTED
+        door_ok = not self.pg_url or self.pg_result.endswith(" ms")
+        return self.error is None and tuple(self.statuses) == EXPECTED and door_ok
+
+
+async def _through_door(pg_url: str, timeout: float) -> str:
+    import asyncpg  # the dev tools run with the server extra
+
+    started = time.perf_counter()
+    try:
+        conn = await asyncpg.connect(pg_url, timeout=timeout)
+        try:
+            count = await conn.fetchval("SELECT count(*) FROM products")
+        finally:
+            await conn.close()
+    except (OSError, TimeoutError, asyncpg.PostgresError) as exc:
+        return f"FAILED: {exc.__class__.__name__}: {exc}"
+    return f"{count} products in {(time.perf_counter() - started) * 1000:.1f} ms"
 
 
 async def _timed(db: AsyncClient, run: str, result: RegionCheck) -> tuple[str, float]:
@@ -44,9 +63,13 @@ async def _timed(db: AsyncClient, run: str, result: RegionCheck) -> tuple[str, f
     return rows.info.cache_status, elapsed
 
 
-async def check_region(region: str, url: str, api_key: str, timeout: float = 15.0) -> RegionCheck:
+async def check_region(
+    region: str, url: str, api_key: str, timeout: float = 15.0, pg_url: str = ""
+) -> RegionCheck:
     """Ask twice; a second "miss" is retried briefly before it counts as a failure."""
-    result = RegionCheck(region, url)
+    result = RegionCheck(region, url, pg_url=pg_url)
+    if pg_url:
+        result.pg_result = await _through_door(pg_url, timeout)
     run = secrets.token_hex(8)
     try:
         async with AsyncClient(url, api_key, timeout=timeout) as db:
@@ -77,6 +100,9 @@ def format_checks(checks: list[RegionCheck]) -> str:
         retried = f" after {c.retries} retries" if c.retries else ""
         lines.append(f"  {c.region:<10} {c.url}  {flow}  {verdict}{retried}")
         lines += [f"  {'':<10} node said {note}" for note in c.notes]
+        if c.pg_url:
+            verdict = "" if c.pg_result.startswith("FAILED") else "  ok"
+            lines.append(f"  {'':<10} psql door  {c.pg_result}{verdict}")
     passed = all(c.ok for c in checks)
     lines.append("check passed" if passed else "check FAILED")
     return "\n".join(lines)

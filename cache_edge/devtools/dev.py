@@ -1,7 +1,8 @@
 """``cache-edge dev``: one command that runs PostgreSQL, Redis, an origin and N regions locally.
 
 Ports: the origin listens on ``base-port``, region i's node on ``base-port + 10 + i`` and,
-with ``--wan-delay``, region i's delay relay to the origin on ``base-port + 20 + i``.
+with ``--wan-delay``, region i's delay relay to the origin on ``base-port + 20 + i``, and
+region i's PostgreSQL door on ``base-port + 30 + i``.
 Region i caches in Redis database number ``i`` (plus the database of ``REDIS_URL``).
 """
 
@@ -16,7 +17,7 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import quote, urlsplit, urlunsplit
 
 from cache_edge.devtools.check import check_region, format_checks
 from cache_edge.devtools.config_file import DEMO_TENANT, load_or_make_secrets, write_config
@@ -60,8 +61,8 @@ class DevOptions:
     def from_args(cls, args: argparse.Namespace) -> DevOptions:
         if not 1 <= args.regions <= MAX_REGIONS:
             raise ValueError(f"--regions: between 1 and {MAX_REGIONS}, got {args.regions}")
-        if not 1024 <= args.base_port <= 65535 - 30:
-            raise ValueError(f"--base-port: between 1024 and 65505, got {args.base_port}")
+        if not 1024 <= args.base_port <= 65535 - 40:
+            raise ValueError(f"--base-port: between 1024 and 65495, got {args.base_port}")
         delay = parse_delay(args.wan_delay)
         if delay > 10:
             raise ValueError("--wan-delay: at most 10s")
@@ -80,8 +81,12 @@ class DevOptions:
     def relay_port(self, i: int) -> int:
         return self.base_port + 20 + i
 
+    def pg_port(self, i: int) -> int:
+        return self.base_port + 30 + i
+
     def ports(self) -> list[int]:
         ports = [self.base_port] + [self.node_port(i) for i in range(1, self.regions + 1)]
+        ports += [self.pg_port(i) for i in range(1, self.regions + 1)]
         if self.wan_delay > 0:
             ports += [self.relay_port(i) for i in range(1, self.regions + 1)]
         return ports
@@ -102,6 +107,7 @@ class Region:
     name: str
     url: str
     redis_url: str
+    pg_url: str = ""  # the PostgreSQL door, as a postgresql:// URL psql accepts as is
 
 
 async def _set_up_capture(database_url: str, notes: list[str]) -> bool:
@@ -198,11 +204,17 @@ class DevStack:
                 relay = DelayRelay(HOST, opts.base_port, opts.wan_delay, HOST, opts.relay_port(i))
                 self.relays.append(await relay.start())
                 upstream = f"http://{HOST}:{relay.port}"
+            database = urlsplit(self.database_url).path.lstrip("/")
             region = Region(
-                name, f"http://{HOST}:{opts.node_port(i)}", redis_url_for_region(redis.url, i)
+                name,
+                f"http://{HOST}:{opts.node_port(i)}",
+                redis_url_for_region(redis.url, i),
+                f"postgresql://{DEMO_TENANT}:{quote(self.api_key, safe='')}@{HOST}:"
+                f"{opts.pg_port(i)}/{database}",
             )
             self.regions.append(region)
             args = ["node", "--region", name, "--listen", f"{HOST}:{opts.node_port(i)}"]
+            args += ["--pg-listen", f"{HOST}:{opts.pg_port(i)}"]
             args += ["--redis-url", region.redis_url, "--origin-url", upstream]
             self.nodes.append(self._child(name, args))
         await asyncio.gather(
@@ -259,6 +271,12 @@ def render_banner(stack: DevStack) -> str:
         '"cacheStrategy": {"ttl": 60}}\'',
         f"    cache-edge query --url {first} --api-key {stack.api_key} --ttl 60 '{sql}' 7",
     ]
+    if stack.regions and stack.regions[0].pg_url:
+        lines += [
+            "",
+            "  Or connect any PostgreSQL client or ORM to a region (pooled at the origin):",
+            f"    psql '{stack.regions[0].pg_url}'",
+        ]
     if stack.captured:
         lines += [
             "",
@@ -290,7 +308,10 @@ async def _serve(opts: DevOptions) -> int:
         state["started"] = True
         print(render_banner(stack), flush=True)
         if opts.check:
-            checks = [await check_region(r.name, r.url, stack.api_key) for r in stack.regions]
+            checks = [
+                await check_region(r.name, r.url, stack.api_key, pg_url=r.pg_url)
+                for r in stack.regions
+            ]
             print(format_checks(checks), flush=True)
             return 0 if all(c.ok for c in checks) else 1
         print("Press Ctrl-C to stop.", flush=True)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -71,6 +72,7 @@ _WRITE_TAGS = frozenset(
 # Settings PostgreSQL reports or cache-edge enforces; applied sessions never clear these.
 _ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
 
+_UIDS = itertools.count(1)
 _PARSE, _INJECTED, _SYNC = 0, 1, 2  # what the relay sent and awaits an answer to
 
 _SQLSTATES = {PoolTimeout: "53300", DatabaseUnavailable: "08006"}
@@ -162,7 +164,8 @@ class WireSession:
         events: SessionEvents,
         max_prepared: int = 500,
     ) -> None:
-        self.sid = sid
+        self.sid = sid  # the link's name for the session (unique on that link only)
+        self.uid = next(_UIDS)  # unique in this origin process: names its statements
         self.tenant = tenant
         self.pool = pool
         self.events = events
@@ -332,9 +335,9 @@ class WireSession:
                 return b""
             conn.prepared[known[0]] = None
             return self._parse(known[0], known[1], injected=True)
-        if self._unnamed is None or conn.unnamed_owner == (self.sid, self._unnamed_gen):
+        if self._unnamed is None or conn.unnamed_owner == (self.uid, self._unnamed_gen):
             return b""
-        conn.unnamed_owner = (self.sid, self._unnamed_gen)
+        conn.unnamed_owner = (self.uid, self._unnamed_gen)
         return self._parse(b"", self._unnamed, injected=True)
 
     def _rewrite(self, m: bytes, conn: ServerConnection) -> bytes:
@@ -347,12 +350,12 @@ class WireSession:
             if not name:
                 self._unnamed = tail
                 self._unnamed_gen += 1
-                conn.unnamed_owner = (self.sid, self._unnamed_gen)
+                conn.unnamed_owner = (self.uid, self._unnamed_gen)
                 return self._parse(b"", tail, injected=False)
             server = self._statements.get(name, (b"", b""))[0]
             if not server:
                 self._counter += 1
-                server = f"_ce{self.sid}_{self._counter}".encode()
+                server = f"_ce{self.uid}_{self._counter}".encode()
             self._statements[name] = (server, tail)
             conn.prepared[server] = None
             conn.prepared.move_to_end(server)

@@ -18,10 +18,10 @@ STATUS_LINE = re.compile(
 
 
 def free_base_port() -> int:
-    """A base port whose whole layout (base, base+11..19, base+21..29) is free right now."""
+    """A base port whose whole layout (base, base+11..19, base+21..39) is free right now."""
     for _ in range(200):
         base = random.randrange(20_000, 60_000, 50)
-        ports = [base, *range(base + 11, base + 20), *range(base + 21, base + 30)]
+        ports = [base, *range(base + 11, base + 20), *range(base + 21, base + 40)]
         try:
             for port in ports:
                 with socket.socket() as s:
@@ -74,6 +74,9 @@ def test_dev_check_brings_up_regions_and_stops_them(tmp_path: Path) -> None:
     for line in ("== cache-edge dev", "region-1   http://", "region-2   http://", "api key    ce_"):
         assert line in out
     assert "curl -s http://" in out and "cache-edge query --url http://" in out
+    # The PostgreSQL door: a URL psql takes as is, and a query through it in every region.
+    assert re.search(r"psql 'postgresql://demo:ce_[^@']+@127\.0\.0\.1:\d+/cache_edge_demo'", out)
+    assert len(re.findall(r"psql door  \d+ products in [\d.]+ ms  ok", out)) == 2, out
     assert "+15 ms each way to the origin" in out
     assert "DATABASE_URL (postgresql://postgres@127.0.0.1:1/nowhere) does not answer" in out
     matches = assert_all_regions_ok(out, 2)

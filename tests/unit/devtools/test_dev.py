@@ -50,9 +50,9 @@ def test_options_and_port_layout(tmp_path: Path) -> None:
     )
     assert opts.check and opts.wan_delay == pytest.approx(0.005)
     assert [opts.node_port(i) for i in (1, 2, 3)] == [9011, 9012, 9013]
-    assert opts.ports() == [9000, 9011, 9012, 9013, 9021, 9022, 9023]
+    assert opts.ports() == [9000, 9011, 9012, 9013, 9031, 9032, 9033, 9021, 9022, 9023]
     no_delay = DevOptions.from_args(dev_args("--regions", "1", "--base-port", "9000"))
-    assert no_delay.ports() == [9000, 9011]
+    assert no_delay.ports() == [9000, 9011, 9031]
 
 
 @pytest.mark.parametrize(
@@ -106,7 +106,12 @@ def test_banner_shows_urls_key_and_two_commands(tmp_path: Path) -> None:
     stack.database_url = "postgresql://postgres:secret@127.0.0.1:5432/cache_edge_demo"
     stack.api_key = "ce_dev_KEY"
     stack.regions = [
-        Region(f"region-{i}", f"http://127.0.0.1:{7410 + i}", f"redis://127.0.0.1:6379/{i}")
+        Region(
+            f"region-{i}",
+            f"http://127.0.0.1:{7410 + i}",
+            f"redis://127.0.0.1:6379/{i}",
+            f"postgresql://demo:ce_dev_KEY@127.0.0.1:{7430 + i}/cache_edge_demo",
+        )
         for i in (1, 2)
     ]
     banner = render_banner(stack)
@@ -120,6 +125,7 @@ def test_banner_shows_urls_key_and_two_commands(tmp_path: Path) -> None:
         "cache-edge query --url http://127.0.0.1:7411 --api-key ce_dev_KEY --ttl 60 "
         "'SELECT id, name, price FROM products WHERE id = $1' 7" in banner
     )
+    assert "psql 'postgresql://demo:ce_dev_KEY@127.0.0.1:7431/cache_edge_demo'" in banner
 
 
 def test_check_report() -> None:
