@@ -247,7 +247,12 @@ class WireSession:
             raise ProtocolViolation("a frame ended inside a message")
         if self.conn is None:
             msgs = [m for m in msgs if m[:1] not in b"dcf"]  # PostgreSQL ignores stray COPY data
-            if not msgs:
+            if all(m[:1] in b"SH" for m in msgs):
+                # Only Sync/Flush with no transaction open (asyncpg's Sync after a refused
+                # Parse/Describe/Flush): ReadyForQuery alone, without waiting for a connection.
+                syncs = sum(1 for m in msgs if m[:1] == b"S")
+                if syncs:
+                    self.events.send(self.sid, ready_for_query(self.status) * syncs)
                 return
             try:
                 await self._lend()
