@@ -218,6 +218,7 @@ class ServerConnection:
     async def run(self, sql: str) -> list[bytes]:
         """Run cache-edge's own simple query; its messages, or ServerError (state stays valid:
         the error is read through to ReadyForQuery)."""
+        self.unnamed_owner = None  # a simple query drops the unnamed statement
         self.writer.write(message(b"Q", cstring(sql)))
         return await self.until_ready()
 
