@@ -73,7 +73,8 @@ _WRITE_TAGS = frozenset(
 _ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
 
 _UIDS = itertools.count(1)
-_PARSE, _INJECTED, _SYNC = 0, 1, 2  # what the relay sent and awaits an answer to
+# What the relay sent and awaits an answer to (ParseComplete, CloseComplete, ReadyForQuery)
+_PARSE, _INJECTED, _SYNC, _CLOSE, _INJECTED_CLOSE = 0, 1, 2, 3, 4
 
 _SQLSTATES = {PoolTimeout: "53300", DatabaseUnavailable: "08006"}
 
@@ -183,7 +184,7 @@ class WireSession:
         self._statements: dict[bytes, tuple[bytes, bytes]] = {}  # client -> (server, tail)
         self._unnamed: bytes | None = None  # the tail of the last unnamed Parse
         self._unnamed_gen = 0
-        # Parses and Syncs sent and not yet answered, in order (see _answered)
+        # Parses, Closes and Syncs sent and not yet answered, in order (see _answered)
         self._pending: deque[tuple[int, bytes]] = deque()
         self._counter = 0
         self._pump: asyncio.Task[None] | None = None
@@ -340,7 +341,13 @@ class WireSession:
                 return b""
             conn.prepared[known[0]] = None
             return self._parse(known[0], known[1], injected=True)
-        if self._unnamed is None or conn.unnamed_owner == (self.uid, self._unnamed_gen):
+        if self._unnamed is None:
+            # The session has none, but the connection may hold another session's: drop it
+            # first, so that PostgreSQL itself answers 26000 instead of running that one.
+            conn.unnamed_owner = None
+            self._pending.append((_INJECTED_CLOSE, b""))
+            return message(b"C", b"S\x00")
+        if conn.unnamed_owner == (self.uid, self._unnamed_gen):
             return b""
         conn.unnamed_owner = (self.uid, self._unnamed_gen)
         return self._parse(b"", self._unnamed, injected=True)
@@ -376,6 +383,8 @@ class WireSession:
             return first + message(b"B", portal + b"\x00" + known[0] + b"\x00" + m[rest:])
         if kind in b"DC":
             self._unsynced = True
+            if kind == b"C":
+                self._pending.append((_CLOSE, b""))
             if m[5:6] != b"S":
                 return m
             stmt, _ = _cstr(m, 6)
@@ -407,17 +416,20 @@ class WireSession:
         return m  # Execute, Flush, CopyData, CopyDone, CopyFail
 
     def _answered(self, kind: bytes, conn: ServerConnection) -> bool:
-        """Match a ParseComplete or ReadyForQuery with what was sent; False: swallow it."""
+        """Match a ParseComplete, CloseComplete or ReadyForQuery with what was sent; False:
+        swallow it."""
         pending = self._pending
-        if kind == b"1":
+        if kind in b"13":
             while pending and pending[0][0] == _SYNC:
                 pending.popleft()  # cannot happen: a ReadyForQuery consumed it
-            return not (pending and pending.popleft()[0] == _INJECTED)
+            return not (pending and pending.popleft()[0] in (_INJECTED, _INJECTED_CLOSE))
         # ReadyForQuery: Parses still pending before this Sync were skipped after an error
         while pending:
             token, server = pending.popleft()
             if token == _SYNC:
                 break
+            if token in (_CLOSE, _INJECTED_CLOSE):
+                continue
             conn.prepared.pop(server, None)
             if server and token == _PARSE:
                 for name, (known, _) in list(self._statements.items()):
@@ -425,6 +437,9 @@ class WireSession:
                         del self._statements[name]
             if not server:
                 conn.unnamed_owner = None
+                if token == _PARSE and not any(t == _PARSE and not s for t, s in pending):
+                    # PostgreSQL drops the unnamed statement before parsing the new one
+                    self._unnamed = None
         return True
 
     def _screen(self, sql: bytes, tail: bytes) -> bytes:
@@ -455,7 +470,7 @@ class WireSession:
                 swallowed = False
                 for i, msg in enumerate(msgs):
                     kind = msg[:1]
-                    if kind == b"1":
+                    if kind in (b"1", b"3"):
                         if not self._answered(kind, conn):
                             msgs[i] = b""
                             swallowed = True
