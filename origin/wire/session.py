@@ -75,6 +75,7 @@ _ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
 _UIDS = itertools.count(1)
 # What the relay sent and awaits an answer to (ParseComplete, CloseComplete, ReadyForQuery)
 _PARSE, _INJECTED, _SYNC, _CLOSE, _INJECTED_CLOSE = 0, 1, 2, 3, 4
+_PLACEHOLDER, _REFUSED = 5, 6  # a Parse that redefines a statement (see _redefine)
 
 _SQLSTATES = {PoolTimeout: "53300", DatabaseUnavailable: "08006"}
 
@@ -364,10 +365,10 @@ class WireSession:
                 self._unnamed_gen += 1
                 conn.unnamed_owner = (self.uid, self._unnamed_gen)
                 return self._parse(b"", tail, injected=False)
-            server = self._statements.get(name, (b"", b""))[0]
-            if not server:
-                self._counter += 1
-                server = f"_ce{self.uid}_{self._counter}".encode()
+            if name in self._statements:
+                return self._redefine(name, tail, conn)
+            self._counter += 1
+            server = f"_ce{self.uid}_{self._counter}".encode()
             self._statements[name] = (server, tail)
             conn.prepared[server] = None
             conn.prepared.move_to_end(server)
@@ -415,6 +416,20 @@ class WireSession:
             self._unsynced = True
         return m  # Execute, Flush, CopyData, CopyDone, CopyFail
 
+    def _redefine(self, name: bytes, tail: bytes, conn: ServerConnection) -> bytes:
+        """A Parse of a name the session already has: PostgreSQL parses the text, refuses
+        with 42P05 naming the statement, and keeps the old one. A placeholder under the
+        client's own name, parsed first, makes PostgreSQL do exactly that here; it is
+        closed the next time a session borrows the connection (as if forgotten)."""
+        out = b""
+        if name not in conn.prepared:
+            conn.prepared[name] = None
+            self._forget(name)
+            self._pending.append((_PLACEHOLDER, name))
+            out = message(b"P", name + b"\x00\x00\x00\x00")
+        self._pending.append((_REFUSED, name))
+        return out + message(b"P", name + b"\x00" + tail)
+
     def _answered(self, kind: bytes, conn: ServerConnection) -> bool:
         """Match a ParseComplete, CloseComplete or ReadyForQuery with what was sent; False:
         swallow it."""
@@ -422,13 +437,14 @@ class WireSession:
         if kind in b"13":
             while pending and pending[0][0] == _SYNC:
                 pending.popleft()  # cannot happen: a ReadyForQuery consumed it
-            return not (pending and pending.popleft()[0] in (_INJECTED, _INJECTED_CLOSE))
+            swallow = (_INJECTED, _INJECTED_CLOSE, _PLACEHOLDER)
+            return not (pending and pending.popleft()[0] in swallow)
         # ReadyForQuery: Parses still pending before this Sync were skipped after an error
         while pending:
             token, server = pending.popleft()
             if token == _SYNC:
                 break
-            if token in (_CLOSE, _INJECTED_CLOSE):
+            if token in (_CLOSE, _INJECTED_CLOSE, _REFUSED):
                 continue
             conn.prepared.pop(server, None)
             if server and token == _PARSE:
