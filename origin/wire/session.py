@@ -109,7 +109,9 @@ class SessionEvents:
 
 
 def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
-    end = data.index(b"\x00", pos)
+    end = data.find(b"\x00", pos)
+    if end < 0:  # a client's malformed message: 08P01 as PostgreSQL, not an internal error
+        raise ProtocolViolation(f"invalid string in message type {data[:1].decode('latin-1')}")
     return data[pos:end], end + 1
 
 
