@@ -432,6 +432,15 @@ class WireSession:
         self._pending.append((_REFUSED, name))
         return out + message(b"P", name + b"\x00" + tail)
 
+    def _dropped_all(self, conn: ServerConnection) -> None:
+        """DEALLOCATE ALL or DISCARD ALL ran: every named statement of the connection is
+        gone (other sessions' are parsed again where they are used next), and all of this
+        session's are gone for its client, wherever they were."""
+        for server, _ in self._statements.values():
+            self._forget(server)
+        self._statements.clear()
+        conn.prepared.clear()
+
     def _answered(self, kind: bytes, conn: ServerConnection) -> bool:
         """Match a ParseComplete, CloseComplete or ReadyForQuery with what was sent; False:
         swallow it."""
@@ -503,6 +512,8 @@ class WireSession:
                             self._dirty = True
                         elif tag in _WRITE_TAGS:
                             self._wrote = True
+                        if msg[5:-1] in (b"DEALLOCATE ALL", b"DISCARD ALL"):
+                            self._dropped_all(conn)
                     elif kind == b"E":
                         fatal = fatal or b"SFATAL\x00" in msg[:40]
                         self.events.failed(self.tenant, _sqlstate(msg))
