@@ -514,6 +514,9 @@ class WireSession:
                             self._wrote = True
                         if msg[5:-1] in (b"DEALLOCATE ALL", b"DISCARD ALL"):
                             self._dropped_all(conn)
+                    elif kind == b"S":
+                        # a reported setting changed, maybe with no SET tag (a function, DO)
+                        self._dirty = True
                     elif kind == b"E":
                         fatal = fatal or b"SFATAL\x00" in msg[:40]
                         self.events.failed(self.tenant, _sqlstate(msg))
