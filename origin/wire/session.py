@@ -64,8 +64,20 @@ class _Check:
 
 _CHECK: Final = _Check()
 _MAX_MESSAGE = 1 << 30
-_SNAPSHOT = "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session'"
-_STATE_TAGS = (b"SET", b"RESET")
+
+
+def _snapshot_sql(login: str) -> str:
+    """The session's settings, and a row ('', 't') while it still runs as the login role."""
+    same = f"current_user = {_dollar(login)} AND session_user = {_dollar(login)}"
+    return (
+        "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' "
+        f"UNION ALL SELECT '', ({same})::text"
+    )
+
+
+# Command tags after which the session's settings (or its role) may have changed. DO is
+# there because a DO block can run SET through EXECUTE without a SET tag of its own.
+_STATE_TAGS = (b"SET", b"RESET", b"DISCARD", b"DO")
 _WRITE_TAGS = frozenset(
     {b"INSERT", b"UPDATE", b"DELETE", b"MERGE", b"COPY", b"TRUNCATE", b"COMMIT"}
 )
@@ -508,7 +520,7 @@ class WireSession:
                         ready = True
                     elif kind == b"C":
                         tag = msg[5:-1].split(b" ", 1)[0]
-                        if tag in _STATE_TAGS or tag == b"DISCARD":
+                        if tag in _STATE_TAGS:
                             self._dirty = True
                         elif tag in _WRITE_TAGS:
                             self._wrote = True
@@ -548,12 +560,17 @@ class WireSession:
         reusable = not conn.closed
         if reusable and self._dirty:
             try:
-                rows = _data_rows(await conn.run(_SNAPSHOT))
+                rows = _data_rows(await conn.run(_snapshot_sql(self.pool.target.user)))
                 self.settings = {
                     str(r[0]): r[1] or "" for r in rows if r[0] and r[0] not in _ENFORCED
                 }
                 self._key = conn.state_key = settings_key(self.settings)
                 self._dirty = False
+                # The role is not a setting RESET ALL restores: a connection whose role
+                # changed (a role change the text filter missed) is closed, never lent on.
+                reusable = ["", "t"] in rows
+                if not reusable:
+                    log.warning("wire_role_changed", tenant=self.tenant, sid=self.sid)
             except (ServerError, ConnectionError, OSError, ProtocolViolation):
                 reusable = False
         self.pool.release(conn, reusable)

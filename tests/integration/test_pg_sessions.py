@@ -431,13 +431,6 @@ async def test_role_in_startup_options_is_refused(pooled: Door) -> None:
     assert "changing the role is not supported" in str(perr.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="role changes the text filter (origin/wire/statements.py) misses are not refused, "
-    "and the role then stays on the pooled connection for the next client: RESET ALL does "
-    "not reset role (GUC_NO_RESET_ALL) and pg_settings does not list it, so neither the "
-    "settings snapshot nor apply_sql undo it",
-)
 @pytest.mark.parametrize(
     "statement",
     [
@@ -449,7 +442,9 @@ async def test_role_in_startup_options_is_refused(pooled: Door) -> None:
 )
 async def test_role_change_does_not_leak_to_other_clients(strict: Door, statement: str) -> None:
     """What a client would see: another client's role change must never become its own
-    current_user (globex has one pooled connection, so B surely gets A's)."""
+    current_user (globex has one pooled connection, so B surely gets A's). The text filter
+    misses these forms; the relay reads the role back with the session's settings and
+    closes a connection whose role changed, instead of lending it on."""
     role = f"ce_sess_{PID}_role"
     await direct(strict, f"DROP ROLE IF EXISTS {role}", tenant="globex")
     await direct(strict, f"CREATE ROLE {role} NOLOGIN", tenant="globex")
