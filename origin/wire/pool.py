@@ -71,7 +71,7 @@ class WirePool:
         except TimeoutError:
             raise PoolTimeout(
                 f"no database connection became free within {self.origin.pool_timeout} s "
-                f"(pool_max_size {self.max_size})"
+                f"(pool_timeout; pool_max_size {self.max_size})"
             ) from None
         finally:
             self._waiting -= 1
