@@ -16,9 +16,12 @@ __all__ = [
     "CANCEL",
     "CLOSE",
     "DATA",
+    "DEFINE",
     "OPEN",
     "OPENED",
     "PATH",
+    "QUERY",
+    "RESULT",
     "decode_frame",
     "encode_frame",
 ]
@@ -32,6 +35,13 @@ CLOSE = 3  # node -> origin: the client left; origin -> node: payload = final me
 CANCEL = 4  # node -> origin, payload [pid, secret]: the client's cancel key
 # origin -> node
 OPENED = 5  # payload {"status": [[name, value], ...]} or {"error": ErrorResponse bytes}
+# node -> origin, session id = a request id: one cacheable read (origin.wire.reads)
+QUERY = 6
+# origin -> node: its answer, {"answer"} | {"error", "readOnly"} | {"uncacheable"}
+RESULT = 7
+# node -> origin: a Parse the node answered itself (a cached read); the session records the
+# statement without running it, to prepare it where the client uses it next
+DEFINE = 8
 
 
 def encode_frame(kind: int, sid: int, payload: Any) -> bytes:

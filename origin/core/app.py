@@ -33,6 +33,7 @@ from origin.capture.reader import Capture, CaptureSink
 from origin.capture.slots import warn_orphan_slots
 from origin.core.databases import by_database
 from origin.core.db_errors import translated
+from origin.core.dependencies import Dependencies
 from origin.core.executor import Executor
 from origin.core.http import (
     LIVE,
@@ -83,15 +84,9 @@ async def handle_query(request: web.Request) -> web.Response:
     if deps is not None and deps.warnings:
         request.app[METRICS].count_nondeterministic(signed.tenant)
     capture = request.app[CAPTURES].get(signed.tenant)
-    warnings = deps.warnings if deps else ()
     tables = deps.tables if deps else ()
-    tags: tuple[str, ...] = ()
+    tags, warnings = _implicit_tags(capture, signed.tenant, deps)
     invalidation = None
-    if capture is not None and capture.invalidates(signed.tenant):
-        # Implicit tags only where writes purge them; elsewhere they would cost every hit.
-        tags = tuple(table_tag(t) for t in tables)
-        if deps is not None and not deps.known:
-            tags = (ANY_TABLE_TAG,)  # invalidated by any write, rather than by none
     if capture is not None:
         if query.read_only and capture.state == "not_set_up":
             warnings = (*warnings, _NOT_SET_UP)
@@ -106,6 +101,19 @@ async def handle_query(request: web.Request) -> web.Response:
         tags=tags,
     )
     return binary_response(encode_query_response(result.result, answer, signed.fmt), signed.fmt)
+
+
+def _implicit_tags(
+    capture: Capture | None, tenant: str, deps: Dependencies | None
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tags a read's entries carry for automatic invalidation, and its warnings."""
+    warnings = deps.warnings if deps else ()
+    if capture is None or not capture.invalidates(tenant) or deps is None:
+        return (), warnings
+    # Implicit tags only where writes purge them; elsewhere they would cost every hit.
+    if not deps.known:
+        return (ANY_TABLE_TAG,), warnings  # invalidated by any write, rather than by none
+    return tuple(table_tag(t) for t in deps.tables), warnings
 
 
 _NOT_SET_UP = (
@@ -347,6 +355,15 @@ def create_origin_app(settings: Settings) -> web.Application:
             capture.wake()
 
     app[WIRE] = WireEndpoint(lambda: live.current, app[REPLAY], wrote, metrics)
+
+    async def watermark(tenant: str, at_least: int) -> int:
+        with translated():
+            return await app[PURGES].log_for(tenant).watermark(at_least)
+
+    def door_tags(tenant: str, deps: Dependencies) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return _implicit_tags(captures.get(tenant), tenant, deps)
+
+    app[WIRE].serve_reads(watermark, app[EXECUTOR].statement_dependencies, door_tags)
     app.on_shutdown.append(_close_wire)
     app.cleanup_ctx.append(_pools_lifetime)
     app.on_shutdown.append(_end_waits)

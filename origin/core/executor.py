@@ -331,6 +331,16 @@ class Executor:
         keep_session_if_untouched(conn, stmt.sql, tag)
         return QueryResult(result, progress.produced_at, dependencies=deps)
 
+    async def statement_dependencies(self, tenant: str, sql: str, nargs: int) -> Dependencies:
+        """What a statement reads, for a caller without a connection of ours (the
+        PostgreSQL door's cached reads run on raw connections): planned once per text."""
+        known = self._deps.get((tenant, sql))
+        if known is not None:
+            return known
+        with translated():
+            async with self._pools.acquire(tenant) as conn:
+                return await self._dependencies(conn, tenant, sql, [None] * nargs)
+
     def forget_dependencies(self, tenant: str) -> None:
         """Drop what EXPLAIN said about the tenant's statements (its schema changed)."""
         for key in [k for k in self._deps if k[0] == tenant]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -21,13 +21,26 @@ from cache_edge.common.signing import (
     signed_until,
     verify_headers,
 )
-from cache_edge.pgwire.link import CANCEL, CLOSE, DATA, OPEN, OPENED, decode_frame, encode_frame
+from cache_edge.pgwire.link import (
+    CANCEL,
+    CLOSE,
+    DATA,
+    DEFINE,
+    OPEN,
+    OPENED,
+    QUERY,
+    RESULT,
+    decode_frame,
+    encode_frame,
+)
 from cache_edge.pgwire.messages import error_response
 from cache_edge.server.config import Settings
 from cache_edge.server.logs import get_logger
+from origin.core.dependencies import Dependencies
 from origin.core.metrics import OriginMetrics
 from origin.core.replay import ReplayCache
 from origin.wire.pool import WirePools
+from origin.wire.reads import ReadRequest, WireReads
 from origin.wire.server import ServerError
 from origin.wire.session import SessionEvents, WireSession, apply_sql, settings_key, sqlstate_for
 
@@ -57,6 +70,19 @@ class WireEndpoint:
         self._links: set[_Link] = set()
         if metrics is not None:
             metrics.watch_wire_pools(self.pools.stats)
+        self.reads: WireReads | None = None
+
+    def serve_reads(
+        self,
+        watermark: Callable[[str, int], Awaitable[int]],
+        dependencies: Callable[[str, str, int], Awaitable[Dependencies]],
+        tags: Callable[[str, Dependencies], tuple[tuple[str, ...], tuple[str, ...]]],
+    ) -> None:
+        """Run the nodes' cacheable reads (origin.wire.reads) with the origin's purge log,
+        plan reader and implicit tags."""
+        self.reads = WireReads(
+            self.pools, lambda t: self._settings().tenant(t), watermark, dependencies, tags
+        )
 
     def sessions(self) -> int:
         return sum(len(link.sessions) for link in self._links)
@@ -177,12 +203,33 @@ class _Link:
             session = self.sessions.get(sid)
             if session is not None:
                 session.close()
+        elif kind == DEFINE:
+            session = self.sessions.get(sid)
+            if session is not None and isinstance(payload, bytes):
+                session.define(payload)
+        elif kind == QUERY:
+            task = asyncio.create_task(self._query(sid, payload))
+            self._opening.add(task)
+            task.add_done_callback(self._opening.discard)
         elif kind == CANCEL and isinstance(payload, list) and len(payload) == 2:
             target = self.endpoint._by_key.get((int(payload[0]), int(payload[1])))
             if target is not None:
                 task = asyncio.create_task(target.cancel_query())
                 self._opening.add(task)
                 task.add_done_callback(self._opening.discard)
+
+    async def _query(self, request: int, payload: Any) -> None:
+        reads = self.endpoint.reads
+        try:
+            req = ReadRequest.from_wire(payload)
+        except (KeyError, TypeError, ValueError) as exc:
+            answer: dict[str, Any] = {"error": error_response("08P01", f"bad QUERY: {exc}")}
+        else:
+            if reads is None:
+                answer = {"uncacheable": "this origin does not run cached reads"}
+            else:
+                answer = await reads.run(req)
+        self._out.put_nowait(encode_frame(RESULT, request, answer))
 
     async def _open(self, sid: int, payload: dict[str, Any]) -> None:
         settings = self.endpoint._settings()

@@ -30,6 +30,7 @@ import itertools
 import struct
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Final
 
 import xxhash
@@ -60,6 +61,13 @@ log = get_logger("origin.wire.session")
 
 class _Check:
     """Queue item: look whether the connection can go back."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Define:
+    """Queue item: a Parse the node answered itself (it served the statement from cache)."""
+
+    parse: bytes
 
 
 _CHECK: Final = _Check()
@@ -191,7 +199,7 @@ class WireSession:
         self.conn: ServerConnection | None = None
         self.status = b"I"
         self.pinned = False
-        self._queue: asyncio.Queue[bytes | _Check | None] = asyncio.Queue()
+        self._queue: asyncio.Queue[bytes | _Check | _Define | None] = asyncio.Queue()
         self._outstanding = 0  # ReadyForQuery messages still to come
         self._unsynced = False  # extended-protocol messages sent since the last Sync
         self._dirty = False  # settings may have changed: read them before release
@@ -215,6 +223,24 @@ class WireSession:
     def close(self) -> None:
         self._queue.put_nowait(None)
 
+    def define(self, parse: bytes) -> None:
+        """Record a statement the client parsed while the node served it from cache: it is
+        prepared on a connection when the client first uses it there (as after pooling)."""
+        if not self._ended:
+            self._queue.put_nowait(_Define(parse))
+
+    def _define(self, m: bytes) -> None:
+        name, pos = _cstr(m, 5)
+        tail = m[pos:]
+        if not name:
+            self._unnamed = tail
+            self._unnamed_gen += 1
+            return
+        if name in self._statements:
+            return  # the node answers only new names; PostgreSQL would refuse a redefinition
+        self._counter += 1
+        self._statements[name] = (f"_ce{self.uid}_{self._counter}".encode(), tail)
+
     async def cancel_query(self) -> None:
         conn = self.conn
         if conn is not None and self._outstanding > 0:
@@ -234,6 +260,8 @@ class WireSession:
                     break
                 if isinstance(item, bytes):
                     await self._handle(item)
+                elif isinstance(item, _Define):
+                    self._define(item.parse)
                 if self._queue.empty() and self._releasable():
                     await self._release()
         except _SessionOver as over:
