@@ -24,6 +24,7 @@ from cache_edge.common.errors import OriginUnavailable
 from cache_edge.common.wire import json_dumps, packb, unpackb
 
 __all__ = [
+    "PG_CORE",
     "QUERY_CORE",
     "TRANSACTION_CORE",
     "CoreKeys",
@@ -37,6 +38,8 @@ __all__ = [
 
 CoreKeys = tuple[str, ...]
 QUERY_CORE: Final[CoreKeys] = ("columns", "rows", "rowCount")
+# The PostgreSQL door's reads (origin/wire/reads.py): one bin of PostgreSQL's own messages.
+PG_CORE: Final[CoreKeys] = ("pg",)
 TRANSACTION_CORE: Final[CoreKeys] = ("results",)
 
 _PACKER = msgpack.Packer()  # only for map headers, which carry no values

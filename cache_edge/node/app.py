@@ -35,7 +35,9 @@ from cache_edge.node.metrics import NodeMetrics
 from cache_edge.node.origin_client import OriginClient
 from cache_edge.node.origin_guard import OriginGuard
 from cache_edge.node.pgdoor.door import PgDoor
+from cache_edge.node.pgdoor.caching import WireOrigin
 from cache_edge.node.pgdoor.link import OriginLink
+from cache_edge.node.pgdoor.session import DoorCache
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.ratelimit import RateLimiter
 from cache_edge.node.read_path import Answer, QueryCache
@@ -295,6 +297,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     if not redis_ready:
         log.warning("redis_not_ready", region=node.region, waited=budget)
     app[CACHE] = QueryCache(node, tier, origin, memory=memory, mirror=mirror)
+    door_tiers = (tier, memory, mirror)
     applier = Applier(
         node.region,
         [t.id for t in settings.tenants],
@@ -313,7 +316,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             log.warning("purge_state_not_synced", region=node.region, waited=wait)
     app[STREAMS] = StreamHub(origin, buffer=node.stream_buffer, ring=node.stream_ring)
     watcher = _watch_config(app, origin)
-    door = await _open_door(app)
+    door = await _open_door(app, *door_tiers)
     log.info("node_started", region=node.region, listen=str(node.listen))
     yield
     if door is not None:
@@ -328,7 +331,9 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await tier.close()
 
 
-async def _open_door(app: web.Application) -> PgDoor | None:
+async def _open_door(
+    app: web.Application, tier: RedisTier, memory: MemoryTier, mirror: PurgeMirror
+) -> PgDoor | None:
     settings = app[SETTINGS]
     node = settings.node
     address = node.pg_listen_address
@@ -341,7 +346,23 @@ async def _open_door(app: web.Application) -> PgDoor | None:
         node.origin_connect_timeout,
         client_context(node.origin_ca),
     )
-    door = PgDoor(lambda: live.current, app[KEYS], link, app.get(TLS))
+    metrics = app[METRICS]
+    # The door's reads share the region's tiers and purge state with the HTTP door; its
+    # entries are keyed apart ("pg" statements), since their bytes differ.
+    cache = DoorCache(
+        QueryCache(
+            node,
+            tier,
+            WireOrigin(link, node.origin_timeout),
+            memory=memory,
+            mirror=mirror,
+        ),
+        observe=lambda tenant, status: metrics.door_answers.labels(
+            "postgres", tenant, status
+        ).inc(),
+        unmodelled=lambda tenant: metrics.pg_unmodelled.labels(tenant).inc(),
+    )
+    door = PgDoor(lambda: live.current, app[KEYS], link, app.get(TLS), cache)
     await door.start(address.host, address.port, node.reuse_port, node.backlog)
     app[DOOR] = door
     return door

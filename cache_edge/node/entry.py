@@ -46,9 +46,9 @@ class Entry:
     tags: tuple[str, ...] = ()
 
     @classmethod
-    def from_origin(cls, raw: bytes) -> Entry:
+    def from_origin(cls, raw: bytes, core_keys: CoreKeys = QUERY_CORE) -> Entry:
         """The entry of an origin's query answer: its core cut out once, rows untouched."""
-        core, answer = read_answer(raw, QUERY_CORE)
+        core, answer = read_answer(raw, core_keys)
         return cls(answer.produced_at, core, answer.watermark or 0, answer.warnings, answer.tags)
 
     def age(self, now: float) -> float:

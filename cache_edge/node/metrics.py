@@ -116,6 +116,20 @@ class NodeMetrics:
             "1 while this process's link to the origin for PostgreSQL-door sessions is open",
             registry=self.registry,
         )
+        self.door_answers = Counter(
+            "cache_edge_node_door_answers",
+            "Statements answered through a door, by door (http|postgres), tenant and cache "
+            "status (none|miss|ttl|swr|stale)",
+            ["door", "tenant", "status"],
+            registry=self.registry,
+        )
+        self.pg_unmodelled = Counter(
+            "cache_edge_node_pg_unmodelled_sessions",
+            "Hinted PostgreSQL-door reads run uncached because their session changed a "
+            "setting the node cannot read (so the cache key could not include it)",
+            ["tenant"],
+            registry=self.registry,
+        )
         self.info = Gauge(
             "cache_edge_node_info", "Node identity", ["region"], registry=self.registry
         )

@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from cache_edge.common.answer import QUERY_CORE, CoreKeys
 from cache_edge.common.errors import CacheEdgeError, OriginUnavailable, error_from_body
 from cache_edge.common.fairshare import FairShare
 from cache_edge.common.protocol import Statement
@@ -34,11 +35,12 @@ log = get_logger(__name__)
 class OriginResult:
     """A raw msgpack answer from the origin and its request id."""
 
-    __slots__ = ("body", "request_id")
+    __slots__ = ("body", "core_keys", "request_id")
 
-    def __init__(self, body: bytes, request_id: str) -> None:
+    def __init__(self, body: bytes, request_id: str, core_keys: CoreKeys = QUERY_CORE) -> None:
         self.body = body
         self.request_id = request_id
+        self.core_keys = core_keys  # what the answer's core is (PG_CORE: the PostgreSQL door)
 
 
 class OriginClient:

@@ -434,7 +434,7 @@ class QueryCache:
                 min_watermark=min_watermark,
             )
             self.stats.origin_calls += 1
-            entry = Entry.from_origin(result.body)
+            entry = Entry.from_origin(result.body, result.core_keys)
             if entry.tags:
                 self._learn(flight, entry)
             try:

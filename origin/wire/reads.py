@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from cache_edge.common.answer import OriginAnswer
+from cache_edge.common.answer import PG_CORE, OriginAnswer
 from cache_edge.common.errors import CacheEdgeError
 from cache_edge.common.wire import packb
 from cache_edge.pgwire.messages import ProtocolViolation, cstring, error_response, message
@@ -29,9 +29,8 @@ from origin.wire.pool import WirePools
 from origin.wire.server import ServerError
 from origin.wire.session import apply_sql, settings_key, sqlstate_for
 
-__all__ = ["PG_CORE", "ReadRequest", "WireReads"]
+__all__ = ["ReadRequest", "WireReads"]
 
-PG_CORE = ("pg",)  # the answer's core: one msgpack bin of backend messages
 _BEGIN = message(b"Q", cstring("BEGIN READ ONLY"))
 _END = message(b"D", b"P\x00") + message(b"E", b"\x00\x00\x00\x00\x00") + message(b"S")
 _COMMIT = message(b"Q", cstring("COMMIT"))

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from cache_edge.node.auth import ApiKeys
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
 from cache_edge.node.pgdoor.login import authenticate
-from cache_edge.node.pgdoor.session import ClientSession
+from cache_edge.node.pgdoor.session import ClientSession, DoorCache
 from cache_edge.node.pgdoor.startup import Cancel, ClientStream, Refused, negotiate
 from cache_edge.pgwire.messages import (
     auth_ok,
@@ -58,10 +58,12 @@ class PgDoor:
         keys: ApiKeys,
         link: OriginLink,
         tls: ssl.SSLContext | None,
+        cache: DoorCache | None = None,
     ) -> None:
         self._settings = settings
         self._keys = keys
         self._link = link
+        self._cache = cache
         self._tls = tls
         self._server: asyncio.Server | None = None
         self._described: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], list[list[str]]] = (
@@ -144,7 +146,11 @@ class PgDoor:
                     )
                 key = (secrets.randbits(31) or 1, secrets.randbits(32))
                 session = ClientSession(
-                    stream, self._link, node.pg_max_message_bytes, node.pg_startup_timeout
+                    stream,
+                    self._link,
+                    node.pg_max_message_bytes,
+                    node.pg_startup_timeout,
+                    self._cache,
                 )
                 cache_key = (tenant.id, tuple(sorted(first.settings.items())))
                 status = self._described.get(cache_key)

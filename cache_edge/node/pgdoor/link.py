@@ -16,7 +16,18 @@ from typing import Any, Protocol
 import aiohttp
 
 from cache_edge.common.signing import sign_headers
-from cache_edge.pgwire.link import CANCEL, CLOSE, DATA, OPEN, OPENED, PATH, decode_frame
+from cache_edge.pgwire.link import (
+    CANCEL,
+    CLOSE,
+    DATA,
+    DEFINE,
+    OPEN,
+    OPENED,
+    PATH,
+    QUERY,
+    RESULT,
+    decode_frame,
+)
 from cache_edge.pgwire.link import encode_frame as _frame
 from cache_edge.pgwire.messages import error_response
 from cache_edge.server.logs import get_logger
@@ -56,6 +67,8 @@ class OriginLink:
         self._reader: asyncio.Task[None] | None = None
         self._sessions: dict[int, LinkSession] = {}
         self._opened: dict[int, asyncio.Future[Any]] = {}
+        self._results: dict[int, asyncio.Future[Any]] = {}  # cacheable reads in flight
+        self._next_request = 0
         self._next_sid = 0
         self._out: asyncio.Queue[bytes] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
@@ -117,6 +130,10 @@ class OriginLink:
                     gone = self._sessions.pop(sid, None)
                     if gone is not None:
                         gone.on_close(payload or b"")
+                elif kind == RESULT:
+                    future = self._results.pop(sid, None)
+                    if future is not None and not future.done():
+                        future.set_result(payload)
                 elif kind == OPENED:
                     future = self._opened.pop(sid, None)
                     if future is not None and not future.done():
@@ -128,10 +145,11 @@ class OriginLink:
             sessions, self._sessions = self._sessions, {}
             for session in sessions.values():
                 session.on_close(lost)
-            for future in self._opened.values():
+            for future in (*self._opened.values(), *self._results.values()):
                 if not future.done():
                     future.set_exception(LinkDown("the link to the origin closed"))
             self._opened.clear()
+            self._results.clear()
 
     async def open(
         self,
@@ -168,6 +186,25 @@ class OriginLink:
             return False
         self._out.put_nowait(_frame(DATA, sid, data))
         return True
+
+    def define(self, sid: int, parse: bytes) -> None:
+        """Tell the origin's session about a Parse the node answered from cache."""
+        if sid in self._sessions:
+            self._out.put_nowait(_frame(DEFINE, sid, parse))
+
+    async def read(self, payload: dict[str, Any], timeout: float) -> Any:
+        """One cacheable read at the origin (origin.wire.reads): its answer map."""
+        await self._connection()
+        self._next_request += 1
+        request = self._next_request
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._results[request] = future
+        self._out.put_nowait(_frame(QUERY, request, payload))
+        try:
+            async with asyncio.timeout(timeout):
+                return await future
+        finally:
+            self._results.pop(request, None)
 
     def close_session(self, sid: int) -> None:
         if self._sessions.pop(sid, None) is not None:

@@ -4,42 +4,98 @@ The node checks the framing (lengths, known message types) and forwards whole me
 everything a client sent in one write travels as one link frame, so Parse/Bind/Execute/
 Sync cost one round trip to the origin. PostgreSQL's answers come back as they arrive.
 A client that stops mid-message for ``pg_startup_timeout`` seconds is dropped.
+
+Flights the cache may answer (:mod:`cache_edge.node.pgdoor.caching`) go through the
+region's read path instead, and ``SET/RESET/SHOW cache_edge.*`` are answered here: the
+node owns those settings, the database never sees them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
+from cache_edge.common.errors import CacheEdgeError
+from cache_edge.common.protocol import QueryRequest
+from cache_edge.common.wire import packb
+from cache_edge.node.pgdoor.caching import (
+    DoorStatement,
+    Flight,
+    SessionView,
+    StatementFailed,
+    Uncacheable,
+    as_error_response,
+    cache_edge_command,
+    plan,
+    replay,
+    show_row,
+)
+from cache_edge.node.pgdoor.hints import HintError, SessionHints, read_hints, strategy_from
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
 from cache_edge.node.pgdoor.startup import ClientStream
-from cache_edge.pgwire.messages import ProtocolViolation, error_response, split_messages
+from cache_edge.node.read_path import QueryCache
+from cache_edge.pgwire.messages import (
+    ProtocolViolation,
+    cstring,
+    error_response,
+    message,
+    notice_response,
+    split_messages,
+)
 
-__all__ = ["ClientSession"]
+__all__ = ["ClientSession", "DoorCache"]
 
 _FRONTEND = frozenset(b"QPBDEHSCFXdcf")
+_PG_KEY = len(packb("pg"))
+
+
+@dataclass(frozen=True, slots=True)
+class DoorCache:
+    """What a session needs to serve cached reads: the door's read path and its metrics."""
+
+    cache: QueryCache
+    observe: Callable[[str, str], None] = lambda tenant, status: None  # (tenant, status)
+    unmodelled: Callable[[str], None] = lambda tenant: None
 
 
 class ClientSession:
     def __init__(
-        self, stream: ClientStream, link: OriginLink, max_message: int, stall_timeout: float
+        self,
+        stream: ClientStream,
+        link: OriginLink,
+        max_message: int,
+        stall_timeout: float,
+        cache: DoorCache | None = None,
     ) -> None:
         self.stream = stream
         self.link = link
         self.max_message = max_message
         self.stall_timeout = stall_timeout  # node.pg_startup_timeout
+        self.cache = cache
         self.sid = 0
+        self.tenant = ""
+        self.view = SessionView({})
+        self.hints = SessionHints()
+        self._local: dict[bytes, tuple[str, str, str]] = {}  # prepared cache_edge commands
         self._closed = False
 
     async def open(
         self, tenant: str, settings: dict[str, str], key: tuple[int, int], describe: bool
     ) -> Any:
+        self.tenant = tenant
+        self.view = SessionView(dict(settings))
         self.sid, answer = await self.link.open(self, tenant, settings, key, describe)
         return answer or {}
 
     # LinkSession: called by the link's reader
     def on_data(self, data: bytes) -> None:
         if not self._closed:
+            self.view.received(data)
             self.stream.writer.write(data)
 
     def on_close(self, final: bytes) -> None:
@@ -71,17 +127,193 @@ class ClientSession:
             for i, msg in enumerate(msgs):
                 kind = msg[0]
                 if kind not in _FRONTEND:
-                    self._forward(msgs[:i])
+                    await self._dispatch(msgs[:i])
                     self._fatal("08P01", f"invalid frontend message type {kind}")
                     return
                 if kind == ord("X"):
-                    self._forward(msgs[:i])
+                    await self._dispatch(msgs[:i])
                     return
-            self._forward(msgs)
+            await self._dispatch(msgs)
+
+    async def _dispatch(self, msgs: list[bytes]) -> None:
+        if not msgs:
+            return
+        if self.view.inflight == 0 and await self._answer_here(msgs):
+            return
+        self._forward(msgs)
 
     def _forward(self, msgs: list[bytes]) -> None:
-        if msgs and not self.link.send(self.sid, b"".join(msgs)):
+        if not msgs:
+            return
+        self.view.sent(msgs)  # as the client sent them: its statements keep their hints
+        msgs = [_without_hints(m) for m in msgs]
+        if any(m[:1] in (b"Q", b"E") for m in msgs):
+            self.view.last_status = "none"
+        if not self.link.send(self.sid, b"".join(msgs)):
             raise LinkDown("the link to the origin closed")
+
+    def _write(self, data: bytes) -> None:
+        if not self._closed:
+            self.stream.writer.write(data)
+
+    # ------------------------------------------------------------ answered by the node
+
+    async def _answer_here(self, msgs: list[bytes]) -> bool:
+        if self.view.status != b"E":  # in a failed transaction PostgreSQL refuses them all
+            local = self._cache_edge_batch(msgs)
+            if local is not None:
+                self._write(local)
+                return True
+        if self.cache is None:
+            return False
+        flight = plan(msgs, self.view)
+        if flight is None:
+            return False
+        return await self._cached(flight, msgs)
+
+    def _cache_edge_batch(self, msgs: list[bytes]) -> bytes | None:
+        """Answer a batch made only of ``SET/RESET/SHOW cache_edge.*`` statements, in either
+        protocol (drivers prepare them like any statement); None: not such a batch."""
+        if len(msgs) == 1 and msgs[0][:1] == b"Q":
+            verb = cache_edge_command(msgs[0][5:-1])
+            if verb is None:
+                return None
+            head, rows, error = self._run_command(verb)
+            return (error or head + rows) + message(b"Z", self.view.status)
+        statements = dict(self._local)
+        portals: dict[bytes, tuple[str, str, str]] = {}
+        out = bytearray()
+        failed = False
+        for m in msgs:
+            kind = m[:1]
+            if kind == b"P":
+                name, at = _cstr(m, 5)
+                sql, _ = _cstr(m, at)
+                verb = cache_edge_command(sql)
+                if verb is None:
+                    return None
+                statements[name] = verb
+                out += b"" if failed else message(b"1")
+            elif kind == b"B":
+                portal, at = _cstr(m, 5)
+                stmt, _ = _cstr(m, at)
+                if stmt not in statements:
+                    return None
+                portals[portal] = statements[stmt]
+                out += b"" if failed else message(b"2")
+            elif kind == b"D":
+                name, _ = _cstr(m, 6)
+                verb = (statements if m[5:6] == b"S" else portals).get(name)
+                if verb is None:
+                    return None
+                if not failed:
+                    if m[5:6] == b"S":
+                        out += message(b"t", b"\x00\x00")  # no parameters
+                    out += _description(verb)
+            elif kind == b"E":
+                portal, _ = _cstr(m, 5)
+                verb = portals.get(portal)
+                if verb is None:
+                    return None
+                if not failed:
+                    _, rows, error = self._run_command(verb)
+                    out += error or rows
+                    failed = bool(error)
+            elif kind == b"C":
+                name, _ = _cstr(m, 6)
+                if m[5:6] == b"S":
+                    statements.pop(name, None)
+                out += b"" if failed else message(b"3")
+            elif kind == b"S":
+                out += message(b"Z", self.view.status)
+                failed = False
+            elif kind != b"H":
+                return None
+        self._local = {k: v for k, v in statements.items() if k}
+        return bytes(out)
+
+    def _run_command(self, verb: tuple[str, str, str]) -> tuple[bytes, bytes, bytes]:
+        """One command: (RowDescription, DataRows + CommandComplete, ErrorResponse)."""
+        action, name, value = verb
+        try:
+            if action == "set":
+                self.hints.set(name, value)
+                return b"", message(b"C", cstring("SET")), b""
+            if action == "reset":
+                if name != "last_status":
+                    self.hints.reset(name)
+                return b"", message(b"C", cstring("RESET")), b""
+            return *self._show(name), b""
+        except HintError as exc:
+            state = "42704" if "unrecognized" in str(exc) else "22023"
+            return b"", b"", error_response(state, str(exc))
+
+    def _show(self, name: str) -> tuple[bytes, bytes]:
+        if name == "last_status":
+            value = self.view.last_status
+        elif name in ("ttl", "swr", "tags", "stale_if_error"):
+            value = self.hints.fields.get(name, "")
+        else:
+            raise HintError(f'unrecognized configuration parameter "cache_edge.{name}"')
+        return show_row(f"cache_edge.{name}", value)
+
+    async def _cached(self, flight: Flight, msgs: list[bytes]) -> bool:
+        assert self.cache is not None
+        hinted = read_hints(flight.sql)
+        if hinted.error:
+            self._write(notice_response("01000", f"{hinted.error}; the statement runs uncached"))
+            return False
+        if not hinted.fields and not self.hints.fields:
+            return False
+        try:
+            strategy = strategy_from(hinted.fields, self.hints.fields)
+        except HintError as exc:
+            self._write(notice_response("01000", f"{exc}; the statement runs uncached"))
+            return False
+        if not strategy.cached:
+            return False
+        if self.view.unmodelled:
+            self.cache.unmodelled(self.tenant)
+            return False
+        types = flight.types
+        stmt = DoorStatement(
+            "pg\x00" + hinted.key_sql,
+            [types, flight.bind, self.view.key_settings()],
+            run_parse=hinted.run_sql.encode() + b"\x00" + types,
+            bind=flight.bind,
+            key_sql=hinted.key_sql,
+            settings=tuple(self.view.run_settings().items()),
+        )
+        request_id = secrets.token_hex(8)
+        try:
+            answer = await self.cache.cache.query(
+                self.tenant, QueryRequest(stmt, strategy), request_id
+            )
+        except Uncacheable:
+            return False
+        except StatementFailed as failed:
+            if not failed.read_only:
+                return False  # PostgreSQL's own error, in its own place: relay the flight
+            self._write(
+                error_response(
+                    "25006",
+                    "cache hints apply to reads: this statement writes",
+                    hint="remove the cache hint (or SET cache_edge.ttl = 0) to run it",
+                )
+                + message(b"Z", self.view.status)
+            )
+            return True
+        except CacheEdgeError as exc:
+            self._write(as_error_response(exc) + message(b"Z", self.view.status))
+            return True
+        core = msgpack.unpackb(answer.core[_PG_KEY:])
+        if flight.parse is not None:
+            self.view.sent([flight.parse])  # the session's statements know it now
+            self.link.define(self.sid, flight.parse)
+        self.view.last_status = answer.status
+        self.cache.observe(self.tenant, answer.status)
+        self._write(replay(flight, core))
+        return True
 
     def _fatal(self, sqlstate: str, text: str) -> None:
         if not self._closed:
@@ -93,3 +325,37 @@ class ClientSession:
         self._closed = True
         if self.sid:
             self.link.close_session(self.sid)
+
+
+def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
+    end = data.index(b"\x00", pos)
+    return data[pos:end], end + 1
+
+
+def _description(verb: tuple[str, str, str]) -> bytes:
+    """What a Describe of a cache_edge command answers: a SHOW's column, else NoData."""
+    if verb[0] != "show":
+        return message(b"n")
+    return show_row("cache_edge." + verb[1], "")[0]
+
+
+def _without_hints(m: bytes) -> bytes:
+    """A Query or Parse whose cache hint comment is removed: hints are not the database's."""
+    kind = m[:1]
+    if kind not in (b"Q", b"P") or b"/*" not in m:
+        return m
+    if kind == b"Q":
+        hinted = read_hints(m[5:-1].decode("utf-8", "surrogateescape"))
+        if not hinted.fields:
+            return m
+        return message(b"Q", cstring_bytes(hinted.run_sql))
+    end = m.index(b"\x00", 5)
+    sql_end = m.index(b"\x00", end + 1)
+    hinted = read_hints(m[end + 1 : sql_end].decode("utf-8", "surrogateescape"))
+    if not hinted.fields:
+        return m
+    return message(b"P", m[5 : end + 1] + cstring_bytes(hinted.run_sql) + m[sql_end + 1 :])
+
+
+def cstring_bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape") + b"\x00"
