@@ -34,8 +34,8 @@ from cache_edge.node.entry import result_json, result_msgpack
 from cache_edge.node.metrics import NodeMetrics
 from cache_edge.node.origin_client import OriginClient
 from cache_edge.node.origin_guard import OriginGuard
-from cache_edge.node.pgdoor.door import PgDoor
 from cache_edge.node.pgdoor.caching import WireOrigin
+from cache_edge.node.pgdoor.door import PgDoor
 from cache_edge.node.pgdoor.link import OriginLink
 from cache_edge.node.pgdoor.session import DoorCache
 from cache_edge.node.purge_mirror import PurgeMirror
