@@ -37,6 +37,7 @@ from cache_edge.node.origin_guard import OriginGuard
 from cache_edge.node.pgdoor.caching import WireOrigin
 from cache_edge.node.pgdoor.door import PgDoor
 from cache_edge.node.pgdoor.link import OriginLink
+from cache_edge.node.pgdoor.rules import RuleBook
 from cache_edge.node.pgdoor.session import DoorCache
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.ratelimit import RateLimiter
@@ -357,6 +358,7 @@ async def _open_door(
             memory=memory,
             mirror=mirror,
         ),
+        rules=RuleBook(lambda t: live.current.tenant(t), link, node.origin_timeout),
         observe=lambda tenant, status: metrics.door_answers.labels(
             "postgres", tenant, status
         ).inc(),

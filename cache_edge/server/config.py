@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from cache_edge.common.errors import BadRequest
 from cache_edge.common.limits import Limits
+from cache_edge.common.strategy import CacheStrategy
 from cache_edge.server.node_secrets import SecretsError, resolve_node_secrets
 
 __all__ = [
     "CONFIG_ENV",
+    "CacheRule",
     "ConfigError",
     "ConfigSource",
     "HostPort",
@@ -34,6 +37,7 @@ __all__ = [
     "Settings",
     "TenantConfig",
     "load_settings",
+    "normalize_statement",
     "parse_settings",
     "redact_dsn",
 ]
@@ -87,6 +91,17 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheRule:
+    """A default strategy for PostgreSQL-door reads that carry no hint (docs/postgres-protocol.md):
+    reads of any of ``tables`` ("schema.name"), or of exactly ``statement`` (whitespace-
+    and case-normalized), are cached with ``strategy``."""
+
+    strategy: CacheStrategy
+    tables: tuple[str, ...] = ()
+    statement: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class TenantConfig:
     id: str
     api_keys_sha256: tuple[str, ...]
@@ -107,6 +122,10 @@ class TenantConfig:
     # PostgreSQL's pg_authid format: with one, the PostgreSQL door asks for SCRAM instead of
     # a cleartext password (docs/postgres-protocol.md).
     scram_verifiers: tuple[str, ...] = field(default=(), repr=False)
+    # PostgreSQL door: strategies for reads without hints. cache_all_reads applies to every
+    # read whose result depends on table contents only; cache_rules match first.
+    cache_all_reads: CacheStrategy | None = None
+    cache_rules: tuple[CacheRule, ...] = ()
 
     @property
     def captured(self) -> bool:
@@ -396,6 +415,13 @@ def _tenant(raw: Any, index: int) -> TenantConfig:
     rate_limit = None
     if "rate_limit" in table:
         rate_limit = _rate_limit(table.pop("rate_limit"), where + "rate_limit")
+    all_reads = None
+    if "cache_all_reads" in table:
+        all_reads = _rule_strategy(table.pop("cache_all_reads"), where + "cache_all_reads")
+    rules_raw = table.pop("cache_rules", [])
+    if not isinstance(rules_raw, list):
+        raise ConfigError(f"config key '{where}cache_rules': expected [[tenants.cache_rules]]")
+    rules = tuple(_cache_rule(r, f"{where}cache_rules[{i}]") for i, r in enumerate(rules_raw))
     verifiers_raw = table.pop("scram_verifiers", [])
     if not isinstance(verifiers_raw, list) or not all(
         isinstance(v, str) and _SCRAM_VERIFIER.match(v) for v in verifiers_raw
@@ -414,8 +440,55 @@ def _tenant(raw: Any, index: int) -> TenantConfig:
         auto_invalidation=flags["auto_invalidation"],
         change_streams=flags["change_streams"],
         scram_verifiers=tuple(verifiers_raw),
+        cache_all_reads=all_reads,
+        cache_rules=rules,
         **sizes,
     )
+
+
+def _rule_strategy(raw: Any, key: str, extra: tuple[str, ...] = ()) -> CacheStrategy:
+    """``{ttl = 300, swr = 60, stale_if_error = 600, tags = ["a"]}`` (what a hint can say)."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}': expected a table like {{ttl = 300, swr = 60}}")
+    table = {k: v for k, v in raw.items() if k not in extra}
+    values: dict[str, Any] = {}
+    for name in ("ttl", "swr", "stale_if_error"):
+        if name in table:
+            values[name] = _pop(table, name, key + ".", int)
+    if "tags" in table:
+        tags = table.pop("tags")
+        if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+            raise ConfigError(f"config key '{key}.tags': expected a list of tags")
+        values["tags"] = tuple(tags)
+    _reject_unknown(table, key + ".")
+    try:
+        strategy = CacheStrategy(**values)
+    except BadRequest as exc:
+        raise ConfigError(f"config key '{key}': {exc.message}") from None
+    if not strategy.cached:
+        raise ConfigError(f"config key '{key}': needs ttl or swr above 0")
+    return strategy
+
+
+def _cache_rule(raw: Any, key: str) -> CacheRule:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config key '{key}': expected a table")
+    strategy = _rule_strategy(raw, key, extra=("tables", "statement"))
+    tables = raw.get("tables", [])
+    if not isinstance(tables, list) or not all(isinstance(t, str) and t for t in tables):
+        raise ConfigError(f"config key '{key}.tables': expected a list of table names")
+    statement = raw.get("statement", "")
+    if not isinstance(statement, str):
+        raise ConfigError(f"config key '{key}.statement': expected a string")
+    if not tables and not statement:
+        raise ConfigError(f"config key '{key}': give tables = [...] or statement = \"...\"")
+    qualified = tuple(t.lower() if "." in t else "public." + t.lower() for t in tables)
+    return CacheRule(strategy, qualified, normalize_statement(statement) if statement else "")
+
+
+def normalize_statement(sql: str) -> str:
+    """Whitespace collapsed, case folded, no trailing semicolon: how rules compare texts."""
+    return " ".join(sql.split()).rstrip(";").strip().lower()
 
 
 def _rate_limit(raw: Any, key: str) -> RateLimit:

@@ -227,6 +227,8 @@ class _Link:
         else:
             if reads is None:
                 answer = {"uncacheable": "this origin does not run cached reads"}
+            elif isinstance(payload, dict) and payload.get("classify"):
+                answer = await reads.classify(req)
             else:
                 answer = await reads.run(req)
         self._out.put_nowait(encode_frame(RESULT, request, answer))

@@ -76,6 +76,15 @@ class WireReads:
         self._dependencies = dependencies
         self._tags = tags
 
+    async def classify(self, req: ReadRequest) -> dict[str, Any]:
+        """What a statement reads, for the node's cache rules: ``{"tables", "volatile"}``
+        (volatile: its result depends on more than table contents; never cached by a rule)."""
+        try:
+            deps = await self._dependencies(req.tenant, req.sql, _nparams(req.bind))
+        except CacheEdgeError as exc:
+            return {"error": error_response(sqlstate_for(exc), str(exc))}
+        return {"tables": list(deps.tables), "volatile": bool(deps.warnings) or not deps.known}
+
     async def run(self, req: ReadRequest) -> dict[str, Any]:
         """``{"answer": bytes}``, ``{"error": ErrorResponse}`` (with ``"readOnly": True``
         when the statement tried to write) or ``{"uncacheable": reason}``."""

@@ -37,6 +37,7 @@ from cache_edge.node.pgdoor.caching import (
 )
 from cache_edge.node.pgdoor.hints import HintError, SessionHints, read_hints, strategy_from
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
+from cache_edge.node.pgdoor.rules import RuleBook
 from cache_edge.node.pgdoor.startup import ClientStream
 from cache_edge.node.read_path import QueryCache
 from cache_edge.pgwire.messages import (
@@ -59,6 +60,7 @@ class DoorCache:
     """What a session needs to serve cached reads: the door's read path and its metrics."""
 
     cache: QueryCache
+    rules: RuleBook | None = None
     observe: Callable[[str, str], None] = lambda tenant, status: None  # (tenant, status)
     unmodelled: Callable[[str], None] = lambda tenant: None
 
@@ -263,23 +265,32 @@ class ClientSession:
         if hinted.error:
             self._write(notice_response("01000", f"{hinted.error}; the statement runs uncached"))
             return False
-        if not hinted.fields and not self.hints.fields:
-            return False
-        try:
-            strategy = strategy_from(hinted.fields, self.hints.fields)
-        except HintError as exc:
-            self._write(notice_response("01000", f"{exc}; the statement runs uncached"))
-            return False
+        types = flight.types
+        run_parse = hinted.run_sql.encode() + b"\x00" + types
+        by_rule = not hinted.fields and not self.hints.fields
+        if by_rule:
+            rules = self.cache.rules
+            if rules is None:
+                return False
+            found = rules.strategy(self.tenant, hinted.key_sql, run_parse, flight.bind)
+            if found is None:
+                return False
+            strategy = found
+        else:
+            try:
+                strategy = strategy_from(hinted.fields, self.hints.fields)
+            except HintError as exc:
+                self._write(notice_response("01000", f"{exc}; the statement runs uncached"))
+                return False
         if not strategy.cached:
             return False
         if self.view.unmodelled:
             self.cache.unmodelled(self.tenant)
             return False
-        types = flight.types
         stmt = DoorStatement(
             "pg\x00" + hinted.key_sql,
             [types, flight.bind, self.view.key_settings()],
-            run_parse=hinted.run_sql.encode() + b"\x00" + types,
+            run_parse=run_parse,
             bind=flight.bind,
             key_sql=hinted.key_sql,
             settings=tuple(self.view.run_settings().items()),
@@ -292,6 +303,9 @@ class ClientSession:
         except Uncacheable:
             return False
         except StatementFailed as failed:
+            if by_rule and failed.read_only and self.cache.rules is not None:
+                self.cache.rules.writes(self.tenant, hinted.key_sql)
+                return False  # a rule never refuses a write: it runs uncached
             if not failed.read_only:
                 return False  # PostgreSQL's own error, in its own place: relay the flight
             self._write(
