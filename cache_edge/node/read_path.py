@@ -80,6 +80,8 @@ class _Flight:
     request_id: str
     # The strategy's tags plus the implicit table tags last seen for this statement text.
     tags: tuple[str, ...]
+    # Serve nothing produced before this purge (a PostgreSQL-door session's own write).
+    min_watermark: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +202,7 @@ class QueryCache:
         stmt, strategy = req.statement, req.strategy
         sig = cache_key(tenant, stmt.sql, stmt.params, strategy.ttl, strategy.swr, strategy.tags)
         tags = _merged(strategy.tags, self._implicit.get((tenant, stmt.sql)))
-        return _Flight(tenant, sig, stmt, strategy, request_id, tags)
+        return _Flight(tenant, sig, stmt, strategy, request_id, tags, req.min_watermark)
 
     async def _look_up(self, flight: _Flight) -> _Seen:
         """The region's entry and its purge state, in one round trip; Redis is optional.
@@ -219,7 +221,7 @@ class QueryCache:
 
     def _judge(self, flight: _Flight, entry: Entry | None, state: PurgeState) -> Verdict | None:
         """The one freshness rule (cache_edge/node/freshness.py), for either tier's entry."""
-        if entry is None:
+        if entry is None or entry.watermark < flight.min_watermark:
             return None
         return judge(state, entry.watermark, entry.age(self._clock()), flight.strategy)
 
@@ -234,7 +236,9 @@ class QueryCache:
     ) -> Answer:
         """A miss: fetch (coalesced); if the origin fails, an old entry may stand in."""
         try:
-            fresh = await self._fill(flight, seen.entry, seen.state.required())
+            fresh = await self._fill(
+                flight, seen.entry, max(seen.state.required(), flight.min_watermark)
+            )
         except _STALE_OK as exc:
             stale = await self._stand_in(flight, seen, verdict)
             if stale is None:
@@ -349,7 +353,9 @@ class QueryCache:
 
         while True:
             fetched, shared = await self._flights.do((flight.tenant, flight.sig), run)
-            if fetched.checked or not shared or fetched.started >= arrived:
+            # A fetch another request began may predate this one's own write (min_watermark).
+            new_enough = not shared or fetched.entry.watermark >= flight.min_watermark
+            if new_enough and (fetched.checked or not shared or fetched.started >= arrived):
                 if shared:
                     self.stats.coalesced_local += 1
                 return fetched

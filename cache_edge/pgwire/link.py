@@ -22,6 +22,7 @@ __all__ = [
     "PATH",
     "QUERY",
     "RESULT",
+    "WROTE",
     "decode_frame",
     "encode_frame",
 ]
@@ -42,6 +43,9 @@ RESULT = 7
 # node -> origin: a Parse the node answered itself (a cached read); the session records the
 # statement without running it, to prepare it where the client uses it next
 DEFINE = 8
+# origin -> node, payload the purge seq covering the session's last committed write (0: no
+# automatic invalidation; None: unknown): the node's reads then serve nothing older
+WROTE = 9
 
 
 def encode_frame(kind: int, sid: int, payload: Any) -> bytes:

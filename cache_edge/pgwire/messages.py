@@ -16,6 +16,7 @@ __all__ = [
     "GSSENC_REQUEST",
     "PROTOCOL_3",
     "SSL_REQUEST",
+    "WRITE_TAGS",
     "ErrorFields",
     "Frames",
     "ProtocolViolation",
@@ -37,6 +38,10 @@ PROTOCOL_3 = 196608  # 3.0
 SSL_REQUEST = 80877103
 GSSENC_REQUEST = 80877104
 CANCEL_REQUEST = 80877102
+
+# CommandComplete tags of statements that may have changed data (COMMIT: of a transaction
+# that may have): after one, a door session's reads must not be older than its write.
+WRITE_TAGS = frozenset({b"INSERT", b"UPDATE", b"DELETE", b"MERGE", b"COPY", b"TRUNCATE", b"COMMIT"})
 
 _HEADER = struct.Struct("!cI")
 _INT32 = struct.Struct("!I")

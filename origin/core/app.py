@@ -348,13 +348,19 @@ def create_origin_app(settings: Settings) -> web.Application:
         app[TLS] = tls
     live = app[LIVE]
 
-    def wrote(tenant: str) -> None:
-        # A write through the PostgreSQL door: let the WAL capture look now, not next poll.
+    async def fence(tenant: str) -> int | None:
+        """A write through the PostgreSQL door committed: wake the WAL capture now, and
+        name the purge that covers the write (as /v1/query does), for the node's reads."""
         capture = captures.get(tenant)
-        if capture is not None and capture.invalidates(tenant):
-            capture.wake()
+        if capture is None or not capture.invalidates(tenant):
+            return 0
+        capture.wake()
+        invalidation = await _write_invalidation(app, tenant, capture)
+        if not invalidation.recorded:
+            return None
+        return invalidation.seq or 0
 
-    app[WIRE] = WireEndpoint(lambda: live.current, app[REPLAY], wrote, metrics)
+    app[WIRE] = WireEndpoint(lambda: live.current, app[REPLAY], fence, metrics)
 
     async def watermark(tenant: str, at_least: int) -> int:
         with translated():

@@ -30,6 +30,7 @@ from cache_edge.pgwire.link import (
     OPENED,
     QUERY,
     RESULT,
+    WROTE,
     decode_frame,
     encode_frame,
 )
@@ -58,12 +59,12 @@ class WireEndpoint:
         self,
         settings: Callable[[], Settings],
         replay: ReplayCache,
-        wrote: Callable[[str], None] = lambda tenant: None,
+        fence: Callable[[str], Awaitable[int | None]] | None = None,
         metrics: OriginMetrics | None = None,
     ) -> None:
         self._settings = settings
         self._replay = replay
-        self._wrote = wrote
+        self.fence = fence
         self._metrics = metrics
         self.pools = WirePools(settings().origin)
         self._by_key: dict[tuple[int, int], WireSession] = {}
@@ -88,15 +89,18 @@ class WireEndpoint:
         return sum(len(link.sessions) for link in self._links)
 
     def events_for(
-        self, send: Callable[[int, bytes], None], ended: Callable[[int, bytes], None]
+        self,
+        send: Callable[[int, bytes], None],
+        ended: Callable[[int, bytes], None],
+        wrote: Callable[[str, int], None],
     ) -> SessionEvents:
         metrics = self._metrics
         if metrics is None:
-            return SessionEvents(send, ended, self._wrote)
+            return SessionEvents(send, ended, wrote)
         return SessionEvents(
             send,
             ended,
-            self._wrote,
+            wrote,
             pinned=lambda tenant: metrics.wire_pinned.labels(tenant).inc(),
             leased=lambda tenant: metrics.wire_transactions.labels(tenant).inc(),
             failed=lambda tenant, state: metrics.wire_errors.labels(tenant, state).inc(),
@@ -143,8 +147,27 @@ class _Link:
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._opening: set[asyncio.Task[None]] = set()
         self._events = endpoint.events_for(
-            lambda sid, data: self._out.put_nowait(encode_frame(DATA, sid, data)), self._ended
+            lambda sid, data: self._out.put_nowait(encode_frame(DATA, sid, data)),
+            self._ended,
+            self._wrote,
         )
+
+    def _wrote(self, tenant: str, sid: int) -> None:
+        """A session committed a write: tell its node which purge covers it, once known."""
+        task = asyncio.create_task(self._fence(tenant, sid))
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _fence(self, tenant: str, sid: int) -> None:
+        fence = self.endpoint.fence
+        seq: int | None = 0
+        if fence is not None:
+            try:
+                seq = await fence(tenant)
+            except Exception:
+                log.exception("wire_fence_failed", tenant=tenant)
+                seq = None
+        self._out.put_nowait(encode_frame(WROTE, sid, seq))
 
     def _ended(self, sid: int, final: bytes) -> None:
         self.sessions.pop(sid, None)

@@ -37,6 +37,7 @@ import xxhash
 
 from cache_edge.common.errors import CacheEdgeError, DatabaseUnavailable, PoolTimeout
 from cache_edge.pgwire.messages import (
+    WRITE_TAGS,
     ProtocolViolation,
     error_response,
     message,
@@ -86,9 +87,6 @@ def _snapshot_sql(login: str) -> str:
 # Command tags after which the session's settings (or its role) may have changed. DO is
 # there because a DO block can run SET through EXECUTE without a SET tag of its own.
 _STATE_TAGS = (b"SET", b"RESET", b"DISCARD", b"DO")
-_WRITE_TAGS = frozenset(
-    {b"INSERT", b"UPDATE", b"DELETE", b"MERGE", b"COPY", b"TRUNCATE", b"COMMIT"}
-)
 # Settings PostgreSQL reports or cache-edge enforces; applied sessions never clear these.
 _ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
 
@@ -115,7 +113,7 @@ class SessionEvents:
         self,
         send: Callable[[int, bytes], None],
         ended: Callable[[int, bytes], None],
-        wrote: Callable[[str], None] = lambda tenant: None,
+        wrote: Callable[[str, int], None] = lambda tenant, sid: None,
         pinned: Callable[[str], None] = lambda tenant: None,
         leased: Callable[[str], None] = lambda tenant: None,
         failed: Callable[[str, str], None] = lambda tenant, sqlstate: None,
@@ -546,11 +544,14 @@ class WireSession:
                         self._outstanding -= 1
                         self.status = msg[5:6]
                         ready = True
+                        if self._wrote and self.status == b"I":
+                            self._wrote = False  # committed: the node fences its reads
+                            self.events.wrote(self.tenant, self.sid)
                     elif kind == b"C":
                         tag = msg[5:-1].split(b" ", 1)[0]
                         if tag in _STATE_TAGS:
                             self._dirty = True
-                        elif tag in _WRITE_TAGS:
+                        elif tag in WRITE_TAGS:
                             self._wrote = True
                         if msg[5:-1] in (b"DEALLOCATE ALL", b"DISCARD ALL"):
                             self._dropped_all(conn)
@@ -602,9 +603,6 @@ class WireSession:
             except (ServerError, ConnectionError, OSError, ProtocolViolation):
                 reusable = False
         self.pool.release(conn, reusable)
-        if self._wrote:
-            self._wrote = False
-            self.events.wrote(self.tenant)
 
     async def _drop_connection(self) -> None:
         conn = self.conn
@@ -616,8 +614,6 @@ class WireSession:
         await self._stop_pump()
         self.conn = None
         self.pool.release(conn, reusable=False)
-        if self._wrote:
-            self.events.wrote(self.tenant)
 
 
 def _sqlstate(msg: bytes) -> str:

@@ -40,7 +40,13 @@ from cache_edge.common.errors import (
 from cache_edge.common.protocol import Statement
 from cache_edge.node.origin_client import OriginResult
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
-from cache_edge.pgwire.messages import cstring, error_response, message, parse_error_fields
+from cache_edge.pgwire.messages import (
+    WRITE_TAGS,
+    cstring,
+    error_response,
+    message,
+    parse_error_fields,
+)
 
 __all__ = [
     "DoorStatement",
@@ -281,6 +287,12 @@ class SessionView:
     settings: dict[str, str] = field(default_factory=dict)  # SETs read, applied
     unmodelled: str = ""  # a setting changed in a way the node could not read
     last_status: str = "none"
+    # Writes committed whose covering purge the origin has not named yet (WROTE frames),
+    # and the newest it named: the session's reads serve nothing older (read your writes).
+    fences_due: int = 0
+    fence: int = 0
+    fence_unknown: bool = False
+    _wrote: bool = False
     # per relayed Query/Sync, in order: the SET it carries ((name, value); "" value: RESET)
     _expect: deque[tuple[str, str] | None] = field(default_factory=deque)
     _ok: bool = True
@@ -313,11 +325,17 @@ class SessionView:
             kind = data[pos : pos + 1]
             length = struct.unpack_from("!I", data, pos + 1)[0]
             if kind == b"Z":
-                self._ready(data[pos + 5 : pos + 6])
+                status = data[pos + 5 : pos + 6]
+                if self._wrote and status == b"I":
+                    self._wrote = False
+                    self.fences_due += 1
+                self._ready(status)
             elif kind == b"E":
                 self._ok = False
             elif kind == b"C":
                 tag = data[pos + 5 : pos + 1 + length - 1].split(b" ", 1)[0]
+                if tag in WRITE_TAGS:
+                    self._wrote = True
                 if tag in (b"SET", b"RESET", b"DISCARD") and not (
                     self._expect and self._expect[0] is not None
                 ):
@@ -338,6 +356,14 @@ class SessionView:
             else:
                 self.settings.pop(intent[0], None)
         self._ok = True
+
+    def fenced(self, seq: int | None) -> None:
+        """The origin named the purge covering a write of this session (None: unknown)."""
+        self.fences_due = max(0, self.fences_due - 1)
+        if seq is None:
+            self.fence_unknown = True
+        else:
+            self.fence = max(self.fence, seq)
 
     def key_settings(self) -> tuple[tuple[str, str], ...]:
         merged = {k.lower(): v for k, v in self.startup.items()}

@@ -26,6 +26,7 @@ from cache_edge.pgwire.link import (
     PATH,
     QUERY,
     RESULT,
+    WROTE,
     decode_frame,
 )
 from cache_edge.pgwire.link import encode_frame as _frame
@@ -47,6 +48,8 @@ class LinkSession(Protocol):
     def on_data(self, data: bytes) -> None: ...
 
     def on_close(self, final: bytes) -> None: ...
+
+    def on_fence(self, seq: int | None) -> None: ...
 
 
 class OriginLink:
@@ -130,6 +133,10 @@ class OriginLink:
                     gone = self._sessions.pop(sid, None)
                     if gone is not None:
                         gone.on_close(payload or b"")
+                elif kind == WROTE:
+                    session = self._sessions.get(sid)
+                    if session is not None:
+                        session.on_fence(payload if isinstance(payload, int) else None)
                 elif kind == RESULT:
                     future = self._results.pop(sid, None)
                     if future is not None and not future.done():

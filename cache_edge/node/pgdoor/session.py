@@ -53,6 +53,7 @@ __all__ = ["ClientSession", "DoorCache"]
 
 _FRONTEND = frozenset(b"QPBDEHSCFXdcf")
 _PG_KEY = len(packb("pg"))
+_FENCE_WAIT = 3.0  # more than the origin's write_invalidation_wait (2 s by default)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +85,7 @@ class ClientSession:
         self.view = SessionView({})
         self.hints = SessionHints()
         self._local: dict[bytes, tuple[str, str, str]] = {}  # prepared cache_edge commands
+        self._fenced = asyncio.Event()
         self._closed = False
 
     async def open(
@@ -99,6 +101,11 @@ class ClientSession:
         if not self._closed:
             self.view.received(data)
             self.stream.writer.write(data)
+
+    def on_fence(self, seq: int | None) -> None:
+        self.view.fenced(seq)
+        if self.view.fences_due == 0:
+            self._fenced.set()
 
     def on_close(self, final: bytes) -> None:
         if self._closed:
@@ -287,6 +294,8 @@ class ClientSession:
         if self.view.unmodelled:
             self.cache.unmodelled(self.tenant)
             return False
+        if not await self._writes_covered():
+            return False
         stmt = DoorStatement(
             "pg\x00" + hinted.key_sql,
             [types, flight.bind, self.view.key_settings()],
@@ -298,7 +307,9 @@ class ClientSession:
         request_id = secrets.token_hex(8)
         try:
             answer = await self.cache.cache.query(
-                self.tenant, QueryRequest(stmt, strategy), request_id
+                self.tenant,
+                QueryRequest(stmt, strategy, min_watermark=self.view.fence),
+                request_id,
             )
         except Uncacheable:
             return False
@@ -327,6 +338,23 @@ class ClientSession:
         self.view.last_status = answer.status
         self.cache.observe(self.tenant, answer.status)
         self._write(replay(flight, core))
+        return True
+
+    async def _writes_covered(self) -> bool:
+        """Read your writes: after this session committed a write, its cached reads wait
+        until the origin names the purge that covers it (and then serve nothing older).
+        False: it could not say in time; this read goes to the database."""
+        if self.view.fences_due:
+            self._fenced.clear()
+            try:
+                async with asyncio.timeout(_FENCE_WAIT):
+                    await self._fenced.wait()
+            except TimeoutError:
+                self.view.fences_due = 0
+                return False
+        if self.view.fence_unknown:
+            self.view.fence_unknown = False
+            return False
         return True
 
     def _fatal(self, sqlstate: str, text: str) -> None:
