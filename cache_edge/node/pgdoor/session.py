@@ -193,8 +193,10 @@ class ClientSession:
         portals: dict[bytes, tuple[str, str, str]] = {}
         out = bytearray()
         failed = False
+        ours = False  # a cache_edge statement takes part: else the batch is PostgreSQL's
         for m in msgs:
             kind = m[:1]
+            ours = ours or kind in b"PBDE"  # (each returns None below unless it is ours)
             if kind == b"P":
                 name, at = _cstr(m, 5)
                 sql, _ = _cstr(m, at)
@@ -230,6 +232,9 @@ class ClientSession:
                     failed = bool(error)
             elif kind == b"C":
                 name, _ = _cstr(m, 6)
+                if name not in (statements if m[5:6] == b"S" else portals):
+                    return None  # PostgreSQL's statement or portal: its Close goes there
+                ours = True
                 if m[5:6] == b"S":
                     statements.pop(name, None)
                 out += b"" if failed else message(b"3")
@@ -238,6 +243,8 @@ class ClientSession:
                 failed = False
             elif kind != b"H":
                 return None
+        if not ours:
+            return None  # only Sync/Flush: PostgreSQL may be waiting for that Sync
         self._local = {k: v for k, v in statements.items() if k}
         return bytes(out)
 
