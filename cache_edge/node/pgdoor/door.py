@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cache_edge.node.auth import ApiKeys
+from cache_edge.node.pgdoor.hints import HintError, SessionHints
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
 from cache_edge.node.pgdoor.login import authenticate
 from cache_edge.node.pgdoor.session import ClientSession, DoorCache
@@ -144,6 +145,7 @@ class PgDoor:
                             "3D000", f'database "{first.database}" does not exist', "FATAL"
                         )
                     )
+                hints = _startup_hints(first.settings)
                 key = (secrets.randbits(31) or 1, secrets.randbits(32))
                 session = ClientSession(
                     stream,
@@ -152,6 +154,7 @@ class PgDoor:
                     node.pg_startup_timeout,
                     self._cache,
                 )
+                session.hints = hints
                 cache_key = (tenant.id, tuple(sorted(first.settings.items())))
                 status = self._described.get(cache_key)
                 answer = await session.open(tenant.id, first.settings, key, status is None)
@@ -186,6 +189,21 @@ class PgDoor:
                 session.end()
             with contextlib.suppress(ConnectionError, RuntimeError, OSError):
                 await asyncio.wait_for(stream.writer.drain(), 1.0)
+
+
+def _startup_hints(settings: dict[str, str]) -> SessionHints:
+    """``options=-c cache_edge.ttl=60``: the session's cache defaults, as ``SET`` makes
+    them. Taken out of ``settings``: the node owns them, the database never sees them. An
+    invalid one refuses the connection, as PostgreSQL refuses a bad startup setting."""
+    hints = SessionHints()
+    for name in [n for n in settings if n.lower().startswith("cache_edge.")]:
+        value = settings.pop(name)
+        try:
+            hints.set(name.lower()[len("cache_edge.") :], value)
+        except HintError as exc:
+            state = "42704" if "unrecognized" in str(exc) else "22023"
+            raise Refused(error_response(state, str(exc), "FATAL")) from None
+    return hints
 
 
 def _loopback(stream: ClientStream) -> bool:
