@@ -111,13 +111,16 @@ def read_hints(sql: str) -> Hinted:
             continue
         body = match.group("body")
         before, after = sql[: match.start()], sql[match.end() :]
+        # The database runs the text with the hint blanked out, not cut out: the positions
+        # in its error messages (P) then point into the text the client sent.
+        start, end = match.start("body") - 2, match.end("body") + 2
         try:
             short = _short(body)
         except HintError as exc:
             return Hinted(sql, sql, error=str(exc))
         if short is not None:
             key = (before + after).strip()
-            return _checked(Hinted(key, key, short))
+            return _checked(Hinted(key, sql[:start] + " " * (end - start) + sql[end:], short))
         parsed = _commenter(body)
         if parsed is None:
             continue
@@ -127,8 +130,8 @@ def read_hints(sql: str) -> Hinted:
             # A tracing comment alone: not part of the key (it changes every request).
             return Hinted(key, sql)
         kept = f"/*{','.join(others)}*/" if others else ""
-        run = (before + kept + after) if pattern is _LEADING else (before + kept)
-        return _checked(Hinted(key, run.strip() or key, pairs))
+        run = sql[:start] + kept.ljust(end - start) + sql[end:]
+        return _checked(Hinted(key, run, pairs))
     return Hinted(sql, sql)
 
 

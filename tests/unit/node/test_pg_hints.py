@@ -9,12 +9,14 @@ from cache_edge.node.pgdoor.hints import HintError, SessionHints, read_hints, st
 
 
 def test_sqlcommenter_at_the_end_keeps_tracing_keys_for_the_database() -> None:
-    got = read_hints(
+    sql = (
         "SELECT * FROM products WHERE id = $1 "
         "/*cache_swr='30',cache_tags='product_7%2Cproducts',cache_ttl='60',traceparent='00-a'*/"
     )
+    got = read_hints(sql)
     assert got.key_sql == "SELECT * FROM products WHERE id = $1"
-    assert got.run_sql == "SELECT * FROM products WHERE id = $1 /*traceparent='00-a'*/"
+    assert got.run_sql.rstrip() == "SELECT * FROM products WHERE id = $1 /*traceparent='00-a'*/"
+    assert len(got.run_sql) == len(sql)  # blanked, not cut: error positions stay right
     assert strategy_from(got.fields) == CacheStrategy(60, 30, ("product_7", "products"))
     assert not got.error
 
@@ -27,8 +29,10 @@ def test_sqlcommenter_at_the_start_and_with_a_semicolon() -> None:
 
 
 def test_short_form_for_people() -> None:
-    got = read_hints("/* cache ttl=60 swr=30 tags=a,b stale-if-error=300 */ SELECT 2")
-    assert got.key_sql == got.run_sql == "SELECT 2"
+    sql = "/* cache ttl=60 swr=30 tags=a,b stale-if-error=300 */ SELECT 2"
+    got = read_hints(sql)
+    assert got.key_sql == got.run_sql.strip() == "SELECT 2"
+    assert got.run_sql.index("SELECT") == sql.index("SELECT")  # error positions stay right
     assert strategy_from(got.fields) == CacheStrategy(60, 30, ("a", "b"), 300)
 
 
