@@ -223,11 +223,16 @@ class WireSession:
 
     def define(self, parse: bytes) -> None:
         """Record a statement the client parsed while the node served it from cache: it is
-        prepared on a connection when the client first uses it there (as after pooling)."""
+        prepared on a connection when the client first uses it there (as after pooling).
+        A Query instead of a Parse: the node answered it, and PostgreSQL would have dropped
+        the unnamed statement."""
         if not self._ended:
             self._queue.put_nowait(_Define(parse))
 
     def _define(self, m: bytes) -> None:
+        if m[:1] == b"Q":  # a simple query the node answered: it drops the unnamed statement
+            self._unnamed = None
+            return
         name, pos = _cstr(m, 5)
         tail = m[pos:]
         if not name:

@@ -342,6 +342,9 @@ class ClientSession:
         if flight.parse is not None:
             self.view.sent([flight.parse])  # the session's statements know it now
             self.link.define(self.sid, flight.parse)
+        elif flight.simple:  # a simple query drops the unnamed statement, here and there
+            self.view.unnamed = None
+            self.link.define(self.sid, msgs[0])
         self.view.last_status = answer.status
         self.cache.observe(self.tenant, answer.status)
         self._write(replay(flight, core))
