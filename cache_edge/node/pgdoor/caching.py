@@ -74,6 +74,9 @@ _SET = re.compile(
     )\s*;?\s*\Z""",
     re.IGNORECASE | re.VERBOSE | re.DOTALL,
 )
+_READ_ONLY_BEGIN = re.compile(
+    rb"\A\s*(?:BEGIN|START\s+TRANSACTION)\b[^;]*\bREAD\s+ONLY\b[^;]*;?\s*\Z", re.IGNORECASE
+)
 _LOCAL = re.compile(rb"\A\s*SET\s+LOCAL\s", re.IGNORECASE)
 _SHOW = re.compile(r"\A\s*SHOW\s+(?P<name>[A-Za-z_][\w.]*)\s*;?\s*\Z", re.IGNORECASE)
 
@@ -194,8 +197,11 @@ def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
 
 
 def plan(msgs: list[bytes], view: SessionView) -> Flight | None:
-    """The cacheable flight ``msgs`` is, or None (then it is relayed as usual)."""
-    if view.inflight or view.status != b"I":
+    """The cacheable flight ``msgs`` is, or None (then it is relayed as usual). Inside a
+    transaction only a READ ONLY one may be served from cache (and only by a hint)."""
+    if view.inflight:
+        return None
+    if view.status != b"I" and not (view.status == b"T" and view.read_only_tx):
         return None
     try:
         return _shape(msgs, view)
@@ -245,9 +251,9 @@ def _messages(data: bytes) -> list[bytes]:
     return out
 
 
-def replay(flight: Flight, core: bytes) -> bytes:
-    """The client's answer from PostgreSQL's result bytes (``core``), status idle."""
-    ready = message(b"Z", b"I")
+def replay(flight: Flight, core: bytes, status: bytes = b"I") -> bytes:
+    """The client's answer from PostgreSQL's result bytes (``core``)."""
+    ready = message(b"Z", status)
     if flight.simple:
         return core + ready
     head = (_PARSE_COMPLETE if flight.parse is not None else b"") + _BIND_COMPLETE
@@ -296,6 +302,8 @@ class SessionView:
     # per relayed Query/Sync, in order: the SET it carries ((name, value); "" value: RESET)
     _expect: deque[tuple[str, str] | None] = field(default_factory=deque)
     _ok: bool = True
+    read_only_tx: bool = False  # in a transaction begun READ ONLY (hinted reads may hit)
+    _read_only_begin: bool = False
 
     def sent(self, msgs: list[bytes]) -> None:
         for m in msgs:
@@ -304,6 +312,7 @@ class SessionView:
                 self.inflight += 1
                 self.unnamed = None
                 self._expect.append(_intent(m[5:-1]))
+                self._read_only_begin = _READ_ONLY_BEGIN.match(m[5:-1]) is not None
             elif kind in (b"S", b"F"):
                 self.inflight += 1
                 self._expect.append(None)
@@ -344,6 +353,11 @@ class SessionView:
 
     def _ready(self, status: bytes) -> None:
         self.status = status
+        if status != b"T":
+            self.read_only_tx = False
+        elif self._read_only_begin:
+            self.read_only_tx = True
+        self._read_only_begin = False
         self.inflight = max(0, self.inflight - 1)
         intent = self._expect.popleft() if self._expect else None
         if intent is not None and intent[0] and self._ok:

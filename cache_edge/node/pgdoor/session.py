@@ -282,6 +282,8 @@ class ClientSession:
         types = flight.types
         run_parse = hinted.run_sql.encode() + b"\x00" + types
         by_rule = not hinted.fields and not self.hints.fields
+        if by_rule and self.view.status != b"I":
+            return False  # in a READ ONLY transaction only a hint opts a read in
         if by_rule:
             rules = self.cache.rules
             if rules is None:
@@ -347,7 +349,7 @@ class ClientSession:
             self.link.define(self.sid, msgs[0])
         self.view.last_status = answer.status
         self.cache.observe(self.tenant, answer.status)
-        self._write(replay(flight, core))
+        self._write(replay(flight, core, self.view.status))
         return True
 
     async def _writes_covered(self) -> bool:
