@@ -78,6 +78,8 @@ _READ_ONLY_BEGIN = re.compile(
     rb"\A\s*(?:BEGIN|START\s+TRANSACTION)\b[^;]*\bREAD\s+ONLY\b[^;]*;?\s*\Z", re.IGNORECASE
 )
 _LOCAL = re.compile(rb"\A\s*SET\s+LOCAL\s", re.IGNORECASE)
+# set_config() changes a setting with no SET command tag (as origin/wire/statements.py)
+_SET_CONFIG = re.compile(rb"\bset_config\s*\(", re.IGNORECASE)
 _SHOW = re.compile(r"\A\s*SHOW\s+(?P<name>[A-Za-z_][\w.]*)\s*;?\s*\Z", re.IGNORECASE)
 
 
@@ -308,6 +310,8 @@ class SessionView:
     def sent(self, msgs: list[bytes]) -> None:
         for m in msgs:
             kind = m[:1]
+            if kind in (b"Q", b"P") and _SET_CONFIG.search(m, 5):
+                self.unmodelled = self.unmodelled or "set_config() ran"
             if kind == b"Q":
                 self.inflight += 1
                 self.unnamed = None
@@ -345,10 +349,14 @@ class SessionView:
                 tag = data[pos + 5 : pos + 1 + length - 1].split(b" ", 1)[0]
                 if tag in WRITE_TAGS:
                     self._wrote = True
-                if tag in (b"SET", b"RESET", b"DISCARD") and not (
+                # DO: a block can run SET through EXECUTE, with no SET tag of its own
+                if tag in (b"SET", b"RESET", b"DISCARD", b"DO") and not (
                     self._expect and self._expect[0] is not None
                 ):
                     self.unmodelled = self.unmodelled or "a setting changed"
+            elif kind == b"S" and not (self._expect and self._expect[0] is not None):
+                # a reported setting changed with no SET the node read (a function, DO)
+                self.unmodelled = self.unmodelled or "a reported setting changed"
             pos += 1 + length
 
     def _ready(self, status: bytes) -> None:
