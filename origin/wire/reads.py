@@ -4,7 +4,7 @@ A node asks for one (``QUERY`` frame) when a client's statement may be cached: o
 on a refresh. It runs on a pooled connection of the tenant in its own READ ONLY
 transaction, with the client session's settings, in one round trip to the database::
 
-    Query BEGIN READ ONLY, Parse, Bind, Describe portal, Execute, Sync, Query COMMIT
+    Query BEGIN READ ONLY, Parse, Bind, Describe portal, Execute, Sync, Query ROLLBACK
 
 and the answer is the origin's usual answer (:mod:`cache_edge.common.answer`) whose core
 is PostgreSQL's own RowDescription, DataRows and CommandComplete (and any notices), byte
@@ -28,12 +28,16 @@ from origin.core.dependencies import Dependencies
 from origin.wire.pool import WirePools
 from origin.wire.server import ServerError
 from origin.wire.session import apply_sql, settings_key, sqlstate_for
+from origin.wire.statements import touches_settings
 
 __all__ = ["ReadRequest", "WireReads"]
 
 _BEGIN = message(b"Q", cstring("BEGIN READ ONLY"))
 _END = message(b"D", b"P\x00") + message(b"E", b"\x00\x00\x00\x00\x00") + message(b"S")
-_COMMIT = message(b"Q", cstring("COMMIT"))
+# ROLLBACK, not COMMIT: the transaction only read, and a setting its statement changed
+# (set_config(..., false) in a function) goes with it instead of staying on the pooled
+# connection for the tenant's other sessions.
+_ROLLBACK = message(b"Q", cstring("ROLLBACK"))
 _RESULT_KINDS = frozenset(b"TDCN")  # what a cacheable result is made of
 
 
@@ -91,6 +95,9 @@ class WireReads:
         tenant = self._tenant(req.tenant)
         if tenant is None:
             return {"error": error_response("28000", "unknown tenant")}
+        if touches_settings(req.parse):
+            # it changes the client session's settings: run it there, in the session
+            return {"uncacheable": "it calls set_config()"}
         pool = self._pools.get(tenant)
         try:
             conn = await pool.acquire()
@@ -110,7 +117,7 @@ class WireReads:
                 + message(b"P", b"\x00" + req.parse)
                 + message(b"B", b"\x00\x00" + req.bind)
                 + _END
-                + _COMMIT
+                + _ROLLBACK
             )
             core, error, odd = await _collect(conn)
             reusable = True
@@ -140,7 +147,7 @@ async def _collect(conn: Any) -> tuple[bytes, bytes | None, str]:
     error: bytes | None = None
     odd = ""
     ready = 0
-    step = 0  # 0: BEGIN, 1: the statement, 2: COMMIT
+    step = 0  # 0: BEGIN, 1: the statement, 2: ROLLBACK
     while ready < 3:
         msg = await conn.read_message()
         kind = msg[:1]
