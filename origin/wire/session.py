@@ -76,7 +76,8 @@ _MAX_MESSAGE = 1 << 30
 
 
 def _snapshot_sql(login: str) -> str:
-    """The session's settings, and a row ('', 't') while it still runs as the login role."""
+    """The session's settings, and a row ('', 'true') while it still runs as the login role
+    (a boolean cast to text is 'true', not 't')."""
     same = f"current_user = {_dollar(login)} AND session_user = {_dollar(login)}"
     return (
         "SELECT name, setting FROM pg_catalog.pg_settings WHERE source = 'session' "
@@ -602,7 +603,7 @@ class WireSession:
                 self._dirty = False
                 # The role is not a setting RESET ALL restores: a connection whose role
                 # changed (a role change the text filter missed) is closed, never lent on.
-                reusable = ["", "t"] in rows
+                reusable = ["", "true"] in rows
                 if not reusable:
                     log.warning("wire_role_changed", tenant=self.tenant, sid=self.sid)
             except (ServerError, ConnectionError, OSError, ProtocolViolation):
