@@ -42,8 +42,6 @@ class WirePool:
         self._size = 0
         self._in_use = 0
         self._waiting = 0
-        # Statements of ended client sessions, closed on a connection the next time it is lent.
-        self.dead_statements: set[bytes] = set()
         # Enforced limits go in the startup packet, so RESET ALL returns to them; nothing
         # else does, so a client sees PostgreSQL's defaults (application_name too).
         self._startup = {

@@ -112,6 +112,9 @@ class ServerConnection:
         self.parameters: dict[str, str] = {}
         # server statement name -> None, oldest first (the pool closes the oldest past its cap)
         self.prepared: OrderedDict[bytes, None] = OrderedDict()
+        # statements of ended sessions (or closed by their client elsewhere): closed here
+        # the next time a session borrows this connection
+        self.to_close: set[bytes] = set()
         self.state_key = ""  # fingerprint of the client settings applied ("" = none)
         # whose unnamed statement this connection holds: (session, its Parse generation)
         self.unnamed_owner: tuple[int, int] | None = None

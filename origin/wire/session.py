@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import itertools
 import struct
+import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -208,6 +209,8 @@ class WireSession:
         self._unnamed_gen = 0
         # Parses, Closes and Syncs sent and not yet answered, in order (see _answered)
         self._pending: deque[tuple[int, bytes]] = deque()
+        # connections this session parsed statements on (closed there when it ends)
+        self._placed: weakref.WeakSet[ServerConnection] = weakref.WeakSet()
         self._counter = 0
         self._pump: asyncio.Task[None] | None = None
         self._ended = False
@@ -278,6 +281,7 @@ class WireSession:
         finally:
             self._ended = True
             await self._drop_connection()
+            self._forget_all()
             self.events.ended(self.sid, reason)
 
     def _releasable(self) -> bool:
@@ -356,10 +360,12 @@ class WireSession:
         statements of ended sessions, and the oldest past ``max_prepared_statements``."""
         conn = self.conn
         assert conn is not None
-        dead = [n for n in conn.prepared if n in self.pool.dead_statements]
+        dead = [n for n in conn.to_close if n in conn.prepared]
+        conn.to_close.clear()
         excess = len(conn.prepared) - len(dead) - self._max_prepared
-        if excess > 0:
-            dead.extend([n for n in conn.prepared if n not in dead][:excess])
+        if excess > 0:  # least recently used first (_ensure moves a used one to the end)
+            doomed = set(dead)
+            dead.extend(itertools.islice((n for n in conn.prepared if n not in doomed), excess))
         if not dead:
             return
         for name in dead:
@@ -377,6 +383,8 @@ class WireSession:
         """A Parse to send, noted so that its answer can be matched (and, if injected,
         swallowed: the client did not send it and expects no ParseComplete)."""
         self._pending.append((_INJECTED if injected else _PARSE, server))
+        if server and self.conn is not None:
+            self._placed.add(self.conn)
         return message(b"P", server + b"\x00" + tail)
 
     def _ensure(self, stmt: bytes, conn: ServerConnection) -> bytes:
@@ -384,7 +392,10 @@ class WireSession:
         a session's statements follow it from one pooled connection to the next."""
         if stmt:
             known = self._statements.get(stmt)
-            if known is None or known[0] in conn.prepared:
+            if known is None:
+                return b""
+            if known[0] in conn.prepared:
+                conn.prepared.move_to_end(known[0])  # recently used: evicted last
                 return b""
             conn.prepared[known[0]] = None
             return self._parse(known[0], known[1], injected=True)
@@ -470,7 +481,7 @@ class WireSession:
         out = b""
         if name not in conn.prepared:
             conn.prepared[name] = None
-            self._forget(name)
+            conn.to_close.add(name)
             self._pending.append((_PLACEHOLDER, name))
             out = message(b"P", name + b"\x00\x00\x00\x00")
         self._pending.append((_REFUSED, name))
@@ -526,10 +537,19 @@ class WireSession:
         return tail
 
     def _forget(self, server: bytes) -> None:
-        dead = self.pool.dead_statements
-        if len(dead) > 10_000:
-            dead.clear()  # each connection's cap still closes what this forgets
-        dead.add(server)
+        """A statement of this session is gone for its client: close it, at their next
+        borrow, on the other connections that hold it."""
+        for conn in self._placed:
+            if server in conn.prepared:
+                conn.to_close.add(server)
+
+    def _forget_all(self) -> None:
+        """The session ended: its statements are closed where they are, when each of those
+        connections is next borrowed (one scan per connection it used, not per borrow)."""
+        names = {server for server, _ in self._statements.values()}
+        for conn in self._placed:
+            conn.to_close.update(n for n in names if n in conn.prepared)
+        self._placed.clear()
 
     async def _relay(self, conn: ServerConnection) -> None:
         """Copy PostgreSQL's messages to the client, noting what the session must know."""
