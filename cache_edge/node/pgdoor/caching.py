@@ -79,7 +79,10 @@ _READ_ONLY_BEGIN = re.compile(
 )
 _LOCAL = re.compile(rb"\A\s*SET\s+LOCAL\s", re.IGNORECASE)
 # set_config() changes a setting with no SET command tag (as origin/wire/statements.py)
-_SET_CONFIG = re.compile(rb"\bset_config\s*\(", re.IGNORECASE)
+_SET_CONFIG = re.compile(rb"\bset_config\s*\(\s*(?:'(?P<name>[^']*)')?", re.IGNORECASE)
+# Settings that may change (set_config, a reported one) without changing any result's
+# bytes: asyncpg turns jit off and back around its type introspection.
+_HARMLESS = frozenset({b"jit", b"application_name"})
 _SHOW = re.compile(r"\A\s*SHOW\s+(?P<name>[A-Za-z_][\w.]*)\s*;?\s*\Z", re.IGNORECASE)
 
 
@@ -310,7 +313,7 @@ class SessionView:
     def sent(self, msgs: list[bytes]) -> None:
         for m in msgs:
             kind = m[:1]
-            if kind in (b"Q", b"P") and _SET_CONFIG.search(m, 5):
+            if kind in (b"Q", b"P") and _sets_config(m):
                 self.unmodelled = self.unmodelled or "set_config() ran"
             if kind == b"Q":
                 self.inflight += 1
@@ -356,7 +359,9 @@ class SessionView:
                     self.unmodelled = self.unmodelled or "a setting changed"
             elif kind == b"S" and not (self._expect and self._expect[0] is not None):
                 # a reported setting changed with no SET the node read (a function, DO)
-                self.unmodelled = self.unmodelled or "a reported setting changed"
+                name = data[pos + 5 : data.index(b"\x00", pos + 5)].lower()
+                if name not in _HARMLESS:
+                    self.unmodelled = self.unmodelled or "a reported setting changed"
             pos += 1 + length
 
     def _ready(self, status: bytes) -> None:
@@ -394,6 +399,14 @@ class SessionView:
 
     def run_settings(self) -> dict[str, str]:
         return {**self.startup, **self.settings}
+
+
+def _sets_config(msg: bytes) -> bool:
+    """Does this Query or Parse call set_config() on a setting that may change results?"""
+    return any(
+        found.group("name") is None or found.group("name").lower() not in _HARMLESS
+        for found in _SET_CONFIG.finditer(msg, 5)
+    )
 
 
 def _intent(sql: bytes) -> tuple[str, str] | None:
