@@ -142,6 +142,10 @@ class ClientSession:
                 if kind == ord("X"):
                     await self._dispatch(msgs[:i])
                     return
+                if not _well_formed(msg):  # the node reads these strings itself
+                    await self._dispatch(msgs[:i])
+                    self._fatal("08P01", f"invalid string in message type {chr(kind)}")
+                    return
             await self._dispatch(msgs)
 
     async def _dispatch(self, msgs: list[bytes]) -> None:
@@ -384,6 +388,22 @@ class ClientSession:
 def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
     end = data.index(b"\x00", pos)
     return data[pos:end], end + 1
+
+
+# Where the strings the node reads start in a message, and how many (Query, Parse, Bind,
+# Describe, Close, Execute); a message without them is malformed (08P01, as PostgreSQL).
+_STRINGS = {ord("Q"): (5, 1), ord("P"): (5, 2), ord("B"): (5, 2), ord("D"): (6, 1),
+            ord("C"): (6, 1), ord("E"): (5, 1)}  # fmt: skip
+
+
+def _well_formed(msg: bytes) -> bool:
+    pos, count = _STRINGS.get(msg[0], (0, 0))
+    for _ in range(count):
+        end = msg.find(b"\x00", pos)
+        if end < 0:
+            return False
+        pos = end + 1
+    return True
 
 
 def _description(verb: tuple[str, str, str]) -> bytes:
