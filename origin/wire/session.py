@@ -137,7 +137,8 @@ def _cstr(data: bytes, pos: int) -> tuple[bytes, int]:
 
 def _dollar(value: str) -> str:
     tag = "$ce$"
-    while tag in value:
+    # Not only inside the value: one ending in "$ce" would close "$ce$" early.
+    while (value + tag).find(tag) < len(value):
         tag = tag[:-1] + "x$"
     return f"{tag}{value}{tag}"
 
