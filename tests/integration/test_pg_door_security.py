@@ -640,6 +640,16 @@ async def test_malformed_startup_packets_are_refused(door: Door) -> None:
             assert fields["S"] == "FATAL" and fields["C"] in ("08P01", "28000"), fields
 
 
+def test_startup_values_keep_their_quoting(door: Door) -> None:
+    """The origin applies a session's settings as dollar-quoted SQL: no value may end its
+    quote early (one ending in the tag's "$ce" did: a syntax error, FATAL at login)."""
+    for value in ("pay$ce", "$ce$", "$cex$ $ce", "it's'; SELECT 1; --", "back\\slash"):
+        url = door.url(application_name=value)
+        with psycopg.connect(url, connect_timeout=10) as conn:
+            row = conn.execute("SELECT current_setting('application_name')").fetchone()
+            assert row == (value,)
+
+
 # ------------------------------------------------------------------ cancels
 
 
