@@ -48,9 +48,7 @@ def door_doc(dsns: tuple[str, str], redis_url: str, **sections: Any) -> dict[str
     return make_settings_doc(*dsns, node=node, **sections)
 
 
-def open_door(
-    tmp: Path, doc: dict[str, Any], *, workers: int = 1
-) -> Iterator[Door]:
+def open_door(tmp: Path, doc: dict[str, Any], *, workers: int = 1) -> Iterator[Door]:
     """Start an origin and a node with the door on a free port; stop both afterwards."""
     port = free_port()
     extra = ["--pg-listen", f"127.0.0.1:{port}"]
