@@ -12,8 +12,10 @@ startup settings, churn through the same connection running the ``carried`` scri
 themselves (checked against their own direct capture, round after round). There every
 transaction of the corpus lands on a connection another session has just used, so any
 setting, prepared statement or unnamed statement that leaks between sessions or fails to
-follow one shows up as a difference. Smaller two-session scripts pin down what the
-corpus cannot reach on one connection (``interleaved``).
+follow one shows up as a difference. With a cache hint on its reads, the corpus runs once
+more, and its read-only part is then served from the region's cache: those answers (the
+node replays stored PostgreSQL bytes) must be identical too. Smaller two-session scripts
+pin down what the corpus cannot reach on one connection (``interleaved``).
 
 What may legitimately differ, and nothing else:
 
