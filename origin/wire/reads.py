@@ -24,11 +24,11 @@ from cache_edge.common.answer import PG_CORE, OriginAnswer
 from cache_edge.common.errors import CacheEdgeError
 from cache_edge.common.wire import packb
 from cache_edge.pgwire.messages import ProtocolViolation, cstring, error_response, message
+from cache_edge.pgwire.statements import touches_settings
 from origin.core.dependencies import Dependencies
 from origin.wire.pool import WirePools
 from origin.wire.server import ServerError
 from origin.wire.session import apply_sql, settings_key, sqlstate_for
-from origin.wire.statements import touches_settings
 
 __all__ = ["ReadRequest", "WireReads"]
 

@@ -14,7 +14,7 @@ What a session carries from one connection to the next:
 2. Its prepared statements. Their names are made unique per session (two clients may both
    call theirs ``S_1``), and one a client uses on a connection that lacks it is parsed there
    first, with the client's unnamed statement too when a Bind relies on an earlier Parse.
-3. Nothing else: features that need one server session pin it (:mod:`origin.wire.statements`).
+3. Nothing else: features that need one server session pin it (:mod:`cache_edge.pgwire.statements`).
 
 Failure story: a connection that breaks or that the client abandons mid-transaction is
 closed, never lent again (PostgreSQL rolls its transaction back); a client that goes quiet
@@ -45,16 +45,16 @@ from cache_edge.pgwire.messages import (
     ready_for_query,
     split_messages,
 )
-from cache_edge.server.logs import get_logger
-from origin.wire.pool import WirePool
-from origin.wire.server import ServerConnection, ServerError
-from origin.wire.statements import (
+from cache_edge.pgwire.statements import (
     IDENTITY_REFUSAL,
     needs_pin,
     refusal_sql,
     refused,
     touches_settings,
 )
+from cache_edge.server.logs import get_logger
+from origin.wire.pool import WirePool
+from origin.wire.server import ServerConnection, ServerError
 
 __all__ = ["SessionEvents", "WireSession", "sqlstate_for"]
 

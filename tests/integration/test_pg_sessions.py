@@ -718,31 +718,46 @@ def _lose_origin(door: Door, how: signal.Signals) -> None:
         thread.join(5.0)
         assert not thread.is_alive(), "the client waiting on a statement was left hanging"
         assert time.monotonic() - started < 5.0
+        # The statement in flight is lost with the link: FATAL, its connection closed.
+        assert len(errors) == 1, errors
+        assert isinstance(errors[0], psycopg.OperationalError), errors[0]
+        assert errors[0].sqlstate == "08006", errors[0]
+        assert "the node lost its link to the origin" in str(errors[0])
+        assert busy.closed
+        # The idle session stays: what needs the origin fails at once, and not fatally.
         with pytest.raises(psycopg.OperationalError) as err:
             idle.execute("SELECT 1")
-        assert len(errors) == 1, errors
-        for exc in (errors[0], err.value):
-            assert isinstance(exc, psycopg.OperationalError), exc
-            assert exc.sqlstate == "08006", exc
-            assert "the node lost its link to the origin" in str(exc)
-        # while it is down, a login is refused promptly
+        assert err.value.sqlstate == "08006", err.value
+        assert "the origin is unreachable" in str(err.value)
+        assert not idle.closed
+        # A login with settings the node has seen works without the origin (cached reads
+        # need none); one with new settings needs the origin, and is refused promptly.
+        with (
+            psycopg.connect(door.url(), autocommit=True) as known,
+            pytest.raises(psycopg.OperationalError, match="the origin is unreachable"),
+        ):
+            known.execute("SELECT 1")
         started = time.monotonic()
         with pytest.raises(psycopg.OperationalError) as down:
-            psycopg.connect(door.url(), connect_timeout=10)
+            psycopg.connect(door.url(application_name=f"new-{how.name}"), connect_timeout=10)
         assert time.monotonic() - started < 6.0
         assert "cannot reach the origin" in str(down.value)
+        origin.start()
+        # The idle session goes on with a new origin session once the origin is back.
+        assert idle.execute("SELECT 'still here'").fetchone() == ("still here",)
     finally:
         idle.close()
         busy.close()
-    origin.start()
     with psycopg.connect(door.url(), autocommit=True) as again:
         assert again.execute("SELECT 'back'").fetchone() == ("back",)
 
 
 @pytest.mark.slow
 def test_origin_dies_mid_session(fragile: Door) -> None:
-    """The origin is killed (then, once it is back, stopped) under open sessions: their
-    clients get 08006 at once, even one waiting on a long statement; new logins fail fast
-    while it is down, and work again once the origin is back on its port."""
+    """The origin is killed (then, once it is back, stopped) under open sessions: a client
+    waiting on a statement gets FATAL 08006 at once; an idle one stays connected, gets a
+    non-fatal 08006 for what needs the origin, and goes on once the origin is back; new
+    logins with settings the node has seen work (cached reads need no origin), others fail
+    fast."""
     _lose_origin(fragile, signal.SIGKILL)
     _lose_origin(fragile, signal.SIGTERM)

@@ -47,6 +47,7 @@ from cache_edge.pgwire.messages import (
     message,
     parse_error_fields,
 )
+from cache_edge.pgwire.statements import needs_pin
 
 __all__ = [
     "DoorStatement",
@@ -78,7 +79,7 @@ _READ_ONLY_BEGIN = re.compile(
     rb"\A\s*(?:BEGIN|START\s+TRANSACTION)\b[^;]*\bREAD\s+ONLY\b[^;]*;?\s*\Z", re.IGNORECASE
 )
 _LOCAL = re.compile(rb"\A\s*SET\s+LOCAL\s", re.IGNORECASE)
-# set_config() changes a setting with no SET command tag (as origin/wire/statements.py)
+# set_config() changes a setting with no SET command tag (as cache_edge/pgwire/statements.py)
 _SET_CONFIG = re.compile(rb"\bset_config\s*\(\s*(?:'(?P<name>[^']*)')?", re.IGNORECASE)
 # Settings that may change (set_config, a reported one) without changing any result's
 # bytes: asyncpg turns jit off and back around its type introspection.
@@ -308,6 +309,7 @@ class SessionView:
     _expect: deque[tuple[str, str] | None] = field(default_factory=deque)
     _ok: bool = True
     read_only_tx: bool = False  # in a transaction begun READ ONLY (hinted reads may hit)
+    pinned: bool = False  # used a feature of one server session (temp table, LISTEN...)
     _read_only_begin: bool = False
 
     def sent(self, msgs: list[bytes]) -> None:
@@ -320,11 +322,13 @@ class SessionView:
                 self.unnamed = None
                 self._expect.append(_intent(m[5:-1]))
                 self._read_only_begin = _READ_ONLY_BEGIN.match(m[5:-1]) is not None
+                self.pinned = self.pinned or needs_pin(m[5:-1])
             elif kind in (b"S", b"F"):
                 self.inflight += 1
                 self._expect.append(None)
             elif kind == b"P":
                 name, at = _cstr(m, 5)
+                self.pinned = self.pinned or needs_pin(m[at:])
                 if name:
                     self.statements[name] = m[at:]
                 else:

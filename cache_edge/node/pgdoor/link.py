@@ -51,6 +51,11 @@ class LinkSession(Protocol):
 
     def on_fence(self, seq: int | None) -> None: ...
 
+    def on_link_lost(self, final: bytes) -> None:
+        """The link dropped: end the client's connection with ``final``, or keep it (an
+        idle session can go on with a new origin session, and cached reads need none)."""
+        ...
+
 
 class OriginLink:
     def __init__(
@@ -151,7 +156,7 @@ class OriginLink:
             lost = error_response("08006", "the node lost its link to the origin", "FATAL")
             sessions, self._sessions = self._sessions, {}
             for session in sessions.values():
-                session.on_close(lost)
+                session.on_link_lost(lost)
             for future in (*self._opened.values(), *self._results.values()):
                 if not future.done():
                     future.set_exception(LinkDown("the link to the origin closed"))

@@ -86,6 +86,7 @@ class ClientSession:
         self.hints = SessionHints()
         self._local: dict[bytes, tuple[str, str, str]] = {}  # prepared cache_edge commands
         self._fenced = asyncio.Event()
+        self._key = (0, 0)
         self._closed = False
 
     async def open(
@@ -93,8 +94,40 @@ class ClientSession:
     ) -> Any:
         self.tenant = tenant
         self.view = SessionView(dict(settings))
-        self.sid, answer = await self.link.open(self, tenant, settings, key, describe)
+        self._key = key
+        try:
+            self.sid, answer = await self.link.open(self, tenant, settings, key, describe)
+        except LinkDown:
+            if describe or self.cache is None:
+                raise
+            # The origin is unreachable, but the node knows how this session starts: the
+            # client may log in and read from the cache; the origin session opens later.
+            self.sid, answer = 0, {}
         return answer or {}
+
+    def on_link_lost(self, final: bytes) -> None:
+        view = self.view
+        if self._closed or view.inflight or view.status != b"I" or view.pinned:
+            self.on_close(final)
+            return
+        self.sid = 0  # idle: the next statement that needs the origin opens a new session
+
+    async def _attach(self) -> bool:
+        """Open a new origin session for a client whose session ended with the link: its
+        settings and prepared statements go with it (the database never lost anything
+        of an idle session that a new one cannot rebuild)."""
+        view = self.view
+        try:
+            self.sid, _ = await self.link.open(
+                self, self.tenant, view.run_settings(), self._key, False
+            )
+        except LinkDown:
+            return False
+        for name, tail in view.statements.items():
+            self.link.define(self.sid, message(b"P", name + b"\x00" + tail))
+        if view.unnamed is not None:
+            self.link.define(self.sid, message(b"P", b"\x00" + view.unnamed))
+        return True
 
     # LinkSession: called by the link's reader
     def on_data(self, data: bytes) -> None:
@@ -153,7 +186,32 @@ class ClientSession:
             return
         if self.view.inflight == 0 and await self._answer_here(msgs):
             return
+        if not self.sid and not await self._attach():
+            self._unreachable(msgs)
+            return
         self._forward(msgs)
+
+    def _unreachable(self, msgs: list[bytes]) -> None:
+        """Answer a batch the origin cannot take as PostgreSQL answers a failing one: an
+        error per Query, one per extended sequence then ReadyForQuery at its Sync. The
+        session stays usable (cached reads, and a retry once the origin is back)."""
+        error = error_response(
+            "08006", "the origin is unreachable: only cached reads are served right now"
+        )
+        out = bytearray()
+        failed = False
+        for m in msgs:
+            kind = m[:1]
+            if kind in (b"Q", b"F"):
+                out += error + message(b"Z", self.view.status)
+                failed = False
+            elif kind == b"S":
+                out += message(b"Z", self.view.status)
+                failed = False
+            elif not failed and kind in (b"P", b"B", b"D", b"E", b"C"):
+                out += error
+                failed = True
+        self._write(bytes(out))
 
     def _forward(self, msgs: list[bytes]) -> None:
         if not msgs:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from cache_edge.pgwire.statements import needs_pin, refusal_sql, refused, touches_settings
 from origin.wire.session import apply_sql, settings_key
-from origin.wire.statements import needs_pin, refusal_sql, refused, touches_settings
 
 
 @pytest.mark.parametrize(
