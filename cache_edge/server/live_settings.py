@@ -1,9 +1,11 @@
 """Which settings a running server takes from a reloaded config file, and which wait for a restart.
 
-Reloaded without a restart (credentials and limits, which must change quickly):
+Reloaded without a restart (credentials and limits, which must change quickly, and the
+PostgreSQL door's cache rules, which docs/postgres-protocol.md promises are reloaded):
 
 * node secrets (``node_secret``, ``node_secrets``, ``node_secret_file`` and its contents),
 * every tenant's ``api_keys_sha256``, ``rate_limit`` and ``max_concurrency``,
+* every tenant's ``cache_all_reads`` and ``cache_rules``,
 * the global ``[rate_limit]`` and ``origin.max_concurrency``,
 * the TLS certificate and key (same paths, new contents; see :mod:`cache_edge.server.tls`).
 
@@ -28,7 +30,13 @@ from cache_edge.server.config import Settings, TenantConfig
 
 __all__ = ["merge_reloadable"]
 
-_TENANT_RELOADABLE = ("api_keys_sha256", "rate_limit", "max_concurrency")
+_TENANT_RELOADABLE = (
+    "api_keys_sha256",
+    "rate_limit",
+    "max_concurrency",
+    "cache_all_reads",
+    "cache_rules",
+)
 _ORIGIN_RELOADABLE = ("max_concurrency",)
 
 
