@@ -304,8 +304,9 @@ async def _describe(pool: Any, client_settings: dict[str, str]) -> dict[str, Any
     reusable = True
     try:
         try:
-            await conn.run(apply_sql(client_settings))
-            conn.state_key = settings_key(client_settings)
+            settings = pool.clamped(client_settings)
+            await conn.run(apply_sql(settings))
+            conn.state_key = settings_key(settings)
         except ServerError as exc:
             conn.state_key = ""
             fields = exc.fields

@@ -13,6 +13,7 @@ bottom of the stack and a busy one reuses its warmest connection.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 from cache_edge.common.errors import DatabaseUnavailable, PoolTimeout
@@ -26,6 +27,20 @@ __all__ = ["WirePool", "WirePools"]
 log = get_logger("origin.wire.pool")
 
 _IDLE_LIFETIME = 300.0  # an idle connection older than this is closed rather than lent
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "min": 60_000.0, "h": 3_600_000.0, "d": 86_400_000.0}
+_DURATION = re.compile(r"^\s*'?\s*(\d+(?:\.\d+)?)\s*([a-z]*)\s*'?\s*$", re.IGNORECASE)
+
+
+def _millis(value: str) -> float | None:
+    """A PostgreSQL time setting in milliseconds (unit-less means ms), None if unreadable."""
+    match = _DURATION.match(value)
+    if match is None:
+        return None
+    unit = match.group(2).lower() or "ms"
+    factor = _UNITS.get(unit)
+    return None if factor is None else float(match.group(1)) * factor
 
 
 class WirePool:
@@ -42,6 +57,10 @@ class WirePool:
         self._size = 0
         self._in_use = 0
         self._waiting = 0
+        self._ceilings = {
+            "statement_timeout": int(origin.statement_timeout * 1000),
+            "idle_in_transaction_session_timeout": int(origin.idle_in_transaction_timeout * 1000),
+        }
         # Enforced limits go in the startup packet, so RESET ALL returns to them; nothing
         # else does, so a client sees PostgreSQL's defaults (application_name too).
         self._startup = {
@@ -85,7 +104,7 @@ class WirePool:
         now = time.monotonic()
         while self._idle:
             since, conn = self._idle.pop()
-            if conn.closed or now - since > _IDLE_LIFETIME:
+            if conn.closed or conn.has_unread or now - since > _IDLE_LIFETIME:
                 self._discard(conn)
                 continue
             return conn
@@ -104,6 +123,20 @@ class WirePool:
             ) from None
         self._size += 1
         return conn
+
+    def clamped(self, settings: dict[str, str]) -> dict[str, str]:
+        """A session's settings with the origin's timeouts as ceilings: a client may lower
+        statement_timeout or idle_in_transaction_session_timeout, never lift or disable
+        them (0 means no limit in PostgreSQL)."""
+        out = dict(settings)
+        for name, ceiling in self._ceilings.items():
+            value = out.get(name)
+            if value is None:
+                continue
+            millis = _millis(value)
+            if millis is not None and (millis == 0 or millis > ceiling):
+                out[name] = str(ceiling)
+        return out
 
     def release(self, conn: ServerConnection, reusable: bool) -> None:
         """Give a connection back; one that is not reusable (mid-transaction, broken, or

@@ -105,9 +105,10 @@ class WireReads:
             return {"error": error_response(sqlstate_for(exc), str(exc))}
         reusable = False
         try:
-            key = settings_key(req.settings)
+            settings = pool.clamped(req.settings)
+            key = settings_key(settings)
             if conn.state_key != key:
-                await conn.run(apply_sql(req.settings))
+                await conn.run(apply_sql(settings))
                 conn.state_key = key
             mark = await self._watermark(req.tenant, req.min_watermark)
             produced = int(time.time() * 1000)

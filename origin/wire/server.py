@@ -243,6 +243,14 @@ class ServerConnection:
             out.append(msg)
 
     @property
+    def has_unread(self) -> bool:
+        """An idle connection has nothing to say: anything waiting (PostgreSQL's FATAL
+        before it closed: pg_terminate_backend, idle_session_timeout, a restart) means it
+        is dead, and it must not be lent to a session that would get that error."""
+        pending = getattr(self.reader, "_buffer", b"")  # asyncio's StreamReader buffer
+        return bool(pending) or bool(self._buffer) or bool(self._messages) or self.reader.at_eof()
+
+    @property
     def closed(self) -> bool:
         return self.broken or self.writer.is_closing() or self.reader.at_eof()
 

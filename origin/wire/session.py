@@ -89,8 +89,6 @@ def _snapshot_sql(login: str) -> str:
 # Command tags after which the session's settings (or its role) may have changed. DO is
 # there because a DO block can run SET through EXECUTE without a SET tag of its own.
 _STATE_TAGS = (b"SET", b"RESET", b"DISCARD", b"DO")
-# Settings PostgreSQL reports or cache-edge enforces; applied sessions never clear these.
-_ENFORCED = {"statement_timeout", "idle_in_transaction_session_timeout"}
 
 _UIDS = itertools.count(1)
 # What the relay sent and awaits an answer to (ParseComplete, CloseComplete, ReadyForQuery)
@@ -194,7 +192,7 @@ class WireSession:
         self.tenant = tenant
         self.pool = pool
         self.events = events
-        self.settings = {k: v for k, v in settings.items() if k not in _ENFORCED}
+        self.settings = pool.clamped(settings)
         self._key = settings_key(self.settings)
         self._max_prepared = max_prepared
         self.conn: ServerConnection | None = None
@@ -617,10 +615,12 @@ class WireSession:
         if reusable and self._dirty:
             try:
                 rows = _data_rows(await conn.run(_snapshot_sql(self.pool.target.user)))
-                self.settings = {
-                    str(r[0]): r[1] or "" for r in rows if r[0] and r[0] not in _ENFORCED
-                }
-                self._key = conn.state_key = settings_key(self.settings)
+                raw = {str(r[0]): r[1] or "" for r in rows if r[0]}
+                self.settings = self.pool.clamped(raw)
+                # The connection holds what the session set (even a lifted timeout, for the
+                # rest of that transaction); the session carries it within the ceilings.
+                conn.state_key = settings_key(raw)
+                self._key = settings_key(self.settings)
                 self._dirty = False
                 # The role is not a setting RESET ALL restores: a connection whose role
                 # changed (a role change the text filter missed) is closed, never lent on.

@@ -122,7 +122,9 @@ async def negotiate(stream: ClientStream, tls: ssl.SSLContext | None) -> Startup
         await stream.need(4)
         (length,) = struct.unpack_from("!I", stream.buffer, 0)
         if length < 8 or length > _MAX_STARTUP:
-            raise _fatal("08P01", "invalid length of startup packet")
+            # As PostgreSQL: a packet of invalid length is logged and the connection closed
+            # without a word (a client that queued Terminate before connecting, say).
+            raise Refused(b"")
         await stream.need(length)
         packet = bytes(stream.buffer[:length])
         del stream.buffer[:length]

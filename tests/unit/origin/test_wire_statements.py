@@ -79,3 +79,27 @@ def test_settings_key_is_order_independent_and_empty_for_defaults() -> None:
     assert settings_key({}) == ""
     assert settings_key({"a": "1", "b": "2"}) == settings_key({"b": "2", "a": "1"})
     assert settings_key({"a": "1"}) != settings_key({"a": "2"})
+
+
+def test_client_timeouts_are_kept_below_the_origin_ceilings() -> None:
+    from cache_edge.server.config import OriginConfig, TenantConfig
+    from origin.wire.pool import WirePool
+
+    pool = WirePool(
+        TenantConfig("t", (), "postgresql://u@h/db"),
+        OriginConfig(statement_timeout=10.0, idle_in_transaction_timeout=60.0),
+    )
+    got = pool.clamped(
+        {
+            "statement_timeout": "300",  # lower: kept as the client set it
+            "idle_in_transaction_session_timeout": "0",  # off: the ceiling instead
+            "TimeZone": "UTC",
+        }
+    )
+    assert got == {
+        "statement_timeout": "300",
+        "idle_in_transaction_session_timeout": "60000",
+        "TimeZone": "UTC",
+    }
+    assert pool.clamped({"statement_timeout": "1min"})["statement_timeout"] == "10000"
+    assert pool.clamped({"statement_timeout": "5s"})["statement_timeout"] == "5s"
