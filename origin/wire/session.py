@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import re
 import struct
 import weakref
 from collections import deque
@@ -91,6 +92,11 @@ def _snapshot_sql(login: str) -> str:
 _STATE_TAGS = (b"SET", b"RESET", b"DISCARD", b"DO")
 
 _UIDS = itertools.count(1)
+_DEALLOCATE = re.compile(
+    rb'\A\s*DEALLOCATE\s+(?:PREPARE\s+)?(?:"(?P<quoted>(?:[^"]|"")+)"|(?P<name>[A-Za-z_][\w$]*))'
+    rb"\s*;?\s*\Z",
+    re.IGNORECASE,
+)
 # What the relay sent and awaits an answer to (ParseComplete, CloseComplete, ReadyForQuery)
 _PARSE, _INJECTED, _SYNC, _CLOSE, _INJECTED_CLOSE = 0, 1, 2, 3, 4
 _PLACEHOLDER, _REFUSED = 5, 6  # a Parse that redefines a statement (see _redefine)
@@ -455,11 +461,14 @@ class WireSession:
                 self._forget(known[0])
             return first + message(kind, b"S" + known[0] + b"\x00")
         if kind == b"Q":
+            deallocate = self._deallocate(m[5:-1], conn)
             self._outstanding += 1
             self._pending.append((_SYNC, b""))
             self._unsynced = False
             self._unnamed = None  # a simple query replaces the unnamed statement
             conn.unnamed_owner = None
+            if deallocate is not None:
+                return deallocate
             sql = m[5:-1]
             screened = self._screen(sql, sql + b"\x00")
             return m if screened[:-1] == sql else message(b"Q", screened)
@@ -471,6 +480,26 @@ class WireSession:
         if kind == b"E":
             self._unsynced = True
         return m  # Execute, Flush, CopyData, CopyDone, CopyFail
+
+    def _deallocate(self, sql: bytes, conn: ServerConnection) -> bytes | None:
+        """SQL ``DEALLOCATE name`` of a statement the client prepared with the protocol
+        (psycopg with libpq < 17 does this): the statement's name here is the session's
+        own, so the command is rewritten to it, after preparing it on this connection if
+        it lives elsewhere. None: not such a command."""
+        match = _DEALLOCATE.match(sql)
+        if match is None:
+            return None
+        quoted: bytes | None = match.group("quoted")
+        plain: bytes = match.group("name") or b""
+        name = quoted.replace(b'""', b'"') if quoted is not None else plain.lower()
+        known = self._statements.get(name)
+        if known is None:
+            return None
+        first = self._ensure(name, conn)
+        del self._statements[name]
+        conn.prepared.pop(known[0], None)
+        self._forget(known[0])
+        return first + message(b"Q", b'DEALLOCATE "' + known[0] + b'"\x00')
 
     def _redefine(self, name: bytes, tail: bytes, conn: ServerConnection) -> bytes:
         """A Parse of a name the session already has: PostgreSQL parses the text, refuses

@@ -52,8 +52,9 @@ Door defects this test found, and their status (details in each test's docstring
    corpus's ``RESET application_name`` step is the one expected difference (``KNOWN``:
    checked to differ exactly so, so that a fix is noticed); ``test_reset_returns_to_the_
    startup_value`` is xfail.
-6. Open: SQL ``DEALLOCATE name`` (and ``EXECUTE name``) of a protocol-level statement fails
-   (26000): statement names are renamed per session and SQL text is not rewritten (xfail).
+6. Fixed: SQL ``DEALLOCATE name`` of a protocol-level statement failed (26000): statements
+   are renamed per session; the relay now rewrites the command to the session's name. SQL
+   ``EXECUTE name`` of one is still not rewritten.
 7. Open: settings are read back and re-applied as UTF-8 text, whatever the session's
    client_encoding: a LATIN1 session's non-ASCII ``search_path`` comes back changed (xfail).
 8. Fixed: a statement with a cache hint comment ran with the comment cut out, so error
@@ -671,11 +672,6 @@ async def test_unreported_setting_changed_in_a_function(small_pool: Door) -> Non
     assert_plan_same(plan, left, right)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect 6: SQL DEALLOCATE/EXECUTE name a protocol-level statement by the "
-    "client's name; the door renames statements per session and does not rewrite SQL",
-)
 async def test_sql_deallocate_of_a_protocol_statement(door: Door) -> None:  # noqa: F811
     plan: list[tuple[str, Step]] = [
         ("a", batch("a/parse", parse_msg("s1", "SELECT 1"), SYNC)),

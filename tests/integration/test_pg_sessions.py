@@ -761,3 +761,17 @@ def test_origin_dies_mid_session(fragile: Door) -> None:
     fast."""
     _lose_origin(fragile, signal.SIGKILL)
     _lose_origin(fragile, signal.SIGTERM)
+
+
+def test_sql_deallocate_of_a_protocol_statement(pooled: Door) -> None:
+    """psycopg with a libpq older than 17 deallocates the statements it prepared with the
+    protocol by SQL (``DEALLOCATE _pg3_0``) when its cache is full: the door finds the
+    session's statement under that name (docs/driver-suites.md, D3)."""
+    with psycopg.connect(pooled.url(), autocommit=True) as conn:
+        conn.prepare_threshold = 0
+        for text in ("select 1::bigint", "select 2::int"):
+            conn.execute(text)
+        assert conn.execute("DEALLOCATE _pg3_0", prepare=False).statusmessage == "DEALLOCATE"
+        with pytest.raises(psycopg.errors.InvalidSqlStatementName):
+            conn.execute('DEALLOCATE "_pg3_0"', prepare=False)  # gone, as directly
+        assert conn.execute("SELECT 'still fine'", prepare=False).fetchone() == ("still fine",)
