@@ -32,6 +32,7 @@ __all__ = [
     "parse_startup",
     "ready_for_query",
     "split_messages",
+    "sqlstate_of",
 ]
 
 PROTOCOL_3 = 196608  # 3.0
@@ -170,6 +171,12 @@ def error_response(
 
 def notice_response(sqlstate: str, text: str, severity: str = "WARNING") -> bytes:
     return ErrorFields(sqlstate, text, severity).encode(b"N")
+
+
+def sqlstate_of(msg: bytes, default: str = "") -> str:
+    """The SQLSTATE (C field) of an ErrorResponse, without decoding the other fields."""
+    at = msg.find(b"\x00C", 5)
+    return msg[at + 2 : at + 7].decode("ascii", "replace") if at >= 0 else default
 
 
 def parse_error_fields(msg: bytes) -> Mapping[str, str]:

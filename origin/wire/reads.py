@@ -23,7 +23,13 @@ from typing import Any
 from cache_edge.common.answer import PG_CORE, OriginAnswer
 from cache_edge.common.errors import CacheEdgeError
 from cache_edge.common.wire import packb
-from cache_edge.pgwire.messages import ProtocolViolation, cstring, error_response, message
+from cache_edge.pgwire.messages import (
+    ProtocolViolation,
+    cstring,
+    error_response,
+    message,
+    sqlstate_of,
+)
 from cache_edge.pgwire.statements import touches_settings
 from origin.core.dependencies import Dependencies
 from origin.wire.pool import WirePools
@@ -129,7 +135,7 @@ class WireReads:
         finally:
             pool.release(conn, reusable and not conn.closed)
         if error is not None:
-            state = _sqlstate(error)
+            state = sqlstate_of(error)
             return {"error": error, "readOnly": state == "25006"}
         if odd:
             return {"uncacheable": odd}
@@ -172,11 +178,6 @@ async def _collect(conn: Any) -> tuple[bytes, bytes | None, str]:
         else:
             core.append(msg)
     return b"".join(core), error, odd
-
-
-def _sqlstate(msg: bytes) -> str:
-    at = msg.find(b"\x00C", 5)
-    return msg[at + 2 : at + 7].decode("ascii", "replace") if at >= 0 else ""
 
 
 def _nparams(bind: bytes) -> int:

@@ -45,6 +45,7 @@ from cache_edge.pgwire.messages import (
     message,
     ready_for_query,
     split_messages,
+    sqlstate_of,
 )
 from cache_edge.pgwire.statements import (
     IDENTITY_REFUSAL,
@@ -614,7 +615,7 @@ class WireSession:
                         self._dirty = True
                     elif kind == b"E":
                         fatal = fatal or b"SFATAL\x00" in msg[:40]
-                        self.events.failed(self.tenant, _sqlstate(msg))
+                        self.events.failed(self.tenant, sqlstate_of(msg, "XX000"))
                 out = b"".join(msgs)
                 if out or not swallowed:
                     self.events.send(self.sid, out)
@@ -670,11 +671,6 @@ class WireSession:
         await self._stop_pump()
         self.conn = None
         self.pool.release(conn, reusable=False)
-
-
-def _sqlstate(msg: bytes) -> str:
-    at = msg.find(b"\x00C", 5)
-    return msg[at + 2 : at + 7].decode("ascii", "replace") if at >= 0 else "XX000"
 
 
 class _SessionOver(Exception):
