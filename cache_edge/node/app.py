@@ -7,12 +7,13 @@ caching lives in :mod:`cache_edge.node.read_path`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import ssl
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -42,6 +43,7 @@ from cache_edge.node.pgdoor.session import DoorCache
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.ratelimit import RateLimiter
 from cache_edge.node.read_path import Answer, QueryCache
+from cache_edge.node.sqlhttp.door import SqlDoor
 from cache_edge.node.stream_http import serve_stream
 from cache_edge.node.streams import StreamHub
 from cache_edge.node.tiers.memory import MemoryTier
@@ -72,6 +74,7 @@ TLS = web.AppKey("tls", ssl.SSLContext)  # the listener's context, when it speak
 STREAMS = web.AppKey("streams", StreamHub)
 CONNECTIONS = web.AppKey("connections", ConnectionCap)
 DOOR = web.AppKey("door", PgDoor)  # the PostgreSQL door, when node.pg_listen is set
+SQL = web.AppKey("sql", SqlDoor)  # the Neon-compatible door (POST /sql)
 
 _FMT: web.RequestKey[WireFormat] = web.RequestKey("wire_format")  # the body's, once read
 
@@ -317,7 +320,7 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
             log.warning("purge_state_not_synced", region=node.region, waited=wait)
     app[STREAMS] = StreamHub(origin, buffer=node.stream_buffer, ring=node.stream_ring)
     watcher = _watch_config(app, origin)
-    door = await _open_door(app, *door_tiers)
+    door = await _open_wire_doors(app, *door_tiers)
     log.info("node_started", region=node.region, listen=str(node.listen))
     yield
     if door is not None:
@@ -332,14 +335,13 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
     await tier.close()
 
 
-async def _open_door(
+async def _open_wire_doors(
     app: web.Application, tier: RedisTier, memory: MemoryTier, mirror: PurgeMirror
 ) -> PgDoor | None:
+    """The doors that speak PostgreSQL's own bytes over the link to the origin: ``/sql``
+    always, the PostgreSQL listener when node.pg_listen is set. The link opens on first use."""
     settings = app[SETTINGS]
     node = settings.node
-    address = node.pg_listen_address
-    if address is None:
-        return None
     live = app[LIVE]
     link = OriginLink(
         node.origin_url,
@@ -364,10 +366,50 @@ async def _open_door(
         ).inc(),
         unmodelled=lambda tenant: metrics.pg_unmodelled.labels(tenant).inc(),
     )
+    limiter = app[LIMITER]
+
+    async def admit(who: Principal) -> None:
+        await limiter.check(who, live.current.rate_limit_for(who.tenant))
+
+    sql_cache = dataclasses.replace(
+        cache,
+        observe=lambda tenant, status: metrics.door_answers.labels("sql", tenant, status).inc(),
+    )
+    app[SQL] = SqlDoor(
+        lambda: live.current, app[KEYS], admit, link, sql_cache, _region_applied(tier, mirror)
+    )
+    address = node.pg_listen_address
+    if address is None:
+        return None
     door = PgDoor(lambda: live.current, app[KEYS], link, app.get(TLS), cache)
     await door.start(address.host, address.port, node.reuse_port, node.backlog)
     app[DOOR] = door
     return door
+
+
+def _region_applied(tier: RedisTier, mirror: PurgeMirror) -> Callable[[str, int], Awaitable[bool]]:
+    """Has this region applied a tenant's purge ``seq`` wherever it serves from: Redis, and
+    this process's memory tier? (A tier that serves nothing of the tenant counts as done.)"""
+
+    async def applied(tenant: str, seq: int) -> bool:
+        in_memory = mirror.applied(tenant)
+        if in_memory is not None and in_memory < seq:
+            return False
+        try:
+            progress = await tier.progress(tenant)
+        except TierUnavailable:
+            return True
+        return progress.applied is None or progress.applied >= seq
+
+    return applied
+
+
+async def handle_sql(request: web.Request) -> web.Response:
+    return await request.app[SQL].handle(request)
+
+
+async def handle_sql_preflight(request: web.Request) -> web.Response:
+    return await request.app[SQL].preflight(request)
 
 
 async def _synced(tier: RedisTier, tenants: list[str], timeout: float) -> bool:
@@ -445,6 +487,8 @@ def create_node_app(settings: Settings) -> web.Application:
     app.router.add_post("/v1/invalidate", handle_invalidate)
     app.router.add_get("/v1/invalidations/{id}", handle_invalidation_status)
     app.router.add_get("/v1/stream", handle_stream)
+    app.router.add_post("/sql", handle_sql)
+    app.router.add_route("OPTIONS", "/sql", handle_sql_preflight)
     app.router.add_get("/healthz", handle_healthz)
     app.router.add_get("/readyz", handle_readyz)
     app.router.add_get("/metrics", handle_metrics)

@@ -88,6 +88,14 @@ class PurgeMirror:
         floor = state.floor if self._clock() < state.lease_until else None
         return PurgeState(floor, tuple(state.tags.get(t, 0) for t in tags))
 
+    def applied(self, tenant: str) -> int | None:
+        """The newest purge of ``tenant`` this process applied, or None when it serves
+        nothing of the tenant from memory (never synced, or its lease lapsed)."""
+        state = self._tenants.get(tenant)
+        if state is None or self._clock() >= state.lease_until:
+            return None
+        return state.applied
+
     def is_current(self, tenant: str, watermark: int, tags: tuple[str, ...]) -> bool:
         """Shorthand: may an entry of this watermark and these tags be served from memory?"""
         return self.state(tenant, tags).current(watermark)

@@ -168,6 +168,9 @@ async def _serve(app: web.Application, cap: ConnectionCap, listen: Listener) -> 
         # Also the deadline for a new connection's first request headers (slowloris).
         keepalive_timeout=listen.keepalive_timeout,
         shutdown_timeout=listen.shutdown_timeout,
+        # A header up to 64 KiB reaches the handler (aiohttp's own limit is 8 KiB), so an
+        # oversized one (a huge Neon-Connection-String) gets the door's own clear error.
+        max_field_size=65536,
     )
     await runner.setup()
     listener: asyncio.Server | None = None

@@ -23,7 +23,6 @@ import os
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -38,11 +37,17 @@ from sqlalchemy import String, bindparam, create_engine, func, select, text
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlalchemy.pool import NullPool
 
-from cache_edge.devtools.exec_log import count_executions, install_exec_log
-from cache_edge.devtools.harness import free_port, wait_port
-from cache_edge.devtools.services import redis_child
-from tests.conftest import API_KEY_A, PG_ADMIN_DSN, TEST_DB, dsn_for
-from tests.integration.door_helpers import Door, door_doc, open_door
+from cache_edge.devtools.exec_log import count_executions
+from cache_edge.devtools.harness import free_port
+from tests.conftest import API_KEY_A, dsn_for
+from tests.integration.door_helpers import (
+    Door,
+    PrivateDoor,
+    door_doc,
+    open_door,
+    private_database,
+    private_redis,
+)
 from tests.integration.node_helpers import marker, post
 from tests.integration.stack import Stack, started
 from tests.pgwire_capture import (
@@ -79,59 +84,21 @@ TYPES_SQL = (
 # ------------------------------------------------------------------ stacks
 
 
-@dataclass(frozen=True)
-class OwnDoor(Door):
-    """A door whose tenant acme uses this run's own database (see ``own_database``)."""
-
-    def url(self, tenant: str = "acme", *, key: str | None = None, **params: str) -> str:
-        assert tenant == "acme", "this module's stacks serve acme only"
-        return super().url(tenant, key=key, **params).replace(f"/{TEST_DB}", f"/{OWN_DB}", 1)
-
-    def direct(self, tenant: str = "acme") -> str:
-        return dsn_for(OWN_DB)
-
-
-async def _admin(statement: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(statement)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture(scope="module")
 def own_database(pg_databases: tuple[str, str]) -> Iterator[tuple[str, str]]:
-    """Tenant acme's database for this run alone. The purge log lives in the tenant's
-    database, so with the shared one, purges made by other test processes for acme (purge
-    all, an epoch reset) would void this module's entries while it counts hits."""
-    asyncio.run(_admin(f"DROP DATABASE IF EXISTS {OWN_DB} WITH (FORCE)"))
-    asyncio.run(_admin(f"CREATE DATABASE {OWN_DB}"))
-    asyncio.run(install_exec_log(dsn_for(OWN_DB)))
-    try:
-        yield dsn_for(OWN_DB), pg_databases[1]
-    finally:
-        asyncio.run(_admin(f"DROP DATABASE IF EXISTS {OWN_DB} WITH (FORCE)"))
+    with private_database(OWN_DB) as dsn:
+        yield dsn, pg_databases[1]
 
 
-def _own(doors: Iterator[Door]) -> Iterator[OwnDoor]:
+def _own(doors: Iterator[Door]) -> Iterator[PrivateDoor]:
     for door in doors:
-        yield OwnDoor(door.stack, door.host, door.port)
+        yield PrivateDoor(door.stack, door.host, door.port, OWN_DB)
 
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    """A redis-server of this module's own; ``own_redis(n)`` is the URL of its database n.
-    Test processes running at the same time lease the same databases of the shared Redis
-    (and flush them, and keep purge state there for the same tenant ids)."""
-    port = free_port()
-    tmp = tmp_path_factory.mktemp("redis")
-    child = redis_child(port, tmp / "data", tmp / "redis.log")
-    try:
-        child.start()
-        wait_port(port, child, 10.0)
-        yield lambda n: f"redis://127.0.0.1:{port}/{n}"
-    finally:
-        child.stop()
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +130,7 @@ def regions(
         for region, redis_url in (("region-a", a), ("region-b", b)):
             port = free_port()
             st.start_node(region, redis_url, extra_args=["--pg-listen", f"127.0.0.1:{port}"])
-            doors.append(OwnDoor(st, "127.0.0.1", port))
+            doors.append(PrivateDoor(st, "127.0.0.1", port, OWN_DB))
         yield doors[0], doors[1]
 
 

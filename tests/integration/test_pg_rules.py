@@ -24,8 +24,6 @@ in a WHERE clause without columns, it is a one-time filter: one log row per exec
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import copy
 import os
 import subprocess
@@ -35,16 +33,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import psycopg
 import pytest
 
-from cache_edge.devtools.exec_log import install_exec_log, libpq_dsn
-from cache_edge.devtools.harness import free_port, wait_port
-from cache_edge.devtools.services import redis_child
-from tests.conftest import PG_ADMIN_DSN, TEST_DB, dsn_for
+from cache_edge.devtools.exec_log import libpq_dsn
+from cache_edge.devtools.harness import free_port
+from tests.conftest import dsn_for
 from tests.integration.capture_helpers import origin_cli
-from tests.integration.door_helpers import Door, door_doc
+from tests.integration.door_helpers import (
+    Door,
+    PrivateDoor,
+    door_doc,
+    private_database,
+    private_redis,
+)
 from tests.integration.node_helpers import marker
 from tests.integration.security_helpers import rewrite_config
 from tests.integration.stack import Stack, started
@@ -91,87 +93,28 @@ CREATE VIEW prisma_cache."User" AS
 
 
 @dataclass(frozen=True)
-class RuleDoor(Door):
-    """A door whose tenant acme uses this run's own database."""
-
-    def url(self, tenant: str = "acme", *, key: str | None = None, **params: str) -> str:
-        assert tenant == "acme", "this module's stack serves acme only"
-        return super().url(tenant, key=key, **params).replace(f"/{TEST_DB}", f"/{OWN_DB}", 1)
-
-    def direct(self, tenant: str = "acme") -> str:
-        return dsn_for(OWN_DB)
-
-
-@dataclass(frozen=True)
 class World:
     stack: Stack
-    doors: tuple[RuleDoor, RuleDoor]  # region-a, region-b
+    doors: tuple[PrivateDoor, PrivateDoor]  # region-a, region-b
 
     @property
-    def a(self) -> RuleDoor:
+    def a(self) -> PrivateDoor:
         return self.doors[0]
-
-
-async def _drop_database() -> None:
-    """Drop this run's database and its replication slot, which would otherwise keep it
-    (and WAL) for ever: also the slot of a setup that timed out while creating it (a new
-    slot waits for every transaction running in the cluster, other runs' included)."""
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        for _ in range(100):
-            slots = await conn.fetch(
-                "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = $1",
-                OWN_DB,
-            )
-            if not slots:
-                break
-            for slot in slots:
-                with contextlib.suppress(asyncpg.PostgresError):
-                    if slot["active_pid"]:
-                        await conn.execute("SELECT pg_terminate_backend($1)", slot["active_pid"])
-                    else:
-                        await conn.execute("SELECT pg_drop_replication_slot($1)", slot["slot_name"])
-            await asyncio.sleep(0.1)
-        await conn.execute(f"DROP DATABASE IF EXISTS {OWN_DB} WITH (FORCE)")
-    finally:
-        await conn.close()
-
-
-async def _create_database() -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
-    try:
-        await conn.execute(f"CREATE DATABASE {OWN_DB}")
-    finally:
-        await conn.close()
 
 
 @pytest.fixture(scope="module")
 def own_database(pg_databases: tuple[str, str]) -> Iterator[str]:
-    asyncio.run(_drop_database())
-    asyncio.run(_create_database())
-    dsn = dsn_for(OWN_DB)
-    asyncio.run(install_exec_log(dsn))
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        schema = SCHEMA.replace("@DSN@", libpq_dsn(dsn)).replace("@PRISMA_MARKER@", PRISMA_MARKER)
-        conn.execute(schema.encode())
-    try:
+    with private_database(OWN_DB) as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            schema = SCHEMA.replace("@DSN@", libpq_dsn(dsn))
+            conn.execute(schema.replace("@PRISMA_MARKER@", PRISMA_MARKER).encode())
         yield dsn
-    finally:
-        asyncio.run(_drop_database())
 
 
 @pytest.fixture(scope="module")
 def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    """A redis-server of this module's own (see tests/integration/test_pg_caching.py)."""
-    port = free_port()
-    tmp = tmp_path_factory.mktemp("redis")
-    child = redis_child(port, tmp / "data", tmp / "redis.log")
-    try:
-        child.start()
-        wait_port(port, child, 10.0)
-        yield lambda n: f"redis://127.0.0.1:{port}/{n}"
-    finally:
-        child.stop()
+    with private_redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -194,7 +137,7 @@ def world(
             for region, redis_url in (("region-a", a), ("region-b", b)):
                 port = free_port()
                 st.start_node(region, redis_url, extra_args=["--pg-listen", f"127.0.0.1:{port}"])
-                doors.append(RuleDoor(st, "127.0.0.1", port))
+                doors.append(PrivateDoor(st, "127.0.0.1", port, OWN_DB))
             yield World(st, (doors[0], doors[1]))
     finally:
         removed = origin_cli(stack.config, "remove-auto-invalidation", "--tenant", "acme")

@@ -110,6 +110,27 @@ class DoorStatement(Statement):
     key_sql: str = ""
     settings: tuple[tuple[str, str], ...] = ()
 
+    @classmethod
+    def of(
+        cls,
+        key_sql: str,
+        run_parse: bytes,
+        types: bytes,
+        bind: bytes,
+        key_settings: tuple[tuple[str, str], ...] = (),
+        run_settings: tuple[tuple[str, str], ...] = (),
+    ) -> DoorStatement:
+        """The statement keyed by its hint-free text, parameter types, Bind body and the
+        settings that shape its bytes; ``run_parse`` is what the origin prepares."""
+        return cls(
+            "pg\x00" + key_sql,
+            [types, bind, key_settings],
+            run_parse=run_parse,
+            bind=bind,
+            key_sql=key_sql,
+            settings=run_settings,
+        )
+
 
 _STATE_ERRORS: dict[str, type[CacheEdgeError]] = {
     "53300": PoolTimeout,

@@ -367,13 +367,13 @@ class ClientSession:
             return False
         if not await self._writes_covered():
             return False
-        stmt = DoorStatement(
-            "pg\x00" + hinted.key_sql,
-            [types, flight.bind, self.view.key_settings()],
-            run_parse=run_parse,
-            bind=flight.bind,
-            key_sql=hinted.key_sql,
-            settings=tuple(self.view.run_settings().items()),
+        stmt = DoorStatement.of(
+            hinted.key_sql,
+            run_parse,
+            types,
+            flight.bind,
+            self.view.key_settings(),
+            tuple(self.view.run_settings().items()),
         )
         request_id = secrets.token_hex(8)
         try:
