@@ -70,12 +70,12 @@ def _scenario_table(r: ScenarioResult) -> list[str]:
     return lines
 
 
-def _profile_section(profile: dict[str, Any]) -> list[str]:
+def _profile_section(profile: dict[str, Any], what: str = "a hit") -> list[str]:
     if "skipped" in profile:
         return ["", f"Profile skipped: {profile['skipped']}"]
     lines = [
         "",
-        f"#### Where a hit's CPU time goes (py-spy, {profile['samples']} samples, "
+        f"#### Where {what}'s CPU time goes (py-spy, {profile['samples']} samples, "
         f"flame graph: [{profile['flamegraph']}]({profile['flamegraph']}))",
         "",
         "| package (leaf frame) | share |",
@@ -97,7 +97,9 @@ def _extra_lines(r: ScenarioResult) -> list[str]:
     e = r.extra
     lines = []
     if r.name == "hit" and "response_bytes" in e:
-        lines.append(f"Response size: {e['response_bytes']} bytes (msgpack).")
+        json_size = e.get("response_bytes_json")
+        also = f", {json_size} bytes (JSON)" if json_size else ""
+        lines.append(f"Response size: {e['response_bytes']} bytes (msgpack){also}.")
     if r.name == "heavy" and "uncached_single_query_p50_ms" in e:
         single = e["uncached_single_query_p50_ms"]
         lines.append(f"The query alone (1 client, uncached): p50 {single:.1f} ms.")
@@ -175,7 +177,9 @@ def markdown(doc: dict[str, Any], results: list[ScenarioResult], charts: dict[st
         if r.name in charts:
             out += ["", f"![{r.name}]({charts[r.name]})"]
         if r.name == "hit" and "profile" in r.extra:
-            out += _profile_section(r.extra["profile"])
+            out += _profile_section(r.extra["profile"], "a msgpack hit")
+        if r.name == "hit" and "profile_json" in r.extra:
+            out += _profile_section(r.extra["profile_json"], "a JSON hit")
     if skipped:
         out += ["", "## Skipped or failed", ""]
         out += [f"- **{r.name}** ({r.status}): {r.reason.strip().splitlines()[0]}" for r in skipped]
