@@ -332,6 +332,82 @@ def test_hostile_bodies_from_a_signing_node_never_break_the_origin(
     _check(status, answer, (path, data[:200], headers))
 
 
+# /sql (the Neon-compatible door): Neon's body shapes with wrong values, and its headers.
+_NEON_HEADERS = [
+    "Neon-Array-Mode", "Neon-Raw-Text-Output", "Neon-Batch-Isolation-Level",
+    "Neon-Batch-Read-Only", "Neon-Batch-Deferrable",
+]  # fmt: skip
+_GOOD_CONN = f"postgresql://acme:{API_KEY_A}@node.example/cache_edge_test".encode()
+# Values HTTP allows in a header (malformed HTTP itself is the property above's business:
+# aiohttp's parser answers it before any handler runs).
+field_values = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(
+    str.encode
+)
+neon_queries = st.fixed_dictionaries(
+    {"query": st.one_of(st.sampled_from(_SQL), scalars)},
+    optional={"params": st.one_of(st.lists(scalars, max_size=4), scalars, _trees(scalars))},
+)
+neon_bodies = st.one_of(
+    neon_queries.map(_json_bytes),
+    st.fixed_dictionaries({"queries": st.lists(neon_queries, max_size=5)}).map(_json_bytes),
+    st.fixed_dictionaries({"queries": st.one_of(scalars, _trees(scalars))}).map(_json_bytes),
+    _trees(scalars).map(_json_bytes),
+    st.binary(max_size=300),
+)
+connection_strings = st.one_of(
+    st.just(_GOOD_CONN),
+    st.just(_GOOD_CONN),
+    st.just(f"postgresql://globex:{API_KEY_A}@h/cache_edge_test_b".encode()),
+    st.just(b"postgresql://acme@h/cache_edge_test"),
+    st.just(b"postgresql://acme:" + b"k" * 30_000 + b"@h/db"),
+    field_values,
+    field_values.map(lambda b: b"postgresql://" + b),
+    st.none(),
+)
+
+
+@settings(
+    max_examples=500,
+    deadline=None,
+    database=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(
+    body=neon_bodies,
+    connection=connection_strings,
+    authorization=authorizations,
+    flags=st.dictionaries(st.sampled_from(_NEON_HEADERS), st.one_of(st.sampled_from([b"true", b"false", b"Serializable", b"ReadCommitted"]), field_values), max_size=4),
+    ctype=content_types,
+)  # fmt: skip
+def test_hostile_sql_requests_get_neon_errors(
+    servers: tuple[Target, Target],
+    body: bytes,
+    connection: bytes | None,
+    authorization: bytes | None,
+    flags: dict[str, bytes],
+    ctype: str,
+) -> None:
+    """Whatever arrives at /sql, the answer is a 2xx or a 4xx in Neon's error shape."""
+    node, _ = servers
+    headers = dict(flags)
+    if connection is not None:
+        headers["Neon-Connection-String"] = connection
+    if authorization is not None and all(0x20 <= c < 0x7F for c in authorization):
+        headers["Authorization"] = authorization
+    if ctype:
+        headers["Content-Type"] = ctype.encode()
+    status, answer = node.request("POST", "/sql", body, headers)
+    _check(status, answer, ("/sql", body[:200], headers))
+    if status >= 400 and status != 429:
+        error = json.loads(answer)
+        assert isinstance(error["message"], str) and error["message"], error
+        assert len(error["code"]) == 5, error  # a SQLSTATE
+
+
 def test_both_still_serve_and_the_pools_are_idle(servers: tuple[Target, Target]) -> None:
     """Runs after the properties (file order): nothing broke, nothing leaked."""
     node, origin = servers
