@@ -21,12 +21,13 @@ on the column, which the caller knows and the node does not.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
+
+import orjson
 
 from cache_edge.common.errors import BadRequest, PayloadTooLarge, Unauthorized
 from cache_edge.common.limits import Limits
@@ -187,8 +188,8 @@ def _query(obj: Any, limits: Limits, where: str) -> SqlQuery:
 def parse_sql_request(body: bytes, headers: Mapping[str, str], limits: Limits) -> SqlRequest:
     """The request ``body`` and ``headers`` describe, or BadRequest saying what is wrong."""
     try:
-        obj = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        obj = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
         raise BadRequest(f"the body is not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadRequest('the body must be {"query": ..., "params": [...]} or {"queries": [...]}')
