@@ -5,6 +5,12 @@ The origin answers a query with a msgpack map whose first three entries are
 (the *core*) are cut out once on a miss, stored behind a fixed binary header, and
 spliced into every hit's response after a map header, so a hit never decodes or
 re-encodes rows.
+
+A JSON answer is spliced the same way: the core's JSON *members* (the text between the
+braces of ``{"columns":...,"rows":...,"rowCount":...}``) are made once per entry held in
+the hot tier (:meth:`cache_edge.node.tiers.memory.MemoryTier.json_members`), and each
+hit only encodes its ``info``. The bytes are exactly what encoding the decoded core and
+``info`` as one object gives.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from cache_edge.common.wire import json_dumps, packb, unpackb
 __all__ = [
     "Entry",
     "core_to_dict",
+    "json_members",
     "result_json",
     "result_msgpack",
 ]
@@ -95,7 +102,25 @@ def result_msgpack(core: bytes, info: Mapping[str, Any], core_keys: CoreKeys = Q
     return with_info(core, core_keys, info)
 
 
-def result_json(core: bytes, info: Mapping[str, Any], core_keys: CoreKeys = QUERY_CORE) -> bytes:
-    body = core_to_dict(core, core_keys)
-    body["info"] = info
-    return json_dumps(body)
+def json_members(core: bytes, core_keys: CoreKeys = QUERY_CORE) -> bytes:
+    """The core as JSON object members, without the braces: ``"columns":[...],...``.
+
+    This is the per-row work of a JSON answer (decode every value, encode it as JSON):
+    done once per entry in the hot tier, and per answer otherwise."""
+    return json_dumps(core_to_dict(core, core_keys))[1:-1]
+
+
+def result_json(
+    core: bytes,
+    info: Mapping[str, Any],
+    core_keys: CoreKeys = QUERY_CORE,
+    members: bytes | None = None,
+) -> bytes:
+    """The public JSON answer: the core's members (``members``, when made already), then
+    ``info``; byte for byte what encoding ``{**core, "info": info}`` at once gives."""
+    if members is None:
+        members = json_members(core, core_keys)
+    info_json = json_dumps(info)
+    if not members:  # no core keys: nothing to separate from
+        return b'{"info":' + info_json + b"}"
+    return b"".join((b"{", members, b',"info":', info_json, b"}"))

@@ -5,6 +5,10 @@ every hit is judged against the process's mirror of the region's purge state
 (:mod:`cache_edge.node.purge_mirror`) by the same rule as a Redis hit is judged against
 Redis (:mod:`cache_edge.node.freshness`). Entries are keyed by ``(tenant, signature)``:
 what the cache key is, not where Redis happens to keep it.
+
+An entry a JSON client asked for also keeps the JSON form of its core, made on the
+first such hit and counted in the budget, so later JSON hits do no per-row work
+(:func:`cache_edge.node.entry.json_members`).
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from cache_edge.node.entry import Entry
+from cache_edge.common.answer import QUERY_CORE, CoreKeys
+from cache_edge.node.entry import Entry, json_members
 
 __all__ = ["MemoryTier"]
 
@@ -21,14 +26,12 @@ _OVERHEAD = 600  # measured: key tuple, slot, Entry, bytes header, OrderedDict n
 Key = tuple[str, str]  # (tenant, signature)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Slot:
     entry: Entry
     expires_at: float  # wall clock, like the entry's producedAt
-
-    @property
-    def size(self) -> int:
-        return len(self.entry.core) + _OVERHEAD
+    size: int  # bytes counted against the budget: the core, the JSON form once made
+    json: bytes | None = None  # the core's JSON members, once a JSON client asked
 
 
 class MemoryTier:
@@ -63,13 +66,34 @@ class MemoryTier:
         if self._budget <= 0:
             return
         key = (tenant, signature)
-        slot = _Slot(entry, expires_at)
+        slot = _Slot(entry, expires_at, len(entry.core) + _OVERHEAD)
         if slot.size > self._budget // 8:
             return  # one huge result must not flush everything else
         if key in self._slots:
             self._drop(key)
         self._slots[key] = slot
         self._used += slot.size
+        self._evict()
+
+    def json_members(
+        self, tenant: str, signature: str, core: bytes, core_keys: CoreKeys = QUERY_CORE
+    ) -> bytes:
+        """The JSON members of ``core``: made once while the entry it belongs to is held
+        here (the same object :meth:`get` returned), made afresh for any other core."""
+        slot = self._slots.get((tenant, signature))
+        if slot is None or slot.entry.core is not core:
+            return json_members(core, core_keys)
+        if slot.json is None:
+            members = json_members(core, core_keys)
+            if slot.size + len(members) > self._budget // 8:
+                return members  # as in put: one huge result must not flush the rest
+            slot.json = members
+            slot.size += len(members)
+            self._used += len(members)
+            self._evict()
+        return slot.json
+
+    def _evict(self) -> None:
         while self._used > self._budget:
             oldest = next(iter(self._slots))
             self._drop(oldest)
