@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import functools
 import struct
+import threading
 import uuid
 from decimal import Decimal
 from typing import Any, Literal
@@ -104,9 +106,35 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise BadRequest(f"unsupported msgpack extension type {code}")
 
 
+class _Packers(threading.local):
+    """One reusable Packer per thread: ``msgpack.packb`` builds a new one per call (about
+    0.7 us, more than packing a hit's ``info``). A Packer is not safe to share between
+    threads, and keeps the largest buffer it ever grew, so one that packed something
+    large (or failed) is replaced rather than kept holding that memory."""
+
+    def __init__(self) -> None:
+        self.packer = self.fresh()
+
+    @staticmethod
+    def fresh() -> msgpack.Packer:
+        return msgpack.Packer(default=_default, use_bin_type=True, datetime=False)
+
+
+_PACKERS = _Packers()
+_KEEP_BUFFER = 256 * 1024  # bytes a thread's Packer may keep grown between calls
+
+
 def packb(obj: Any) -> bytes:
     """Encode to msgpack with exact PostgreSQL types as extension values."""
-    return msgpack.packb(obj, default=_default, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+    packers = _PACKERS
+    try:
+        data: bytes = packers.packer.pack(obj)
+    except BaseException:
+        packers.packer = packers.fresh()
+        raise
+    if len(data) > _KEEP_BUFFER:
+        packers.packer = packers.fresh()
+    return data
 
 
 def unpackb(data: bytes) -> Any:
@@ -177,6 +205,7 @@ def json_loads(data: bytes | str) -> Any:
         raise BadRequest(f"invalid JSON body: {exc}") from None
 
 
+@functools.lru_cache(maxsize=64)  # per request; clients send a handful of values
 def request_format(content_type: str | None) -> WireFormat:
     """Pick the body codec from Content-Type; absent means JSON (curl's default)."""
     if not content_type:
@@ -192,6 +221,7 @@ def request_format(content_type: str | None) -> WireFormat:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def response_format(accept: str | None, fallback: WireFormat) -> WireFormat:
     """Follow Accept when it names one of our types, else answer like the request."""
     if accept:

@@ -104,3 +104,38 @@ def test_content_negotiation() -> None:
     assert response_format("application/msgpack", "json") == "msgpack"
     assert response_format("*/*", "msgpack") == "msgpack"
     assert response_format(None, "json") == "json"
+    # Memoized per value: asking again gives the same answer, and a bad type stays bad.
+    assert response_format("application/msgpack", "json") == "msgpack"
+    with pytest.raises(BadRequest, match="Content-Type"):
+        request_format("text/xml")
+
+
+def test_packb_is_msgpacks_packb_after_failures_and_large_values() -> None:
+    """packb reuses one Packer per thread: a failed or a large pack must not leave
+    anything behind in the next answer."""
+    expected = msgpack.packb({"a": 1}, use_bin_type=True)
+    with pytest.raises(TypeError):
+        packb({"a": [1, object()]})
+    assert packb({"a": 1}) == expected
+    large = [b"x" * 1000] * 1000  # grows the buffer past what a Packer may keep
+    assert unpackb(packb(large)) == large
+    assert packb({"a": 1}) == expected
+
+
+def test_packb_from_several_threads() -> None:
+    import threading
+
+    failures: list[object] = []
+
+    def work(n: int) -> None:
+        for i in range(2000):
+            value = {"n": n, "i": i, "s": "x" * (i % 70), "d": Decimal(i)}
+            if unpackb(packb(value)) != value:
+                failures.append(value)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert failures == []
