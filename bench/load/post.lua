@@ -2,7 +2,8 @@
 --
 -- wrk ... -s post.lua URL -- PLAN_FILE
 -- The plan file has one key=value per line: path, content_type, accept, authorization,
--- mode (fixed | random | sequence), body (hex, fixed mode), prefix and suffix (hex:
+-- headers (hex of "Name: value\n" lines), mode (fixed | random | sequence), body (hex,
+-- fixed mode), prefix and suffix (hex:
 -- the body is prefix .. msgpack uint32(n) .. suffix), lo, hi, threads.
 -- Responses are counted by HTTP status and by the node's X-Cache-Status header, so a
 -- run can prove that every request really was a hit (or a miss).
@@ -37,6 +38,11 @@ function init(args)
   wrk.headers["Accept"] = plan.accept
   if plan.authorization and plan.authorization ~= "" then
     wrk.headers["Authorization"] = plan.authorization
+  end
+  if plan.headers then
+    for k, v in unhex(plan.headers):gmatch("([^:\n]+): ([^\n]*)\n") do
+      wrk.headers[k] = v
+    end
   end
   statuses = {}
   cache = {}

@@ -52,6 +52,7 @@ class WrkPlan:
     authorization: str = ""
     content_type: str = "application/msgpack"
     accept: str = "application/msgpack"
+    headers: tuple[tuple[str, str], ...] = ()  # more request headers (the /sql door's)
 
     SENTINEL = _SENTINEL
 
@@ -66,6 +67,8 @@ class WrkPlan:
             "hi": str(self.hi),
             "threads": str(threads),
         }
+        if self.headers:
+            lines["headers"] = "".join(f"{k}: {v}\n" for k, v in self.headers).encode().hex()
         if self.mode == "fixed":
             assert self.body is not None, "fixed mode needs a body"
             lines["body"] = self.body.hex()

@@ -27,11 +27,13 @@ import contextlib
 import secrets
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
 import orjson
+import xxhash
 from aiohttp import web
 
 from cache_edge.common.errors import (
@@ -60,6 +62,7 @@ __all__ = ["SqlDoor"]
 
 log = get_logger(__name__)
 
+_RENDERED_BYTES = 16 << 20  # rendered hits kept per process (RenderedResults)
 _WRITE_WAIT = 3.0  # more than the origin's write_invalidation_wait (2 s by default)
 _PG_KEY = len(packb("pg"))
 _NO_TYPES = b"\x00\x00"
@@ -163,6 +166,36 @@ class _Run:
             self.fenced.set_result(None)
 
 
+class RenderedResults:
+    """Cached answers as Neon JSON, made once per entry and answer mode: a hit then does
+    no per-row work. Keyed by a 128-bit hash of the cached bytes (a few ns per KiB), so an
+    entry refetched with other rows can never be answered with the old JSON; least
+    recently used first out, within ``budget`` bytes."""
+
+    def __init__(self, budget: int) -> None:
+        self._budget = budget
+        self._used = 0
+        self._items: OrderedDict[tuple[int, bool, bool], bytes] = OrderedDict()
+
+    def get(self, core: bytes, array_mode: bool, raw_text: bool) -> bytes:
+        key = (xxhash.xxh3_128_intdigest(core), array_mode, raw_text)
+        found = self._items.get(key)
+        if found is not None:
+            self._items.move_to_end(key)
+            return found
+        results, error = results_of(msgpack.unpackb(core[_PG_KEY:]), array_mode, raw_text)
+        if error or not results:
+            raise _Failed(error)
+        rendered = orjson.dumps(results[0])
+        if len(rendered) <= self._budget // 8:
+            self._items[key] = rendered
+            self._used += len(rendered)
+            while self._used > self._budget:
+                _, dropped = self._items.popitem(last=False)
+                self._used -= len(dropped)
+        return rendered
+
+
 class SqlDoor:
     def __init__(
         self,
@@ -179,6 +212,7 @@ class SqlDoor:
         self._link = link
         self._cache = cache
         self._applied = applied  # has this region applied purge seq N of a tenant?
+        self._rendered = RenderedResults(_RENDERED_BYTES)
 
     # ------------------------------------------------------------ HTTP
 
@@ -207,9 +241,7 @@ class SqlDoor:
             return self._error(400, error_body(failed.error), headers)
         except CacheEdgeError as exc:
             return self._our_error(exc, headers, request[REQUEST_ID])
-        return web.Response(
-            body=orjson.dumps(answer), content_type="application/json", headers=headers
-        )
+        return web.Response(body=answer, content_type="application/json", headers=headers)
 
     def _error(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> web.Response:
         body.setdefault("severity", "ERROR")
@@ -249,9 +281,8 @@ class SqlDoor:
 
     # ------------------------------------------------------------ running
 
-    async def _answer(
-        self, tenant: str, req: SqlRequest, headers: dict[str, str]
-    ) -> dict[str, Any]:
+    async def _answer(self, tenant: str, req: SqlRequest, headers: dict[str, str]) -> bytes:
+        """The answer's JSON body."""
         if not req.batch:
             query = req.queries[0]
             cached = await self._cached(tenant, query, req, headers)
@@ -259,14 +290,14 @@ class SqlDoor:
                 return cached
             sql = read_hints(query.sql).run_sql
             data = await self._run(tenant, _flight(sql, query.params) + _SYNC, 1, headers)
-            return results_of(bytes(data), req.array_mode, req.raw_text)[0][0]
+            return orjson.dumps(results_of(bytes(data), req.array_mode, req.raw_text)[0][0])
         begin = _flight(req.begin(), ())
         body = b"".join(_flight(read_hints(q.sql).run_sql, q.params) for q in req.queries)
         data = await self._run(
             tenant, begin + body + _flight("COMMIT", ()) + _SYNC + _ROLLBACK, 2, headers
         )
         results = results_of(bytes(data), req.array_mode, req.raw_text)[0]
-        return {"results": results[1 : 1 + len(req.queries)]}
+        return orjson.dumps({"results": results[1 : 1 + len(req.queries)]})
 
     async def _run(
         self, tenant: str, flight: bytes, readies: int, headers: dict[str, str]
@@ -320,7 +351,7 @@ class SqlDoor:
 
     async def _cached(
         self, tenant: str, query: SqlQuery, req: SqlRequest, headers: dict[str, str]
-    ) -> dict[str, Any] | None:
+    ) -> bytes | None:
         """The answer from the region's read path, or None when the statement is not
         cached (no hint and no rule, a write, or a result the cache cannot hold)."""
         hinted = read_hints(query.sql)
@@ -362,17 +393,13 @@ class SqlDoor:
                 "cache hints apply to reads: this statement writes; remove the cache hint",
                 sqlstate="25006",
             ) from None
-        core: bytes = msgpack.unpackb(answer.core[_PG_KEY:])
         door.observe(tenant, answer.status)
         age = 0.0
         if answer.status != "none" and answer.produced_at_ms:
             age = max(0.0, time.time() - answer.produced_at_ms / 1000)
         headers["X-Cache-Status"] = answer.status
         headers["Age"] = str(int(age))
-        results, error = results_of(core, req.array_mode, req.raw_text)
-        if error or not results:
-            raise _Failed(error)
-        return results[0]
+        return self._rendered.get(answer.core, req.array_mode, req.raw_text)
 
 
 def _first_error(data: bytearray) -> bytes:

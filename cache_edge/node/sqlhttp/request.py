@@ -21,6 +21,7 @@ on the column, which the caller knows and the node does not.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -115,6 +116,19 @@ def credentials(headers: Mapping[str, str]) -> Credentials:
             f"Neon-Connection-String is {len(raw)} bytes; at most {MAX_CONNECTION_STRING}",
             field="Neon-Connection-String",
         )
+    user, password, database = _connection_string(raw)
+    if not key:
+        if not password:
+            raise Unauthorized(
+                "the connection string has no password: put the tenant's API key there"
+            )
+        key = password
+    return Credentials(user, key, database)
+
+
+@functools.lru_cache(maxsize=1024)
+def _connection_string(raw: str) -> tuple[str, str | None, str | None]:
+    """(user, password, database): memoized, since a client sends the same one each time."""
     try:
         url = urlsplit(raw.strip())
         user, password = url.username, url.password
@@ -127,14 +141,8 @@ def credentials(headers: Mapping[str, str]) -> Credentials:
             "Neon-Connection-String must be postgresql://<tenant>:<API key>@<node>/<database>",
             field="Neon-Connection-String",
         )
-    if not key:
-        if not password:
-            raise Unauthorized(
-                "the connection string has no password: put the tenant's API key there"
-            )
-        key = unquote(password)
     database = unquote(url.path.lstrip("/")) or None
-    return Credentials(unquote(user), key, database)
+    return unquote(user), unquote(password) if password else None, database
 
 
 def _param(value: Any, index: int) -> str | None:
