@@ -37,6 +37,7 @@ SCENARIOS: dict[str, ModuleType] = {
     "storm": storm,
     "pgdoor": pgdoor,
     "pgcache": pgcache,
+    "sqlhit": sqlhit,
     "stampede": stampede,
     "wan": wan,
     "purge": purge,
