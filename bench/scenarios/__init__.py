@@ -17,6 +17,7 @@ from bench.scenarios import (
     pgcache,
     pgdoor,
     purge,
+    sqlhit,
     stampede,
     storm,
     stream,
