@@ -376,7 +376,13 @@ async def _open_wire_doors(
         observe=lambda tenant, status: metrics.door_answers.labels("sql", tenant, status).inc(),
     )
     app[SQL] = SqlDoor(
-        lambda: live.current, app[KEYS], admit, link, sql_cache, _region_applied(tier, mirror)
+        lambda: live.current,
+        app[KEYS],
+        admit,
+        link,
+        sql_cache,
+        _region_applied(tier, mirror),
+        on_error=lambda code: metrics.errors.labels(code).inc(),
     )
     address = node.pg_listen_address
     if address is None:

@@ -376,3 +376,44 @@ async def test_concurrent_requests_get_their_own_answers(door: PrivateDoor) -> N
         assert status == 200 and body["rows"][0][0] == str(i * 2), body
 
     await asyncio.gather(*(one(i) for i in range(40)))
+
+
+async def test_operators_see_sql_answers_and_errors(door: PrivateDoor) -> None:
+    m = marker()
+    query = {"query": f"/* cache ttl=60 */ SELECT ce_mark('{m}')"}
+    await sql(door, query)
+    await sql(door, query)
+    await sql(door, {"query": "SELECT 1/0"})
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(door.stack.nodes()[0].url + "/metrics") as response,
+    ):
+        text = await response.text()
+    counts = {
+        line.split("{", 1)[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("cache_edge_node_door_answers_total{") and 'door="sql"' in line
+    }
+    assert any('status="ttl"' in labels and n >= 1 for labels, n in counts.items()), counts
+    assert any('status="none"' in labels and n >= 1 for labels, n in counts.items()), counts
+    errors = [
+        line
+        for line in text.splitlines()
+        if line.startswith('cache_edge_node_errors_total{code="query_error"}')
+    ]
+    assert errors and float(errors[0].rsplit(" ", 1)[1]) >= 1
+
+
+async def test_a_nul_in_a_parameter_is_postgresql_s_data_exception(door: PrivateDoor) -> None:
+    """neon() passes a JS string holding U+0000 as it is; PostgreSQL refuses it with 22021
+    (a data exception), and so must the door: 08P01 is a connection exception, which
+    clients and retry wrappers take for a lost connection (test_sql_js_clients.py::
+    test_neon_a_nul_character_is_the_same_error_as_postgresql)."""
+    status, body, _ = await sql(
+        door, {"query": "SELECT $1::text, $2::text", "params": ["fine", "a\u0000b"]}
+    )
+    assert status == 400 and body["code"] == "22021", body
+    assert body["message"].startswith('invalid byte sequence for encoding "UTF8": 0x00')
+    assert "$2" in body["message"]
+    status, body, _ = await sql(door, {"queries": [{"query": "SELECT $1", "params": ["\u0000"]}]})
+    assert status == 400 and body["code"] == "22021", body

@@ -205,6 +205,7 @@ class SqlDoor:
         link: OriginLink,
         cache: DoorCache,
         applied: Callable[[str, int], Awaitable[bool]],
+        on_error: Callable[[str], None] = lambda code: None,
     ) -> None:
         self._settings = settings
         self._keys = keys
@@ -213,6 +214,7 @@ class SqlDoor:
         self._cache = cache
         self._applied = applied  # has this region applied purge seq N of a tenant?
         self._rendered = RenderedResults(_RENDERED_BYTES)
+        self._on_error = on_error  # counts error answers by stable code, as the boundary does
 
     # ------------------------------------------------------------ HTTP
 
@@ -238,8 +240,12 @@ class SqlDoor:
             req = parse_sql_request(body, request.headers, settings.limits)
             answer = await self._answer(tenant, req, headers)
         except _Failed as failed:
+            self._on_error("query_error")
             return self._error(400, error_body(failed.error), headers)
         except CacheEdgeError as exc:
+            self._on_error(exc.code)
+            if exc.status >= 500:
+                log.warning("sql_door_error", code=exc.code, error=exc.message)
             return self._our_error(exc, headers, request[REQUEST_ID])
         return web.Response(body=answer, content_type="application/json", headers=headers)
 
@@ -289,8 +295,10 @@ class SqlDoor:
             if cached is not None:
                 return cached
             sql = read_hints(query.sql).run_sql
+            self._cache.observe(tenant, "none")
             data = await self._run(tenant, _flight(sql, query.params) + _SYNC, 1, headers)
             return orjson.dumps(results_of(bytes(data), req.array_mode, req.raw_text)[0][0])
+        self._cache.observe(tenant, "none")
         begin = _flight(req.begin(), ())
         body = b"".join(_flight(read_hints(q.sql).run_sql, q.params) for q in req.queries)
         data = await self._run(
