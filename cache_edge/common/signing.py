@@ -24,6 +24,7 @@ __all__ = [
     "TIMESTAMP_HEADER",
     "SignatureError",
     "sign_headers",
+    "signing_secret",
     "verify_headers",
 ]
 
@@ -79,6 +80,21 @@ def verify_headers(
     Only proves the signature; refusing a second use of it is the caller's job
     (see :func:`signed_until` for how long it must be remembered).
     """
+    signing_secret(secrets, method, path, headers, body, window, now)
+    return headers.get(TENANT_HEADER, "")
+
+
+def signing_secret(
+    secrets: Sequence[str],
+    method: str,
+    path: str,
+    headers: Mapping[str, str],
+    body: bytes,
+    window: float,
+    now: float | None = None,
+) -> str:
+    """Which of ``secrets`` signed the request (or SignatureError), for a caller that must
+    notice when that secret is withdrawn (a link proven once, then kept open)."""
     signature = headers.get(SIGNATURE_HEADER)
     timestamp = headers.get(TIMESTAMP_HEADER)
     nonce = headers.get(NONCE_HEADER)
@@ -98,12 +114,13 @@ def verify_headers(
         )
     digest = hashlib.sha256(body).hexdigest()
     # Try every secret without stopping early, like the API key check.
-    matched = False
+    matched: str | None = None
     for secret in secrets:
         expected = _mac(secret, method, path, tenant, timestamp, nonce, digest)
-        matched |= hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace"))
-    if matched:
-        return tenant
+        if hmac.compare_digest(expected.encode(), signature.encode("utf-8", "replace")):
+            matched = secret
+    if matched is not None:
+        return matched
     raise SignatureError("invalid node signature: check node_secret on node and origin")
 
 

@@ -1,12 +1,19 @@
-"""Signed, keep-alive HTTP client from a regional node to the origin.
+"""A regional node's calls to the origin: queries and transactions over the node's link,
+everything else as signed keep-alive HTTP.
 
-Every network failure is translated here, in one place, into OriginUnavailable;
-an error body from the origin becomes the same typed error the origin raised.
-The connections are shared fairly among tenants (:mod:`cache_edge.common.fairshare`):
-one tenant's flood of slow queries cannot queue another tenant's requests
-behind it. The calls clients wait on are bounded, and fail fast while the origin is
-down (:mod:`cache_edge.node.origin_guard`). With an https origin URL the origin's
-certificate is verified.
+Queries and transactions (the calls every miss waits on) travel over the process's one
+WebSocket link to the origin (:mod:`cache_edge.node.pgdoor.link`, shared with the
+PostgreSQL door), which was signed once when it opened: no signature, nonce, headers or
+HTTP parsing per request. Purges, their status and the long-polls stay signed HTTP
+requests. Every network failure is translated here, in one place, into
+OriginUnavailable (a link that could not open or closed under a call included); an error
+body from the origin becomes the same typed error the origin raised, whichever way it
+came. The origin's capacity is shared fairly among tenants
+(:mod:`cache_edge.common.fairshare`: at most ``max_connections`` calls in flight): one
+tenant's flood of slow queries cannot queue another tenant's requests behind it. The
+calls clients wait on are bounded, and fail fast while the origin is down
+(:mod:`cache_edge.node.origin_guard`). With an https origin URL the origin's certificate
+is verified.
 """
 
 from __future__ import annotations
@@ -19,12 +26,18 @@ from typing import Any
 import aiohttp
 
 from cache_edge.common.answer import QUERY_CORE, CoreKeys
-from cache_edge.common.errors import CacheEdgeError, OriginUnavailable, error_from_body
+from cache_edge.common.errors import (
+    CacheEdgeError,
+    OriginUnavailable,
+    Unauthorized,
+    error_from_body,
+)
 from cache_edge.common.fairshare import FairShare
 from cache_edge.common.protocol import Statement
 from cache_edge.common.signing import sign_headers
 from cache_edge.common.wire import MSGPACK_TYPE, packb, unpackb
 from cache_edge.node.origin_guard import OriginGuard
+from cache_edge.node.pgdoor.link import LinkDown, LinkRefused, OriginLink
 from cache_edge.server.logs import get_logger
 
 __all__ = ["OriginClient", "OriginResult"]
@@ -54,6 +67,7 @@ class OriginClient:
         max_connections: int,
         ssl_context: ssl.SSLContext | bool = True,
         guard: OriginGuard,
+        link: OriginLink | None = None,
     ) -> None:
         self._base = base_url.rstrip("/")
         self.guard = guard
@@ -62,6 +76,8 @@ class OriginClient:
         self._ssl = ssl_context
         self._share = FairShare(max_connections)
         self._session: aiohttp.ClientSession | None = None
+        # The process's link to the origin (the PostgreSQL door uses it too).
+        self.link = link or OriginLink(base_url, lambda: self._secret, connect_timeout, ssl_context)
 
     def set_secret(self, secret: str) -> None:
         """Sign from now on with ``secret`` (a config reload rotated it)."""
@@ -84,6 +100,7 @@ class OriginClient:
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
+        await self.link.close()
 
     async def query(
         self,
@@ -97,7 +114,8 @@ class OriginClient:
         body: dict[str, Any] = {"sql": stmt.sql, "params": stmt.params, "readOnly": read_only}
         if min_watermark:
             body["minWatermark"] = min_watermark
-        return await self._post("/v1/query", tenant, body, request_id)
+        with self.guard.admit():
+            return await self._call("/v1/query", tenant, body, request_id)
 
     async def invalidate(
         self,
@@ -146,7 +164,8 @@ class OriginClient:
             "statements": [{"sql": s.sql, "params": s.params} for s in statements],
             "isolationLevel": isolation,
         }
-        return await self._post("/v1/transaction", tenant, body, request_id)
+        with self.guard.admit():
+            return await self._call("/v1/transaction", tenant, body, request_id)
 
     async def ping(self, timeout: float = 2.0) -> bool:
         try:
@@ -176,6 +195,36 @@ class OriginClient:
             body["ops"] = ops
         result = await self._post("/v1/changes/poll", tenant, body, request_id, fair=False)
         return dict(unpackb(result.body))
+
+    async def _call(
+        self, path: str, tenant: str, body: dict[str, Any], request_id: str
+    ) -> OriginResult:
+        """A query or transaction over the link, under the fair share and the timeout."""
+        try:
+            # One deadline for waiting our turn and for the call itself.
+            async with asyncio.timeout(self._timeout.total), self._share.slot(tenant):
+                status, raw, origin_rid = await self.link.call(path, tenant, body, request_id)
+        except TimeoutError:
+            raise OriginUnavailable(
+                f"the origin did not answer within {self._timeout.total:.0f} s"
+            ) from None
+        except LinkRefused as exc:
+            if exc.status == 401:
+                # As a refused signed request is: the operator's node_secret is wrong.
+                raise Unauthorized(
+                    "invalid node signature: check node_secret on node and origin"
+                ) from None
+            raise OriginUnavailable(f"cannot reach the origin (HTTP {exc.status})") from None
+        except LinkDown as exc:
+            # The detail (host names, certificate problems) went to the operator's log.
+            raise OriginUnavailable(str(exc)) from None
+        if status == 200:
+            return OriginResult(raw, origin_rid)
+        try:
+            answer = unpackb(raw)
+        except CacheEdgeError:
+            answer = None
+        raise error_from_body(answer, status)
 
     async def _post(
         self, path: str, tenant: str, payload: dict[str, Any], request_id: str, fair: bool = True

@@ -1,9 +1,12 @@
-"""Frames of the node↔origin link that carries PostgreSQL-door sessions.
+"""Frames of the node↔origin link: PostgreSQL-door sessions and the HTTP door's origin calls.
 
 One WebSocket per node process, authenticated once when it opens (the node signs the
-upgrade request as it signs every origin call), then multiplexing every client session of
-that process. A frame is a msgpack array ``[kind, session id, payload]``; session data is
-whole protocol messages, so a client's Parse/Bind/Execute/Sync travel as one frame.
+upgrade request with the node secret and a nonce, and the origin refuses a second use of
+that signature), then multiplexing every client session of that process and every query
+or transaction the node sends the origin (CALL/REPLY: the body and the answer bytes of
+``POST /v1/query`` or ``/v1/transaction``, without a signature per request). A frame is a
+msgpack array ``[kind, session id, payload]``; session data is whole protocol messages,
+so a client's Parse/Bind/Execute/Sync travel as one frame.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 import msgpack
 
 __all__ = [
+    "CALL",
+    "CALLS",
     "CANCEL",
     "CLOSE",
     "DATA",
@@ -21,6 +26,7 @@ __all__ = [
     "OPENED",
     "PATH",
     "QUERY",
+    "REPLY",
     "RESULT",
     "WROTE",
     "decode_frame",
@@ -46,6 +52,12 @@ DEFINE = 8
 # origin -> node, payload the purge seq covering the session's last committed write (0: no
 # automatic invalidation; None: unknown): the node's reads then serve nothing older
 WROTE = 9
+# node -> origin, session id = a call id: what POST /v1/query or /v1/transaction would carry,
+# {"path", "tenant", "requestId", "body"}; the tenant is the one the node authenticated
+CALL = 10
+# origin -> node: [status, answer bytes (the HTTP body, msgpack), request id]
+REPLY = 11
+CALLS = ("/v1/query", "/v1/transaction")  # the paths a CALL may name
 
 
 def encode_frame(kind: int, sid: int, payload: Any) -> bytes:

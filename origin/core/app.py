@@ -7,6 +7,7 @@ import functools
 import signal
 import ssl
 from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -19,7 +20,7 @@ from cache_edge.common.protocol import (
     parse_transaction,
     table_tag,
 )
-from cache_edge.common.wire import encode_body, json_dumps
+from cache_edge.common.wire import WireFormat, encode_body, json_dumps
 from cache_edge.pgwire.link import PATH as WIRE_PATH
 from cache_edge.server.config import Settings
 from cache_edge.server.httplog import quiet_client_errors
@@ -31,6 +32,7 @@ from origin.capture.change_log import CHANGES_CHANNEL, ChangeLog
 from origin.capture.pgoutput import parse_lsn
 from origin.capture.reader import Capture, CaptureSink
 from origin.capture.slots import warn_orphan_slots
+from origin.core.calls import Calls
 from origin.core.databases import by_database
 from origin.core.db_errors import translated
 from origin.core.dependencies import Dependencies
@@ -70,28 +72,32 @@ _READY_TIMEOUT = 2.0
 
 async def handle_query(request: web.Request) -> web.Response:
     signed = await read_signed(request)
-    query = parse_query(signed.payload, request.app[SETTINGS].limits, origin=True)
-    log.debug("query", tenant=signed.tenant, sql=query.statement.sql[:60])
-    purge_log = request.app[PURGES].log_for(signed.tenant)
+    body = await run_query(request.app, signed.tenant, signed.payload, signed.fmt)
+    return binary_response(body, signed.fmt)
+
+
+async def run_query(app: web.Application, tenant: str, payload: Any, fmt: WireFormat) -> bytes:
+    """One statement for a tenant the caller proved: its answer body (HTTP or the link)."""
+    query = parse_query(payload, app[SETTINGS].limits, origin=True)
+    log.debug("query", tenant=tenant, sql=query.statement.sql[:60])
+    purge_log = app[PURGES].log_for(tenant)
 
     async def watermark() -> int:
         return await purge_log.watermark(query.min_watermark)
 
-    result = await request.app[EXECUTOR].query(
-        signed.tenant, query, watermark if query.read_only else None
-    )
+    result = await app[EXECUTOR].query(tenant, query, watermark if query.read_only else None)
     deps = result.dependencies
     if deps is not None and deps.warnings:
-        request.app[METRICS].count_nondeterministic(signed.tenant)
-    capture = request.app[CAPTURES].get(signed.tenant)
+        app[METRICS].count_nondeterministic(tenant)
+    capture = app[CAPTURES].get(tenant)
     tables = deps.tables if deps else ()
-    tags, warnings = _implicit_tags(capture, signed.tenant, deps)
+    tags, warnings = _implicit_tags(capture, tenant, deps)
     invalidation = None
     if capture is not None:
         if query.read_only and capture.state == "not_set_up":
             warnings = (*warnings, _NOT_SET_UP)
-        if not query.read_only and capture.invalidates(signed.tenant):
-            invalidation = await _write_invalidation(request.app, signed.tenant, capture)
+        if not query.read_only and capture.invalidates(tenant):
+            invalidation = await _write_invalidation(app, tenant, capture)
     answer = OriginAnswer(
         result.produced_at,
         watermark=result.watermark,
@@ -100,7 +106,7 @@ async def handle_query(request: web.Request) -> web.Response:
         invalidation=invalidation,
         tags=tags,
     )
-    return binary_response(encode_query_response(result.result, answer, signed.fmt), signed.fmt)
+    return encode_query_response(result.result, answer, fmt)
 
 
 def _implicit_tags(
@@ -179,15 +185,22 @@ async def handle_changes_poll(request: web.Request) -> web.Response:
 
 async def handle_transaction(request: web.Request) -> web.Response:
     signed = await read_signed(request)
-    tx = parse_transaction(signed.payload, request.app[SETTINGS].limits)
-    result = await request.app[EXECUTOR].transaction(signed.tenant, tx)
-    capture = request.app[CAPTURES].get(signed.tenant)
-    invalidation = None
-    if capture is not None and capture.invalidates(signed.tenant):
-        invalidation = await _write_invalidation(request.app, signed.tenant, capture)
-    answer = OriginAnswer(result.produced_at, invalidation=invalidation)
-    body = encode_transaction_response(result.results, answer, signed.fmt)
+    body = await run_transaction(request.app, signed.tenant, signed.payload, signed.fmt)
     return binary_response(body, signed.fmt)
+
+
+async def run_transaction(
+    app: web.Application, tenant: str, payload: Any, fmt: WireFormat
+) -> bytes:
+    """One transaction for a tenant the caller proved: its answer body (HTTP or the link)."""
+    tx = parse_transaction(payload, app[SETTINGS].limits)
+    result = await app[EXECUTOR].transaction(tenant, tx)
+    capture = app[CAPTURES].get(tenant)
+    invalidation = None
+    if capture is not None and capture.invalidates(tenant):
+        invalidation = await _write_invalidation(app, tenant, capture)
+    answer = OriginAnswer(result.produced_at, invalidation=invalidation)
+    return encode_transaction_response(result.results, answer, fmt)
 
 
 async def handle_healthz(_request: web.Request) -> web.Response:
@@ -247,7 +260,7 @@ async def _pools_lifetime(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _close_wire(app: web.Application) -> None:
-    await app[WIRE].close()
+    await app[WIRE].close(drain=app[SETTINGS].origin.shutdown_timeout)
 
 
 async def _end_waits(app: web.Application) -> None:
@@ -311,6 +324,7 @@ def _watch_config(app: web.Application) -> ConfigWatcher | None:
 
     def apply(settings: Settings) -> None:
         app[POOLS].update(settings)
+        app[WIRE].revoke(settings.node_secrets)  # links proven with a withdrawn secret
         reload_server_context(app.get(TLS), settings.origin.tls_cert, settings.origin.tls_key)
 
     live.subscribe(apply)
@@ -370,6 +384,15 @@ def create_origin_app(settings: Settings) -> web.Application:
         return _implicit_tags(captures.get(tenant), tenant, deps)
 
     app[WIRE].serve_reads(watermark, app[EXECUTOR].statement_dependencies, door_tags)
+    calls = Calls(
+        lambda: live.current,
+        {
+            "/v1/query": ("query", functools.partial(run_query, app)),
+            "/v1/transaction": ("transaction", functools.partial(run_transaction, app)),
+        },
+        metrics,
+    )
+    app[WIRE].serve_calls(calls.answer)
     app.on_shutdown.append(_close_wire)
     app.cleanup_ctx.append(_pools_lifetime)
     app.on_shutdown.append(_end_waits)

@@ -1,8 +1,11 @@
-"""The origin's end of the node↔origin link for PostgreSQL-door sessions (GET /v1/wire).
+"""The origin's end of the node↔origin link (GET /v1/wire): PostgreSQL-door sessions, and
+the queries and transactions of the HTTP door (CALL frames, run by :mod:`origin.core.calls`).
 
 A node process opens one WebSocket, signed like any other origin call, and proven once:
-every session it then carries is trusted to belong to the tenant the node authenticated,
-as a signed /v1/query is. Frames are described in :mod:`cache_edge.pgwire.link`.
+every session and call it then carries is trusted to belong to the tenant the node
+authenticated, as a signed /v1/query is. The open is refused if its signature was seen
+before (replay), and a link whose secret the origin stops accepting (a config reload that
+withdrew it) is closed at once. Frames are described in :mod:`cache_edge.pgwire.link`.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from cache_edge.common.errors import CacheEdgeError, Unauthorized
+from cache_edge.common.errors import CacheEdgeError, OriginUnavailable, Unauthorized
+from cache_edge.common.request_ids import request_id
 from cache_edge.common.signing import (
     SIGNATURE_HEADER,
     SignatureError,
     signed_until,
-    verify_headers,
+    signing_secret,
 )
+from cache_edge.common.wire import packb
 from cache_edge.pgwire.link import (
+    CALL,
     CANCEL,
     CLOSE,
     DATA,
@@ -29,6 +35,7 @@ from cache_edge.pgwire.link import (
     OPEN,
     OPENED,
     QUERY,
+    REPLY,
     RESULT,
     WROTE,
     decode_frame,
@@ -51,6 +58,9 @@ log = get_logger("origin.wire.endpoint")
 
 _MAX_FRAME = 64 << 20
 
+# (path, tenant, body, request id) -> (status, answer bytes, request id)
+Answer = Callable[[str, str, Any, Any], Awaitable[tuple[int, bytes, str]]]
+
 
 class WireEndpoint:
     """Accepts links from nodes and runs their sessions on the tenants' wire pools."""
@@ -72,6 +82,21 @@ class WireEndpoint:
         if metrics is not None:
             metrics.watch_wire_pools(self.pools.stats)
         self.reads: WireReads | None = None
+        self.calls: Answer | None = None
+        self._closing = False
+
+    def serve_calls(self, answer: Answer) -> None:
+        """Answer the nodes' queries and transactions (CALL frames) with ``answer``."""
+        self.calls = answer
+
+    def revoke(self, secrets: tuple[str, ...] | list[str]) -> None:
+        """Close every link proven with a secret no longer in ``secrets`` (a reload)."""
+        for link in list(self._links):
+            if link.secret not in secrets:
+                log.warning("wire_link_secret_withdrawn")
+                task = asyncio.create_task(link.close())
+                link.tasks.add(task)
+                task.add_done_callback(link.tasks.discard)
 
     def serve_reads(
         self,
@@ -110,7 +135,7 @@ class WireEndpoint:
         settings = self._settings()
         window = settings.origin.signature_window
         try:
-            verify_headers(
+            secret = signing_secret(
                 settings.node_secrets, request.method, request.path, request.headers, b"", window
             )
         except SignatureError as exc:
@@ -121,7 +146,7 @@ class WireEndpoint:
             raise Unauthorized("node signature already used: replayed request")
         ws = web.WebSocketResponse(max_msg_size=_MAX_FRAME, heartbeat=20.0, compress=False)
         await ws.prepare(request)
-        link = _Link(self, ws)
+        link = _Link(self, ws, secret)
         self._links.add(link)
         log.info("wire_link_opened", peer=request.remote)
         try:
@@ -132,20 +157,28 @@ class WireEndpoint:
             log.info("wire_link_closed", peer=request.remote, sessions=len(link.sessions))
         return ws
 
-    async def close(self) -> None:
+    async def close(self, drain: float = 10.0) -> None:
+        """Answer the calls in flight (new ones are refused meanwhile), then close."""
+        self._closing = True
+        calls = [task for link in self._links for task in link.calls]
+        if calls:
+            await asyncio.wait(calls, timeout=drain)
         for link in list(self._links):
             await link.ws.close()
         self.pools.close()
 
 
 class _Link:
-    def __init__(self, endpoint: WireEndpoint, ws: web.WebSocketResponse) -> None:
+    def __init__(self, endpoint: WireEndpoint, ws: web.WebSocketResponse, secret: str) -> None:
         self.endpoint = endpoint
         self.ws = ws
+        self.secret = secret  # the node secret that proved this link
         self.sessions: dict[int, WireSession] = {}
         self._keys: dict[int, tuple[int, int]] = {}
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._opening: set[asyncio.Task[None]] = set()
+        self.tasks = self._opening
+        self.calls: set[asyncio.Task[None]] = set()  # CALLs being answered
         self._events = endpoint.events_for(
             lambda sid, data: self._out.put_nowait(encode_frame(DATA, sid, data)),
             self._ended,
@@ -210,7 +243,11 @@ class _Link:
                 return
 
     async def _dispatch(self, kind: int, sid: int, payload: Any) -> None:
-        if kind == DATA:
+        if kind == CALL:
+            task = asyncio.create_task(self._call(sid, payload))
+            self.calls.add(task)
+            task.add_done_callback(self.calls.discard)
+        elif kind == DATA:
             session = self.sessions.get(sid)
             if session is not None and isinstance(payload, bytes):
                 session.feed(payload)
@@ -240,6 +277,21 @@ class _Link:
                 task = asyncio.create_task(target.cancel_query())
                 self._opening.add(task)
                 task.add_done_callback(self._opening.discard)
+
+    async def _call(self, call: int, payload: Any) -> None:
+        """One query or transaction of the node's HTTP door, answered as HTTP would."""
+        calls = self.endpoint.calls
+        if not isinstance(payload, dict):
+            payload = {}
+        rid = payload.get("requestId")
+        if self.endpoint._closing or calls is None:
+            error = OriginUnavailable("the origin is shutting down")
+            rid = request_id(rid if isinstance(rid, str) else None)
+            answer = (error.status, packb(error.to_body(rid)), rid)
+        else:
+            path, tenant = payload.get("path"), payload.get("tenant")
+            answer = await calls(str(path), str(tenant), payload.get("body"), rid)
+        self._out.put_nowait(encode_frame(REPLY, call, list(answer)))
 
     async def _query(self, request: int, payload: Any) -> None:
         reads = self.endpoint.reads
@@ -284,6 +336,9 @@ class _Link:
         if isinstance(key, list) and len(key) == 2:
             self._keys[sid] = (int(key[0]), int(key[1]))
             self.endpoint._by_key[self._keys[sid]] = session
+
+    async def close(self) -> None:
+        await self.ws.close()
 
     async def close_all(self) -> None:
         sessions = list(self.sessions.values())

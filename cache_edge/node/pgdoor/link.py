@@ -1,8 +1,13 @@
-"""The node's end of the link to the origin that carries every PostgreSQL-door session.
+"""The node's end of the link to the origin: every PostgreSQL-door session, and the HTTP
+door's queries and transactions (:meth:`OriginLink.call`).
 
 One WebSocket per node process, opened on first use and signed once; if it drops, the
-sessions on it end (their clients get SQLSTATE 08006, as when a server restarts) and the
-next session opens a new one.
+sessions on it end (their clients get SQLSTATE 08006, as when a server restarts), the
+calls and reads in flight on it fail with :class:`LinkDown`, and the next use opens a new
+one. When the node secret changes (a reload during a rotation) and no session lives on
+the link, the next use opens a link proven with the new secret and the old one closes
+once its calls are answered; a link that carries sessions stays until the origin drops
+the old secret and closes it.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import aiohttp
 
 from cache_edge.common.signing import sign_headers
 from cache_edge.pgwire.link import (
+    CALL,
     CANCEL,
     CLOSE,
     DATA,
@@ -25,6 +31,7 @@ from cache_edge.pgwire.link import (
     OPENED,
     PATH,
     QUERY,
+    REPLY,
     RESULT,
     WROTE,
     decode_frame,
@@ -33,7 +40,7 @@ from cache_edge.pgwire.link import encode_frame as _frame
 from cache_edge.pgwire.messages import error_response
 from cache_edge.server.logs import get_logger
 
-__all__ = ["LinkDown", "LinkSession", "OriginLink"]
+__all__ = ["LinkDown", "LinkRefused", "LinkSession", "OriginLink"]
 
 log = get_logger("cache_edge.node.pgdoor.link")
 
@@ -42,6 +49,14 @@ _MAX_FRAME = 64 << 20
 
 class LinkDown(Exception):
     """The origin could not be reached (SQLSTATE 08006 for the client)."""
+
+
+class LinkRefused(LinkDown):
+    """The origin answered the link's opening with an HTTP error (401: the node secret)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LinkSession(Protocol):
@@ -57,6 +72,21 @@ class LinkSession(Protocol):
         ...
 
 
+class _Conn:
+    """One open WebSocket and what rides on it."""
+
+    __slots__ = ("out", "pending", "reader", "retired", "secret", "writer", "ws")
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse, secret: str) -> None:
+        self.ws = ws
+        self.secret = secret  # the node secret its opening was signed with
+        self.out: asyncio.Queue[bytes] = asyncio.Queue()
+        self.pending: set[int] = set()  # calls and reads awaiting their answer here
+        self.retired = False  # no new use: close once ``pending`` is empty
+        self.reader: asyncio.Task[None] | None = None
+        self.writer: asyncio.Task[None] | None = None
+
+
 class OriginLink:
     def __init__(
         self,
@@ -70,20 +100,21 @@ class OriginLink:
         self._connect_timeout = connect_timeout
         self._ssl = ssl_context
         self._http: aiohttp.ClientSession | None = None
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._conn: _Conn | None = None
+        self._retired: set[_Conn] = set()
         self._connecting: asyncio.Lock | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._attempts = 0  # connection attempts made
+        self._failure: LinkDown | None = None  # how the last attempt failed, if it did
         self._sessions: dict[int, LinkSession] = {}
         self._opened: dict[int, asyncio.Future[Any]] = {}
-        self._results: dict[int, asyncio.Future[Any]] = {}  # cacheable reads in flight
+        self._results: dict[int, asyncio.Future[Any]] = {}  # reads and calls in flight
         self._next_request = 0
         self._next_sid = 0
-        self._out: asyncio.Queue[bytes] = asyncio.Queue()
-        self._writer: asyncio.Task[None] | None = None
         self.connected = False
 
-    async def _write(self, ws: aiohttp.ClientWebSocketResponse, out: asyncio.Queue[bytes]) -> None:
+    async def _write(self, conn: _Conn) -> None:
         # One writer: frames of every session go out in order, one send at a time.
+        ws, out = conn.ws, conn.out
         while True:
             frame = await out.get()
             try:
@@ -92,35 +123,77 @@ class OriginLink:
                 await ws.close()
                 return
 
-    async def _connection(self) -> aiohttp.ClientWebSocketResponse:
-        if self._ws is not None and not self._ws.closed:
-            return self._ws
+    async def _connection(self) -> _Conn:
+        conn = self._conn
+        if conn is not None and not conn.ws.closed:
+            if conn.secret == self._secret() or self._sessions:
+                return conn
+            self._retire(conn)  # the node secret changed: prove a new link with it
         if self._connecting is None:
             self._connecting = asyncio.Lock()
+        attempt = self._attempts
         async with self._connecting:
-            if self._ws is not None and not self._ws.closed:
-                return self._ws
-            if self._http is None or self._http.closed:
-                self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
-            headers = sign_headers(self._secret(), "GET", PATH, "", b"")
+            conn = self._conn
+            if conn is not None and not conn.ws.closed and not conn.retired:
+                return conn
+            failure = self._failure
+            if failure is not None and self._attempts != attempt:
+                # An attempt made while we waited failed: fail with it, do not queue up
+                # one more connect timeout per waiting caller.
+                raise _again(failure)
+            self._attempts += 1
             try:
-                async with asyncio.timeout(self._connect_timeout):
-                    self._ws = await self._http.ws_connect(
-                        self._url, headers=headers, heartbeat=20.0, max_msg_size=_MAX_FRAME
-                    )
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                conn = await self._open()
+            except LinkDown as exc:
+                self._failure = exc
                 self.connected = False
-                raise LinkDown(f"cannot reach the origin: {exc.__class__.__name__}") from None
+                raise
+            self._failure = None
+            self._conn = conn
             self.connected = True
-            self._reader = asyncio.create_task(self._read(self._ws), name="origin-link-reader")
-            self._out = asyncio.Queue()
-            self._writer = asyncio.create_task(
-                self._write(self._ws, self._out), name="origin-link-writer"
-            )
+            conn.reader = asyncio.create_task(self._read(conn), name="origin-link-reader")
+            conn.writer = asyncio.create_task(self._write(conn), name="origin-link-writer")
             log.info("origin_link_opened", url=self._url)
-            return self._ws
+            return conn
 
-    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+    async def _open(self) -> _Conn:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl))
+        secret = self._secret()
+        headers = sign_headers(secret, "GET", PATH, "", b"")
+        try:
+            async with asyncio.timeout(self._connect_timeout):
+                ws = await self._http.ws_connect(
+                    self._url, headers=headers, heartbeat=20.0, max_msg_size=_MAX_FRAME
+                )
+        except aiohttp.WSServerHandshakeError as exc:
+            raise LinkRefused(
+                f"the origin refused the link (HTTP {exc.status})", exc.status
+            ) from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            detail = f"{type(exc).__name__}: {exc}"
+            log.warning("origin_unreachable", error=detail, path=PATH)
+            raise LinkDown(f"cannot reach the origin ({type(exc).__name__})") from None
+        return _Conn(ws, secret)
+
+    def _retire(self, conn: _Conn) -> None:
+        if conn.retired:
+            return
+        conn.retired = True
+        self._retired.add(conn)
+        if not conn.pending:
+            asyncio.get_running_loop().create_task(conn.ws.close())
+
+    def _answered(self, conn: _Conn, request: int, payload: Any) -> None:
+        conn.pending.discard(request)
+        future = self._results.pop(request, None)
+        if future is not None and not future.done():
+            future.set_result(payload)
+        if conn.retired and not conn.pending:
+            asyncio.get_running_loop().create_task(conn.ws.close())
+
+    async def _read(self, conn: _Conn) -> None:
+        ws = conn.ws
         try:
             async for msg in ws:
                 if msg.type != aiohttp.WSMsgType.BINARY:
@@ -130,7 +203,9 @@ class OriginLink:
                 except ValueError:
                     log.warning("origin_link_bad_frame")
                     break
-                if kind == DATA:
+                if kind in (REPLY, RESULT):
+                    self._answered(conn, sid, payload)
+                elif kind == DATA:
                     session = self._sessions.get(sid)
                     if session is not None:
                         session.on_data(payload)
@@ -142,26 +217,36 @@ class OriginLink:
                     session = self._sessions.get(sid)
                     if session is not None:
                         session.on_fence(payload if isinstance(payload, int) else None)
-                elif kind == RESULT:
-                    future = self._results.pop(sid, None)
-                    if future is not None and not future.done():
-                        future.set_result(payload)
                 elif kind == OPENED:
                     future = self._opened.pop(sid, None)
                     if future is not None and not future.done():
                         future.set_result(payload)
         finally:
-            self.connected = False
-            log.warning("origin_link_closed", sessions=len(self._sessions))
-            lost = error_response("08006", "the node lost its link to the origin", "FATAL")
-            sessions, self._sessions = self._sessions, {}
-            for session in sessions.values():
-                session.on_link_lost(lost)
-            for future in (*self._opened.values(), *self._results.values()):
-                if not future.done():
-                    future.set_exception(LinkDown("the link to the origin closed"))
-            self._opened.clear()
-            self._results.clear()
+            with contextlib.suppress(Exception):
+                await ws.close()
+            if conn.writer is not None:
+                conn.writer.cancel()
+            self._retired.discard(conn)
+            for request in conn.pending:
+                future = self._results.pop(request, None)
+                if future is not None and not future.done():
+                    future.set_exception(LinkDown("the origin closed the link during the call"))
+            conn.pending.clear()
+            if conn is self._conn:
+                self._lost(conn)
+
+    def _lost(self, conn: _Conn) -> None:
+        """The current link closed: end (or let go of) the sessions it carried."""
+        self.connected = False
+        log.warning("origin_link_closed", sessions=len(self._sessions))
+        lost = error_response("08006", "the node lost its link to the origin", "FATAL")
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            session.on_link_lost(lost)
+        for future in self._opened.values():
+            if not future.done():
+                future.set_exception(LinkDown("the link to the origin closed"))
+        self._opened.clear()
 
     async def open(
         self,
@@ -172,7 +257,7 @@ class OriginLink:
         describe: bool,
     ) -> tuple[int, Any]:
         """Register a session at the origin; with ``describe``, wait for its ParameterStatus."""
-        await self._connection()
+        conn = await self._connection()
         self._next_sid += 1
         sid = self._next_sid
         payload = {"tenant": tenant, "settings": settings, "key": list(key), "describe": describe}
@@ -182,7 +267,7 @@ class OriginLink:
             future = asyncio.get_running_loop().create_future()
             self._opened[sid] = future
         self._sessions[sid] = session
-        self._out.put_nowait(_frame(OPEN, sid, payload))
+        conn.out.put_nowait(_frame(OPEN, sid, payload))
         try:
             if future is not None:
                 answer = await future
@@ -194,52 +279,81 @@ class OriginLink:
 
     def send(self, sid: int, data: bytes) -> bool:
         """Queue a session's messages; False if its session (or the link) is gone."""
-        if sid not in self._sessions:
+        if sid not in self._sessions or self._conn is None:
             return False
-        self._out.put_nowait(_frame(DATA, sid, data))
+        self._conn.out.put_nowait(_frame(DATA, sid, data))
         return True
 
     def define(self, sid: int, parse: bytes) -> None:
         """Tell the origin's session about a Parse the node answered from cache."""
-        if sid in self._sessions:
-            self._out.put_nowait(_frame(DEFINE, sid, parse))
+        if sid in self._sessions and self._conn is not None:
+            self._conn.out.put_nowait(_frame(DEFINE, sid, parse))
 
-    async def read(self, payload: dict[str, Any], timeout: float) -> Any:
-        """One cacheable read at the origin (origin.wire.reads): its answer map."""
-        await self._connection()
+    async def _ask(self, kind: int, payload: Any) -> Any:
+        """Send one request frame and wait for its answer (RESULT or REPLY)."""
+        conn = await self._connection()
         self._next_request += 1
         request = self._next_request
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._results[request] = future
-        self._out.put_nowait(_frame(QUERY, request, payload))
+        conn.pending.add(request)
+        conn.out.put_nowait(_frame(kind, request, payload))
         try:
-            async with asyncio.timeout(timeout):
-                return await future
+            return await future
         finally:
-            self._results.pop(request, None)
+            if self._results.pop(request, None) is not None:
+                conn.pending.discard(request)  # timed out or cancelled: forget it
+                if conn.retired and not conn.pending:
+                    asyncio.get_running_loop().create_task(conn.ws.close())
+
+    async def read(self, payload: dict[str, Any], timeout: float) -> Any:
+        """One cacheable read at the origin (origin.wire.reads): its answer map."""
+        async with asyncio.timeout(timeout):
+            return await self._ask(QUERY, payload)
+
+    async def call(
+        self, path: str, tenant: str, body: dict[str, Any], request_id: str
+    ) -> tuple[int, bytes, str]:
+        """What ``POST path`` would answer (``/v1/query``, ``/v1/transaction``): status,
+        body bytes and the origin's request id. Raises LinkDown; the caller times it."""
+        payload = {"path": path, "tenant": tenant, "requestId": request_id, "body": body}
+        answer = await self._ask(CALL, payload)
+        try:
+            status, data, rid = answer
+            return int(status), bytes(data), str(rid)
+        except (TypeError, ValueError):
+            raise LinkDown("the origin sent a malformed answer") from None
 
     def close_session(self, sid: int) -> None:
-        if self._sessions.pop(sid, None) is not None:
-            self._out.put_nowait(_frame(CLOSE, sid, b""))
+        if self._sessions.pop(sid, None) is not None and self._conn is not None:
+            self._conn.out.put_nowait(_frame(CLOSE, sid, b""))
 
     async def cancel(self, pid: int, secret: int) -> None:
         try:
-            await self._connection()
+            conn = await self._connection()
         except LinkDown:
             return
-        self._out.put_nowait(_frame(CANCEL, 0, [pid, secret]))
+        conn.out.put_nowait(_frame(CANCEL, 0, [pid, secret]))
 
     @property
     def sessions(self) -> int:
         return len(self._sessions)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            self._writer.cancel()
-        if self._ws is not None:
-            await self._ws.close()
-        if self._reader is not None:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await asyncio.wait_for(self._reader, 2.0)
+        conns = [c for c in (self._conn, *self._retired) if c is not None]
+        for conn in conns:
+            if conn.writer is not None:
+                conn.writer.cancel()
+            await conn.ws.close()
+        for conn in conns:
+            if conn.reader is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await asyncio.wait_for(conn.reader, 2.0)
         if self._http is not None:
             await self._http.close()
+
+
+def _again(failure: LinkDown) -> LinkDown:
+    if isinstance(failure, LinkRefused):
+        return LinkRefused(str(failure), failure.status)
+    return LinkDown(str(failure))
