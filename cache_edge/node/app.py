@@ -37,7 +37,6 @@ from cache_edge.node.origin_client import OriginClient
 from cache_edge.node.origin_guard import OriginGuard
 from cache_edge.node.pgdoor.caching import WireOrigin
 from cache_edge.node.pgdoor.door import PgDoor
-from cache_edge.node.pgdoor.link import OriginLink
 from cache_edge.node.pgdoor.rules import RuleBook
 from cache_edge.node.pgdoor.session import DoorCache
 from cache_edge.node.purge_mirror import PurgeMirror
@@ -343,12 +342,7 @@ async def _open_wire_doors(
     settings = app[SETTINGS]
     node = settings.node
     live = app[LIVE]
-    link = OriginLink(
-        node.origin_url,
-        lambda: live.current.node_secret,
-        node.origin_connect_timeout,
-        client_context(node.origin_ca),
-    )
+    link = app[ORIGIN].link  # the process's one link, shared with the HTTP door's calls
     metrics = app[METRICS]
     # The door's reads share the region's tiers and purge state with the HTTP door; its
     # entries are keyed apart ("pg" statements), since their bytes differ.
