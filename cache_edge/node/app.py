@@ -109,7 +109,8 @@ def _info(request: web.Request, answer: Answer, age: float) -> dict[str, Any]:
         "cacheStatus": answer.status,
         "region": request.app[SETTINGS].node.region,
         "lastModified": _iso_ms(answer.produced_at_ms),
-        "age": round(age, 3),
+        # To the millisecond; round(age, 3) gives the same and costs 4 times as much.
+        "age": round(age * 1000) / 1000,
         "requestId": request[REQUEST_ID],
         "signature": answer.signature,
     }
@@ -125,9 +126,16 @@ def _info(request: web.Request, answer: Answer, age: float) -> dict[str, Any]:
 
 
 def _answer_response(
-    request: web.Request, answer: Answer, core_keys: CoreKeys = QUERY_CORE
+    request: web.Request,
+    answer: Answer,
+    core_keys: CoreKeys = QUERY_CORE,
+    tenant: str | None = None,
 ) -> web.Response:
-    """The origin's core, spliced as it is, and the node's ``info``."""
+    """The origin's core, spliced as it is, and the node's ``info``.
+
+    ``tenant``: the answer came from that tenant's cache, so a JSON answer takes the
+    core's JSON members from the hot tier (made once per entry held there), and a hit
+    does no per-row work in either format."""
     age = 0.0
     if answer.status != "none" and answer.produced_at_ms:
         age = max(0.0, time.time() - answer.produced_at_ms / 1000)
@@ -136,14 +144,19 @@ def _answer_response(
     if fmt == "msgpack":
         body = result_msgpack(answer.core, info, core_keys)
     else:
-        body = result_json(answer.core, info, core_keys)
+        members = None
+        if tenant is not None and answer.signature is not None:
+            memory = request.app[CACHE].memory
+            if memory is not None:
+                members = memory.json_members(tenant, answer.signature, answer.core, core_keys)
+        body = result_json(answer.core, info, core_keys, members)
     return web.Response(
         body=body,
         headers={
             "Content-Type": CONTENT_TYPES[fmt],
             "X-Cache-Status": answer.status,
             "Age": str(int(age)),
-            "X-Request-Id": request[REQUEST_ID],
+            "X-Request-Id": info["requestId"],
         },
     )
 
@@ -154,7 +167,7 @@ async def handle_query(request: web.Request) -> web.Response:
     body = await _read_raw(request)
     req = parse_query_body(body, request[_FMT], request.app[SETTINGS].limits)
     answer = await request.app[CACHE].query(tenant, req, request[REQUEST_ID])
-    response = _answer_response(request, answer)
+    response = _answer_response(request, answer, tenant=tenant)
     metrics = request.app[METRICS]
     metrics.answered(answer.status, time.perf_counter() - started)
     if answer.cache_error:
