@@ -189,7 +189,14 @@ def _query(obj: Any, limits: Limits, where: str) -> SqlQuery:
     values = tuple(_param(p, i + 1) for i, p in enumerate(params))
     for i, v in enumerate(values):
         if v is not None and "\x00" in v:
-            raise BadRequest(f"parameter ${i + 1} contains a NUL character", field="params")
+            # PostgreSQL's answer to it (a data exception), not a protocol violation: a
+            # client takes class 08 for a lost connection, and may retry it for ever.
+            raise BadRequest(
+                f'invalid byte sequence for encoding "UTF8": 0x00 '
+                f"(parameter ${i + 1} contains a NUL character)",
+                field="params",
+                sqlstate="22021",
+            )
     return SqlQuery(sql, values)
 
 
