@@ -115,13 +115,16 @@ def listen_overflows() -> int:
     return 0
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process and its live descendants (pgpool forks)."""
+def tree_cpu_seconds(pid: int, *, reaped: bool = False) -> float:
+    """User + system CPU time of a process and its live descendants (pgpool forks); with
+    ``reaped``, the exited ones too (their CPU is in their parent's cutime and cstime once
+    waited for: PostgreSQL backends, recycled pgpool-II children)."""
+    last = 15 if reaped else 13
     total = 0.0
     for current in _tree(pid):
         try:
             fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
         except OSError:
             continue
-        total += (int(fields[11]) + int(fields[12])) / _TICKS
+        total += sum(int(f) for f in fields[11:last]) / _TICKS
     return total

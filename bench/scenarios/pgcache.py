@@ -37,7 +37,6 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -45,12 +44,19 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from bench.context import TENANT, Context
-from bench.db import pgbench_init
-from bench.procs import _tree
+from bench.pgbench import (
+    Endpoint,
+    code_frames,
+    cpu_per_server,
+    pgbench_postgres,
+    run_pgbench,
+    server_pid,
+    start_door,
+)
+from bench.procs import tree_cpu_seconds
 from bench.profile import summarize_collapsed
 from bench.scenarios.base import ScenarioResult, Skip, Target, Variant, measure_rounds, ratio
 from bench.scenarios.common import HEAVY_SQL
-from bench.scenarios.pgdoor import _door_node, _inclusive, _loadavg, _pid
 from bench.stack import Server, Stack
 from cache_edge.devtools.harness import ProcessFailed
 
@@ -78,19 +84,7 @@ GOAL_TPS = 1.0  # door hit throughput >= this x pgpool-II's
 GOAL_P50 = 1.5  # door hit p50 <= this x pgpool-II's
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where pgbench connects, as whom, what it sends, and whose CPU to charge to it."""
-
-    name: str  # door | pgpool | direct
-    port: int
-    user: str
-    password: str = ""
-    hinted: bool = False  # the cache hint goes into the statements
-    cpu: tuple[tuple[str, int], ...] = ()  # (label, pid)
-
-
-# ------------------------------------------------------------------ scripts and pgbench
+# ------------------------------------------------------------------ scripts
 
 
 def _scripts(workdir: Path) -> dict[str, Path]:
@@ -111,130 +105,6 @@ def _scripts(workdir: Path) -> dict[str, Path]:
         paths[name] = workdir / f"{name}.sql"
         paths[name].write_text(text)
     return paths
-
-
-_RE = {
-    "requests": re.compile(r"number of transactions actually processed: (\d+)"),
-    "failed": re.compile(r"number of failed transactions: (\d+)"),
-    "mean_ms": re.compile(r"latency average = ([\d.]+) ms"),
-    "rps": re.compile(r"tps = ([\d.]+) \(without initial connection time\)"),
-}
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else 0.0
-
-
-def _latencies_ms(prefix: Path) -> list[float]:
-    """Per-transaction latencies from pgbench ``--log`` files (third column, µs)."""
-    out: list[float] = []
-    for path in prefix.parent.glob(prefix.name + ".*"):
-        with path.open() as fh:
-            for line in fh:
-                fields = line.split()
-                if len(fields) > 2 and fields[2].isdigit():
-                    out.append(int(fields[2]) / 1000)
-        path.unlink()
-    out.sort()
-    return out
-
-
-def _cpu_seconds(pid: int) -> float:
-    """CPU of a process and its descendants, the exited ones too (their CPU is in their
-    parent's cutime/cstime once reaped: PostgreSQL backends, recycled pgpool-II children)."""
-    total = 0
-    for current in _tree(pid):
-        try:
-            fields = Path(f"/proc/{current}/stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        total += sum(int(f) for f in fields[11:15])
-    return total / _TICKS
-
-
-def pgbench(
-    ctx: Context,
-    ep: Endpoint,
-    script: Path,
-    clients: int,
-    *,
-    seconds: int = 0,
-    transactions: int = 0,
-    mode: str = "prepared",
-    sampling: float | None = None,
-    log: bool = False,
-    defines: tuple[str, ...] = (),
-    tag: str = "",
-) -> dict[str, Any]:
-    """One pgbench run of ``script``: tps, latency, failures, aborted clients, server CPU."""
-    workdir = ctx.tmp / "pgcache" / "pgbench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    prefix = workdir / f"{ep.name}-{script.stem}-{clients}-{mode}{tag}"
-    for stale in workdir.glob(prefix.name + ".*"):
-        stale.unlink()
-    cmd = [
-        *ctx.pinning.prefix(ctx.pinning.load), ctx.tools.path("pgbench"), "-n",
-        "-f", str(script), "-M", mode, "-c", str(clients), "-j", str(min(2, clients)),
-        "-h", "127.0.0.1", "-p", str(ep.port), "-U", ep.user,
-    ]  # fmt: skip
-    cmd += ["-T", str(seconds)] if seconds else ["-t", str(transactions)]
-    for d in defines:
-        cmd += ["-D", d]
-    if log or sampling:
-        cmd += ["--log", f"--log-prefix={prefix}"]
-        if sampling:
-            cmd.append(f"--sampling-rate={sampling}")
-    cmd.append(DB)
-    env = {**os.environ, "PGPASSWORD": ep.password, "PGSSLMODE": "disable",
-           "PGCONNECT_TIMEOUT": "30"}  # fmt: skip
-    cpu_before = {label: _cpu_seconds(pid) for label, pid in ep.cpu}
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=workdir, timeout=(seconds or 60) + 240
-    )
-    cpu = {label: _cpu_seconds(pid) - cpu_before[label] for label, pid in ep.cpu}
-    found = {k: r.search(done.stdout) for k, r in _RE.items()}
-    if found["rps"] is None:
-        raise RuntimeError(
-            f"pgbench {script.name} against {ep.name} ({clients} clients, -M {mode}) exited "
-            f"{done.returncode} without a result:\n{(done.stderr or done.stdout)[-1500:]}"
-        )
-
-    def num(key: str) -> float:
-        m = found[key]
-        return float(m.group(1)) if m else 0.0
-
-    errors = [ln for ln in done.stderr.splitlines() if "error" in ln.lower()]
-    aborted = len(re.findall(r"client \d+ (?:script \d+ )?aborted", done.stderr))
-    summary: dict[str, Any] = {
-        "client": f"pgbench -M {mode}",
-        "rps": num("rps"),
-        "mean_ms": num("mean_ms"),
-        "requests": int(num("requests")),
-        "failed": int(num("failed")),
-        "aborted_clients": aborted,
-        "exit_code": done.returncode,
-        "error_lines": sorted(set(errors))[:5],
-    }
-    summary["error_count"] = summary["failed"] + aborted
-    lat = _latencies_ms(prefix) if (log or sampling) else []
-    if lat:
-        summary |= {
-            "p50_ms": round(_percentile(lat, 0.50), 3),
-            "p90_ms": round(_percentile(lat, 0.90), 3),
-            "p99_ms": round(_percentile(lat, 0.99), 3),
-            "max_ms": round(lat[-1], 3),
-            "logged": len(lat),
-        }
-    else:
-        summary |= {"p50_ms": 0.0, "p99_ms": 0.0}
-    if cpu and summary["requests"]:
-        per = {k: round(v / summary["requests"] * 1e6, 1) for k, v in cpu.items()}
-        summary["cpu_us_per_txn"] = per
-        # The caching layer's own CPU (PostgreSQL's is listed apart).
-        summary["server_cpu_us_per_request"] = round(
-            sum(v for k, v in per.items() if k != "postgres"), 1
-        )
-    return summary
 
 
 # ------------------------------------------------------------------ cache counters
@@ -322,7 +192,7 @@ def _check_answers(
     want_heavy, err2 = _libpq_rows(direct, HEAVY_SQL + "\n", [[]])
     out: dict[str, Any] = {"ids_checked": len(ids), "direct_errors": [e for e in (err, err2) if e]}
     for ep in eps:
-        hint = f" {HINT}" if ep.hinted else ""
+        hint = f" {HINT}" if _hinted(ep) else ""
         before_door = door_answers(node)
         before_pool = pool_cache(ep.port) if ep is pgpool else Counter[str]()
         got_point, e1 = _libpq_rows(ep, point + hint + "\n", ids)
@@ -344,35 +214,43 @@ def _check_answers(
 # ------------------------------------------------------------------ the scenario
 
 
+def _workdir(ctx: Context) -> Path:
+    """Where pgbench runs and writes its per-transaction logs."""
+    return ctx.tmp / "pgcache" / "pgbench"
+
+
+def _hinted(ep: Endpoint) -> bool:
+    """The door gets the statements with the cache hint; pgpool-II and PostgreSQL without."""
+    return ep.name == "door"
+
+
 def run(ctx: Context) -> ScenarioResult:
     for tool in ("pgbench", "initdb"):
         if not ctx.tools.has(tool):
             raise Skip(ctx.tools.missing_reason(tool))
     result = ScenarioResult("pgcache", TITLE)
-    result.extra["loadavg_before"] = _loadavg()
+    result.extra["loadavg_before"] = list(os.getloadavg())
     seconds = 5 if ctx.quick else 15
     heavy_seconds = 5 if ctx.quick else 10
     warmup = ctx.budget.warmup
     rounds = ctx.budget.rounds
     raw: dict[str, list[dict[str, Any]]] = {}
+    work = _workdir(ctx)
     with Stack(ctx, "pgcache") as st:
-        ctx.step("starting a private PostgreSQL")
-        admin = st.postgres(max_connections=CLIENTS + _PGPOOL_CHILDREN + 100)
-        pg_port = urlsplit(admin).port or 5432
-        dsn = f"postgresql://postgres@127.0.0.1:{pg_port}/{DB}"
-        asyncio.run(_create_db(admin, dsn))
-        ctx.step(f"pgbench -i -s {SCALE} into the private PostgreSQL")
-        pgbench_init(ctx.tools.paths["pgbench"], dsn, SCALE)
+        dsn = pgbench_postgres(
+            ctx, st, DB, max_connections=CLIENTS + _PGPOOL_CHILDREN + 100, scale=SCALE
+        )
+        pg_port = urlsplit(dsn).port or 5432
         asyncio.run(_distinct_balances(dsn))
-        pg_pid = _pid(st, "postgres")
+        pg_pid = server_pid(st, "postgres")
         config = st.config(dsn, pool_max_size=20)
         ctx.step("starting origin, node with the door")
         origin = st.origin(config)
         redis_url = st.redis()
-        node, door_port = _door_node(st, config, redis_url, origin.url, "node")
-        direct = Endpoint("direct", pg_port, "postgres", cpu=(("postgres", pg_pid),))
+        node, door_port = start_door(st, config, redis_url, origin.url, "node")
+        direct = Endpoint("direct", pg_port, "postgres", DB, cpu=(("postgres", pg_pid),))
         door = Endpoint(
-            "door", door_port, TENANT, ctx.api_key, hinted=True,
+            "door", door_port, TENANT, DB, password=ctx.api_key,
             cpu=(("node", node.proc.pid), ("origin", origin.proc.pid), ("postgres", pg_pid)),
         )  # fmt: skip
         pgpool: Endpoint | None = None
@@ -384,8 +262,8 @@ def run(ctx: Context) -> ScenarioResult:
                          f"{_PGPOOL_CHILDREN} children)")  # fmt: skip
                 port = st.pgpool(pg_port, children=_PGPOOL_CHILDREN)
                 pgpool = Endpoint(
-                    "pgpool", port, "postgres",
-                    cpu=(("pgpool", _pid(st, "pgpool")), ("postgres", pg_pid)),
+                    "pgpool", port, "postgres", DB,
+                    cpu=(("pgpool", server_pid(st, "pgpool")), ("postgres", pg_pid)),
                 )  # fmt: skip
             except (ProcessFailed, LookupError, OSError) as exc:
                 result.notes.append(f"pgpool-II legs skipped: it did not start: {exc}")
@@ -393,16 +271,17 @@ def run(ctx: Context) -> ScenarioResult:
         scripts = _scripts(ctx.tmp / "pgcache" / "scripts")
 
         def sc(ep: Endpoint, name: str) -> Path:
-            return scripts[name + ("-hinted" if ep.hinted else "")]
+            return scripts[name + ("-hinted" if _hinted(ep) else "")]
 
         ctx.step(f"warming both caches: ids 1..{IDS} once each, and the aggregate")
         warm: dict[str, Any] = {}
         for ep in caches:
             before = _counters(ep, node, redis_url)
             for mode in ("prepared", "extended"):
-                pgbench(ctx, ep, sc(ep, "warm"), 1, transactions=IDS, mode=mode,
-                        defines=("id=0",), tag="-warm")  # fmt: skip
-                pgbench(ctx, ep, sc(ep, "heavy"), 1, transactions=2, mode=mode, tag="-warm")
+                run_pgbench(ctx, ep, 1, workdir=work, script=sc(ep, "warm"), transactions=IDS,
+                            mode=mode, defines=("id=0",), tag="-warm")  # fmt: skip
+                run_pgbench(ctx, ep, 1, workdir=work, script=sc(ep, "heavy"), transactions=2,
+                            mode=mode, tag="-warm")  # fmt: skip
             warm[ep.name] = dict(_counters(ep, node, redis_url) - before)
         result.extra["warm_cache_answers"] = warm
         ctx.step("checking answers through the door and pgpool-II against PostgreSQL's")
@@ -416,15 +295,17 @@ def run(ctx: Context) -> ScenarioResult:
 
             def go() -> dict[str, Any]:
                 before = _counters(ep, node, redis_url)
-                summary = pgbench(ctx, ep, sc(ep, script), clients, seconds=secs, mode=mode,
-                                  sampling=sampling, log=not sampling)  # fmt: skip
+                summary = run_pgbench(ctx, ep, clients, workdir=work, script=sc(ep, script),
+                                      seconds=secs, mode=mode, sampling=sampling,
+                                      log=not sampling)  # fmt: skip
                 if ep is not direct:
                     summary["cache_statuses"] = dict(_counters(ep, node, redis_url) - before)
                 raw.setdefault(name, []).append(summary)
                 return summary
 
             def warm_run() -> None:
-                pgbench(ctx, ep, sc(ep, script), clients, seconds=warmup, mode=mode)
+                run_pgbench(ctx, ep, clients, workdir=work, script=sc(ep, script),
+                            seconds=warmup, mode=mode)  # fmt: skip
 
             return Variant(name, label, go, warm=warm_run)
 
@@ -455,7 +336,7 @@ def run(ctx: Context) -> ScenarioResult:
         result.extra["profile"] = _profile(ctx, door, node, redis_url, sc(door, "point"))
         result.extra["node_log_warnings"] = _log_warnings(st.dir / "node.log")
     result.extra["runs"] = raw
-    result.extra["loadavg_after"] = _loadavg()
+    result.extra["loadavg_after"] = list(os.getloadavg())
     _judge(result, seconds, heavy_seconds, pgpool is not None)
     (ctx.out_dir / "pgcache.md").write_text(summary_markdown(result))
     return result
@@ -481,14 +362,6 @@ def _counters(ep: Endpoint, node: Server, redis_url: str) -> Counter[str]:
     if ep.name == "pgpool":
         return pool_cache(ep.port)
     return Counter()
-
-
-async def _create_db(admin: str, dsn: str) -> None:
-    conn = await asyncpg.connect(admin, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{DB}"')
-    finally:
-        await conn.close()
 
 
 async def _distinct_balances(dsn: str) -> None:
@@ -562,17 +435,19 @@ def _profile(
     ctx.step(f"profiling the node (py-spy, {secs} s) at {CLIENTS} clients, all hits")
     box: dict[str, Any] = {}
     before = door_answers(node, redis_url)
+    work = _workdir(ctx)
     load = threading.Thread(
         target=lambda: box.update(
-            pgbench(ctx, door, script, CLIENTS, seconds=secs + 4, tag="-profile")
+            run_pgbench(ctx, door, CLIENTS, workdir=work, script=script, seconds=secs + 4,
+                        tag="-profile")
         )
-    )
+    )  # fmt: skip
     load.start()
     time.sleep(2)
     pid = node.proc.pid
     raw = ctx.tmp / "pgcache" / "profile-node.txt"
     svg = ctx.out_dir / "pgcache-profile.svg"
-    cpu0 = _cpu_seconds(pid)
+    cpu0 = tree_cpu_seconds(pid, reaped=True)
     started = time.monotonic()
     base = [
         *ctx.pinning.prefix(ctx.pinning.load), ctx.tools.path("py-spy"), "record",
@@ -583,7 +458,7 @@ def _profile(
         capture_output=True, text=True, timeout=secs + 60,
     )  # fmt: skip
     window = time.monotonic() - started
-    cpu = _cpu_seconds(pid) - cpu0
+    cpu = tree_cpu_seconds(pid, reaped=True) - cpu0
     load.join()
     answers = dict(door_answers(node, redis_url) - before)
     if done.returncode != 0 or not raw.exists():
@@ -592,7 +467,7 @@ def _profile(
     text = raw.read_text()
     s = summarize_collapsed(text, top=20)
     s.pop("node_functions_inclusive", None)
-    s["top_inclusive"] = _inclusive(text, s["samples"], top=20)
+    s["top_inclusive"] = code_frames(text, s["samples"], top=20)
     s["buckets"] = buckets(text)
     us = cpu / (tps * window) * 1e6 if tps else 0.0
     for key in ("top_self", "top_inclusive", "by_package"):
@@ -614,7 +489,9 @@ def _profile(
     }
     # A flame graph for people (a second, shorter recording: py-spy writes one format).
     load2 = threading.Thread(
-        target=lambda: pgbench(ctx, door, script, CLIENTS, seconds=secs + 4, tag="-flame")
+        target=lambda: run_pgbench(
+            ctx, door, CLIENTS, workdir=work, script=script, seconds=secs + 4, tag="-flame"
+        )
     )
     load2.start()
     time.sleep(2)
@@ -802,12 +679,7 @@ def summary_markdown(result: ScenarioResult) -> str:
         rs = runs.get(m.name, [])
         statuses = m.error_detail.get("cache_statuses", {})
         answers = ", ".join(f"{k} {v:,}" for k, v in sorted(statuses.items())) or "—"
-        cpu_parts = [s.get("cpu_us_per_txn") for s in rs if s.get("cpu_us_per_txn")]
-        cpu = ""
-        if cpu_parts:
-            cpu = " + ".join(
-                f"{statistics.median([p[k] for p in cpu_parts]):.0f} {k}" for k in cpu_parts[0]
-            )
+        cpu = cpu_per_server(rs)
         lines.append(
             f"| {m.label} | {_fmt(m.rps)} | {m.mean_ms:.3f} | {m.p50_ms:.3f} | {m.p90_ms:.3f} | "
             f"{m.p99_ms:.3f} | {m.errors} | {answers} | {cpu} |"

@@ -32,27 +32,32 @@ import asyncio
 import json
 import os
 import queue
-import re
 import statistics
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import asyncpg
 
 from bench.context import TENANT, Context
-from bench.db import pgbench_init
+from bench.pgbench import (
+    Endpoint,
+    code_frames,
+    cpu_per_server,
+    pgbench_postgres,
+    run_pgbench,
+    server_pid,
+    start_door,
+)
 from bench.procs import ROOT, rss_bytes, tree_cpu_seconds
 from bench.profile import summarize_collapsed
 from bench.scenarios.base import ScenarioResult, Skip, Target, Variant, measure_rounds, ratio
-from bench.stack import Server, Stack
-from cache_edge.devtools.harness import free_port, wait_port
+from bench.stack import Stack
 
 __all__ = ["TITLE", "run"]
 
@@ -74,132 +79,12 @@ _CONNECT_MARGIN = 10
 _CONNECT_MARGIN_QUICK = 6
 
 
-@dataclass(frozen=True)
-class Endpoint:
-    """Where pgbench connects, as whom, and which servers' CPU to charge to it."""
-
-    name: str
-    port: int
-    user: str
-    password: str = ""
-    cpu: tuple[tuple[str, int], ...] = ()  # (label, pid)
-
-    def dsn(self, port: int | None = None) -> str:
-        auth = self.user + (f":{quote(self.password, safe='')}" if self.password else "")
-        return f"postgresql://{auth}@127.0.0.1:{port or self.port}/{DB}?sslmode=disable"
-
-
-# ------------------------------------------------------------------ pgbench
-
-
-_RE = {
-    "requests": re.compile(r"number of transactions actually processed: (\d+)"),
-    "failed": re.compile(r"number of failed transactions: (\d+)"),
-    "mean_ms": re.compile(r"latency average = ([\d.]+) ms"),
-    "connect_ms": re.compile(r"initial connection time = ([\d.]+) ms"),
-    "rps": re.compile(r"tps = ([\d.]+) \(without initial connection time\)"),
-}
-
-
-def _percentile(ordered: list[float], q: float) -> float:
-    if not ordered:
-        return 0.0
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def _log_latencies_ms(prefix: Path) -> list[float]:
-    """Per-transaction latencies from pgbench ``--log`` files (third column, µs)."""
-    out: list[float] = []
-    for path in prefix.parent.glob(prefix.name + ".*"):
-        with path.open() as fh:
-            for line in fh:
-                fields = line.split()
-                if len(fields) > 2 and fields[2].isdigit():
-                    out.append(int(fields[2]) / 1000)
-        path.unlink()
-    out.sort()
-    return out
-
-
-def pgbench(
-    ctx: Context,
-    ep: Endpoint,
-    clients: int,
-    seconds: int,
-    *,
-    mode: str = "prepared",
-    sampling: float | None = None,
-    log: bool = False,
-    tag: str = "",
-) -> dict[str, Any]:
-    """One ``pgbench -n -S`` run; tps, latency, failures, aborted clients, server CPU."""
-    workdir = ctx.tmp / "pgdoor" / "pgbench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    prefix = workdir / f"{ep.name}-{clients}-{mode}{tag}"
-    for stale in workdir.glob(prefix.name + ".*"):
-        stale.unlink()
-    cmd = [
-        *ctx.pinning.prefix(ctx.pinning.load), ctx.tools.path("pgbench"),
-        "-n", "-S", "-M", mode, "-c", str(clients), "-j", str(min(2, clients)),
-        "-T", str(seconds), "-h", "127.0.0.1", "-p", str(ep.port), "-U", ep.user,
-    ]  # fmt: skip
-    if log or sampling:
-        cmd += ["--log", f"--log-prefix={prefix}"]
-        if sampling:
-            cmd.append(f"--sampling-rate={sampling}")
-    cmd.append(DB)
-    env = {**os.environ, "PGPASSWORD": ep.password, "PGSSLMODE": "disable",
-           "PGCONNECT_TIMEOUT": "30"}  # fmt: skip
-    cpu_before = {label: tree_cpu_seconds(pid) for label, pid in ep.cpu}
-    done = subprocess.run(
-        cmd, capture_output=True, text=True, env=env, cwd=workdir, timeout=seconds + 240
-    )
-    cpu = {label: tree_cpu_seconds(pid) - cpu_before[label] for label, pid in ep.cpu}
-    found = {k: r.search(done.stdout) for k, r in _RE.items()}
-    errors = [ln for ln in done.stderr.splitlines() if "error" in ln.lower()]
-    aborted = len(re.findall(r"client \d+ (?:script \d+ )?aborted", done.stderr))
-    if found["rps"] is None:
-        raise RuntimeError(
-            f"pgbench against {ep.name} ({clients} clients) exited {done.returncode} without "
-            f"a result:\n{(done.stderr or done.stdout)[-1500:]}"
-        )
-
-    def num(key: str) -> float:
-        m = found[key]
-        return float(m.group(1)) if m else 0.0
-
-    summary: dict[str, Any] = {
-        "client": f"pgbench -M {mode}",
-        "rps": num("rps"),
-        "mean_ms": num("mean_ms"),
-        "connect_ms": num("connect_ms"),
-        "requests": int(num("requests")),
-        "failed": int(num("failed")),
-        "aborted_clients": aborted,
-        "run_aborted": "Run was aborted" in done.stderr,
-        "exit_code": done.returncode,
-        "error_lines": sorted(set(errors))[:5],
-    }
-    summary["error_count"] = summary["failed"] + aborted
-    lat = _log_latencies_ms(prefix) if (log or sampling) else []
-    if lat:
-        summary |= {
-            "p50_ms": round(_percentile(lat, 0.50), 3),
-            "p90_ms": round(_percentile(lat, 0.90), 3),
-            "p99_ms": round(_percentile(lat, 0.99), 3),
-            "max_ms": round(lat[-1], 3),
-            "logged": len(lat),
-        }
-    else:
-        summary |= {"p50_ms": 0.0, "p99_ms": 0.0}
-    if cpu and summary["requests"]:
-        per = {k: round(v / summary["requests"] * 1e6, 1) for k, v in cpu.items()}
-        summary["cpu_us_per_txn"] = per
-        summary["server_cpu_us_per_request"] = round(sum(per.values()), 1)
-    return summary
-
-
 # ------------------------------------------------------------------ the scenario
+
+
+def _workdir(ctx: Context) -> Path:
+    """Where pgbench runs and writes its per-transaction logs."""
+    return ctx.tmp / "pgdoor" / "pgbench"
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -207,34 +92,31 @@ def run(ctx: Context) -> ScenarioResult:
         if not ctx.tools.has(tool):
             raise Skip(ctx.tools.missing_reason(tool))
     result = ScenarioResult("pgdoor", TITLE)
-    result.extra["loadavg_before"] = _loadavg()
+    result.extra["loadavg_before"] = list(os.getloadavg())
     seconds = 5 if ctx.quick else 15
     margin = _CONNECT_MARGIN_QUICK if ctx.quick else _CONNECT_MARGIN
     rounds = ctx.budget.rounds
     raw: dict[str, list[dict[str, Any]]] = {}
+    work = _workdir(ctx)
     with Stack(ctx, "pgdoor") as st:
-        ctx.step(f"starting a private PostgreSQL (max_connections {MANY + 100})")
-        admin = st.postgres(max_connections=MANY + 100)
-        pg_port = urlsplit(admin).port or 5432
-        asyncio.run(_create_db(admin))
-        ctx.step(f"pgbench -i -s {SCALE} into the private PostgreSQL")
-        dsn = f"postgresql://postgres@127.0.0.1:{pg_port}/{DB}"
-        pgbench_init(ctx.tools.paths["pgbench"], dsn, SCALE)
+        dsn = pgbench_postgres(ctx, st, DB, max_connections=MANY + 100, scale=SCALE)
+        pg_port = urlsplit(dsn).port or 5432
         config = st.config(dsn, pool_max_size=POOL)
         ctx.step(f"starting origin (pool {POOL}), node with the door, PgBouncer (pool {POOL})")
         origin = st.origin(config)
         redis_url = st.redis()
-        node, door_port = _door_node(st, config, redis_url, origin.url, "node")
-        direct = Endpoint("direct", pg_port, "postgres")
+        node, door_port = start_door(st, config, redis_url, origin.url, "node")
+        direct = Endpoint("direct", pg_port, "postgres", DB)
         door = Endpoint(
-            "door", door_port, TENANT, ctx.api_key,
-            (("node", node.proc.pid), ("origin", origin.proc.pid)),
+            "door", door_port, TENANT, DB, password=ctx.api_key,
+            cpu=(("node", node.proc.pid), ("origin", origin.proc.pid)),
         )  # fmt: skip
         bouncer: Endpoint | None = None
         if ctx.tools.has("pgbouncer"):
             bport = st.pgbouncer(pg_port, POOL, MANY + 100)
+            bouncer_pid = server_pid(st, "pgbouncer")
             bouncer = Endpoint(
-                "pgbouncer", bport, "postgres", cpu=(("pgbouncer", _pid(st, "pgbouncer")),)
+                "pgbouncer", bport, "postgres", DB, cpu=(("pgbouncer", bouncer_pid),)
             )
         else:
             result.notes.append(f"PgBouncer legs skipped: {ctx.tools.missing_reason('pgbouncer')}")
@@ -242,10 +124,13 @@ def run(ctx: Context) -> ScenarioResult:
 
         ctx.step("warming every path (1 s at 50 clients each)")
         for ep in targets:
-            pgbench(ctx, ep, FEW, 1, mode="extended" if ep is bouncer else "prepared")
+            mode = "extended" if ep is bouncer else "prepared"
+            run_pgbench(ctx, ep, FEW, workdir=work, seconds=1, mode=mode)
         if bouncer is not None:
             ctx.step("PgBouncer with -M prepared (expected to fail in transaction mode)")
-            check = pgbench(ctx, bouncer, FEW, 2, mode="prepared", tag="-check")
+            check = run_pgbench(
+                ctx, bouncer, FEW, workdir=work, seconds=2, mode="prepared", tag="-check"
+            )
             result.extra["pgbouncer_prepared_check"] = {
                 k: check[k] for k in ("rps", "requests", "aborted_clients", "error_lines")
             }
@@ -256,7 +141,9 @@ def run(ctx: Context) -> ScenarioResult:
 
             def go() -> dict[str, Any]:
                 run_for = seconds + (margin if clients >= MANY else 0)
-                summary = pgbench(ctx, ep, clients, run_for, mode=mode, **kw)
+                summary = run_pgbench(
+                    ctx, ep, clients, workdir=work, seconds=run_for, mode=mode, **kw
+                )
                 raw.setdefault(name, []).append(summary)
                 return summary
 
@@ -289,50 +176,16 @@ def run(ctx: Context) -> ScenarioResult:
         ctx.step(f"WAN: node and origin {DELAY_MS} ms apart; direct through a {DELAY_MS} ms relay")
         to_origin = st.relay(origin.port, DELAY_MS, "relay-origin")
         to_pg = st.relay(pg_port, DELAY_MS, "relay-postgres")
-        _, far_port = _door_node(st, config, redis_url, to_origin.url, "node-wan")
+        _, far_port = start_door(st, config, redis_url, to_origin.url, "node-wan")
         samples = 5 if ctx.quick else 15
         result.extra["wan"] = asyncio.run(_wan(door.dsn(far_port), direct.dsn(to_pg.port), samples))
 
         result.extra["idle"] = _idle(ctx, st, config, redis_url, door)
     result.extra["runs"] = raw
-    result.extra["loadavg_after"] = _loadavg()
+    result.extra["loadavg_after"] = list(os.getloadavg())
     _judge(ctx, result, seconds, margin, bouncer is not None)
     (ctx.out_dir / "pgdoor.md").write_text(summary_markdown(result))
     return result
-
-
-def _loadavg() -> list[float]:
-    """1, 5 and 15 minute load averages: the machine is shared; a busy one skews numbers."""
-    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-
-
-def _pid(st: Stack, name: str) -> int:
-    """The pid of the stack's child called ``name`` (Stack.pgbouncer returns only a port)."""
-    return next(child.pid for child in st._children if child.name == name)
-
-
-def _door_node(
-    st: Stack, config: Path, redis_url: str, origin_url: str, name: str
-) -> tuple[Server, int]:
-    port = free_port()
-    node = st.node(
-        config,
-        region="bench-1",
-        redis_url=redis_url,
-        origin_url=origin_url,
-        name=name,
-        extra_args=("--pg-listen", f"127.0.0.1:{port}"),
-    )
-    wait_port(port, node.proc)
-    return node, port
-
-
-async def _create_db(admin: str) -> None:
-    conn = await asyncpg.connect(admin, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{DB}"')
-    finally:
-        await conn.close()
 
 
 # ------------------------------------------------------------------ profile
@@ -346,7 +199,9 @@ def _profile(ctx: Context, door: Endpoint, node_pid: int, origin_pid: int) -> di
     ctx.step(f"profiling node and origin (py-spy, {secs} s) at {FEW} clients")
     box: dict[str, Any] = {}
     load = threading.Thread(
-        target=lambda: box.update(pgbench(ctx, door, FEW, secs + 4, tag="-profile"))
+        target=lambda: box.update(
+            run_pgbench(ctx, door, FEW, workdir=_workdir(ctx), seconds=secs + 4, tag="-profile")
+        )
     )
     load.start()
     time.sleep(2)
@@ -376,7 +231,7 @@ def _profile(ctx: Context, door: Endpoint, node_pid: int, origin_pid: int) -> di
             continue
         text = path.read_text()
         s = summarize_collapsed(text, top=15)
-        s["top_inclusive"] = _inclusive(text, s["samples"])
+        s["top_inclusive"] = code_frames(text, s["samples"])
         s.pop("node_functions_inclusive", None)
         us = cpu[label] / txns * 1e6 if txns else 0.0
         s["cpu_share_of_one_core"] = round(cpu[label] / window, 3)
@@ -390,26 +245,6 @@ def _profile(ctx: Context, door: Endpoint, node_pid: int, origin_pid: int) -> di
         s["raw"] = str(path)
         summary[label] = s
     return summary
-
-
-def _inclusive(collapsed: str, total: int, top: int = 15) -> list[dict[str, Any]]:
-    """cache-edge and origin functions by inclusive share, without the frames every busy
-    sample passes through (the CLI, the event loop's runner), whatever the share of idle."""
-    counts: dict[str, int] = {}
-    for line in collapsed.splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not stack or not n.isdigit():
-            continue
-        for frame in set(stack.split(";")):
-            if "cache_edge/" in frame or "origin/" in frame:
-                counts[frame] = counts.get(frame, 0) + int(n)
-    outer = ("cli/", "runpy", "serving.py", "run_node", "run_origin")
-    rows = [
-        {"function": f, "pct": round(100 * n / total, 1)}
-        for f, n in sorted(counts.items(), key=lambda kv: -kv[1])
-        if total and not any(o in f for o in outer)
-    ]
-    return rows[:top]
 
 
 # ------------------------------------------------------------------ WAN connect
@@ -527,8 +362,8 @@ def _idle(ctx: Context, st: Stack, config: Path, redis_url: str, door: Endpoint)
     count = ctx.budget.idle_connections
     ctx.step(f"idle: fresh origin and node, then {count:,} idle authenticated connections")
     origin = st.origin(config, name="origin-idle")
-    node, port = _door_node(st, config, redis_url, origin.url, "node-idle")
-    warm = asyncio.run(_first_row_psycopg(Endpoint("door", port, door.user, door.password).dsn()))
+    node, port = start_door(st, config, redis_url, origin.url, "node-idle")
+    warm = asyncio.run(_first_row_psycopg(door.dsn(port)))
     time.sleep(1)
     before = {"node": rss_bytes(node.proc.pid), "origin": rss_bytes(origin.proc.pid)}
     fds_before = _fds(node.proc.pid)
@@ -685,13 +520,7 @@ def summary_markdown(result: ScenarioResult) -> str:
         aborted = sum(s.get("aborted_clients", 0) for s in rs)
         failed = sum(s.get("failed", 0) for s in rs)
         conn = statistics.median([s.get("connect_ms", 0.0) for s in rs]) if rs else 0.0
-        cpu_parts = [s.get("cpu_us_per_txn") for s in rs if s.get("cpu_us_per_txn")]
-        cpu = ""
-        if cpu_parts:
-            keys = list(cpu_parts[0])
-            cpu = " + ".join(
-                f"{statistics.median([p[k] for p in cpu_parts]):.0f} {k}" for k in keys
-            )
+        cpu = cpu_per_server(rs)
         lines.append(
             f"| {m.label} | {_fmt(m.rps)} | {m.mean_ms:.3f} | {m.p50_ms:.3f} | {m.p99_ms:.3f} | "
             f"{failed} | {aborted} | {_fmt(conn)} | {cpu} |"
