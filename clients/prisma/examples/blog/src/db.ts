@@ -15,6 +15,6 @@ import { PrismaClient } from "./generated/prisma/client.js";
 const pool = cacheEdgePool(new pg.Pool({ connectionString: process.env.DATABASE_URL }));
 
 export const prisma = new PrismaClient({
-  adapter: new PrismaPg(pool),
+  adapter: new PrismaPg(pool, { disposeExternalPool: true }), // $disconnect() ends the pool
   comments: [cacheEdgeComments()], // carries each query's cacheStrategy to the node
 }).$extends(withCacheEdge({ url: process.env.CACHE_EDGE_URL, apiKey: process.env.CACHE_EDGE_API_KEY }));
