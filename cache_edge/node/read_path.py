@@ -6,17 +6,23 @@ Whether an entry may be served is decided by one rule for both tiers
 unit tests (tests/unit/node/test_read_path.py).
 
 Coalescing has two floors. Inside a process, a single-flight group lets one
-task fetch per key. Across the processes of a region, the fetching task first
-takes a short Redis lock on the key; whoever loses waits for the winner's entry
-to appear instead of calling the origin, so a stampede over many processes
-still costs one origin execution. Stale-while-revalidate refreshes take the
-same lock, which makes them one per key per region.
+task fetch per key. Across the processes of a region, the fetching task holds a
+short Redis lock on the key; whoever loses waits for the winner's entry to
+appear instead of calling the origin, so a stampede over many processes still
+costs one origin execution. Stale-while-revalidate refreshes take the same lock,
+which makes them one per key per region.
+
+Round trips (issue 18): a hit is one (the lookup); a miss is two, because the
+lookup takes the fill lock in the same step when the entry cannot be served, and
+the store checks the purge state, keeps the rows and releases the lock in one
+more (:mod:`cache_edge.node.tiers.redis`, ``_LOOKUP`` and ``_STORE``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -38,7 +44,7 @@ from cache_edge.common.singleflight import Group
 from cache_edge.common.strategy import CacheStrategy
 from cache_edge.node.entry import Entry
 from cache_edge.node.freshness import PurgeState, Verdict, judge, survives
-from cache_edge.node.ports import OriginLink, SharedTier
+from cache_edge.node.ports import FillLock, Looked, OriginLink, SharedTier
 from cache_edge.node.purge_mirror import PurgeMirror
 from cache_edge.node.tiers.memory import MemoryTier
 from cache_edge.node.tiers.redis import TierUnavailable
@@ -106,6 +112,17 @@ class _Seen:
     entry: Entry | None
     state: PurgeState  # [sync lease, *tag versions] read with the entry
     cache_error: str | None = None  # why the tier could not be read
+    lock: str | None = None  # the token of the fill lock the lookup took (a miss)
+    busy: bool = False  # the lookup found the fill lock held by another fetch
+
+
+@dataclass(slots=True)
+class _Lock:
+    """A fill lock this process holds while it fetches."""
+
+    key: str
+    token: str
+    released: bool = False  # the store released it already (stored, or nothing to check)
 
 
 def _merged(tags: tuple[str, ...], extra: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -162,6 +179,8 @@ class QueryCache:
         # died (kill -9) stops renewing, and the region's waiters take over within
         # seconds instead of waiting out a lock as long as the origin timeout.
         self._lock_ttl_ms = _LOCK_LEASE_MS
+        self._tokens = itertools.count()
+        self._token_prefix = secrets.token_hex(6)  # this process; the counter: the attempt
         # (tenant, sql) -> the implicit tags (tables) its entries carry, so a hit can read
         # their purge state in the same round trip as the entry (docs/auto-invalidation.md).
         self._implicit: dict[tuple[str, str], tuple[str, ...]] = {}
@@ -180,6 +199,8 @@ class QueryCache:
         seen = await self._look_up(flight)
         verdict = self._judge(flight, seen.entry, seen.state)
         if seen.entry is not None and verdict in ("ttl", "swr"):
+            if seen.lock is not None:  # the tier could not tell it was a hit: let go
+                await self._release(self._tier.lock_key(flight.tenant, flight.sig), seen.lock)
             if verdict == "ttl":
                 self._remember(flight, seen.entry)  # the next hit skips the round trip
             return self._hit(flight, seen.entry, verdict, seen.state)
@@ -207,17 +228,42 @@ class QueryCache:
     async def _look_up(self, flight: _Flight) -> _Seen:
         """The region's entry and its purge state, in one round trip; Redis is optional.
 
-        An entry whose tags' purge state could not all be read is not seen at all: judged
-        by part of its tags, it could be served after a purge of the others."""
+        Unless this process is fetching the key already, the same round trip takes the
+        key's fill lock when the entry cannot be served, so a miss goes straight to the
+        origin. An entry whose tags' purge state could not all be read is not seen at all:
+        judged by part of its tags, it could be served after a purge of the others."""
+        tenant, sig = flight.tenant, flight.sig
+        lock = None if self._flights.running((tenant, sig)) else self._lock_for_a_miss(flight)
         try:
-            raw, values = await self._tier.lookup(flight.tenant, flight.sig, flight.tags)
-            entry = Entry.decode(raw) if raw is not None else None
-            if entry is not None:
-                values = await self._state_covering(flight, entry, values)
+            got = await self._tier.lookup(tenant, sig, flight.tags, lock)
         except TierUnavailable as exc:
             log.warning("cache_tier_unavailable", error=str(exc), request_id=flight.request_id)
             return _Seen(None, PurgeState(None), "redis_unavailable")
-        return _Seen(entry, PurgeState.from_redis(values))
+        token = lock.token if lock is not None and got.locked else None
+        entry = Entry.decode(got.entry) if got.entry is not None else None
+        values = got.state
+        if entry is not None:
+            try:
+                values = await self._state_covering(flight, entry, values)
+            except TierUnavailable as exc:
+                log.warning("cache_tier_unavailable", error=str(exc), request_id=flight.request_id)
+                return _Seen(None, PurgeState(None), "redis_unavailable", token)
+        return _Seen(entry, PurgeState.from_redis(values), lock=token, busy=got.busy)
+
+    def _token(self) -> str:
+        """A fill lock token: unique to this process and attempt."""
+        return f"{self._token_prefix}{next(self._tokens):x}"
+
+    def _lock_for_a_miss(self, flight: _Flight) -> FillLock:
+        """The fill lock, to be taken only if the entry cannot be served now."""
+        strategy = flight.strategy
+        return FillLock(
+            self._token(),
+            self._lock_ttl_ms,
+            max_age_ms=(strategy.ttl + strategy.swr) * 1000,
+            now_ms=int(self._clock() * 1000),
+            min_watermark=flight.min_watermark,
+        )
 
     def _judge(self, flight: _Flight, entry: Entry | None, state: PurgeState) -> Verdict | None:
         """The one freshness rule (cache_edge/node/freshness.py), for either tier's entry."""
@@ -236,9 +282,7 @@ class QueryCache:
     ) -> Answer:
         """A miss: fetch (coalesced); if the origin fails, an old entry may stand in."""
         try:
-            fresh = await self._fill(
-                flight, seen.entry, max(seen.state.required(), flight.min_watermark)
-            )
+            fresh = await self._fill(flight, seen, max(seen.state.required(), flight.min_watermark))
         except _STALE_OK as exc:
             stale = await self._stand_in(flight, seen, verdict)
             if stale is None:
@@ -342,17 +386,28 @@ class QueryCache:
 
     # ------------------------------------------------------------------ fills
 
-    async def _fill(self, flight: _Flight, seen: Entry | None, min_watermark: int) -> _Fetched:
+    async def _fill(self, flight: _Flight, seen: _Seen, min_watermark: int) -> _Fetched:
         """One fetch per key per process; unchecked rows go only to whoever was waiting
         before that fetch began. A request that arrived later (possibly after a purge
-        was applied) joins, or starts, a fetch that begins after it arrived."""
+        was applied) joins, or starts, a fetch that begins after it arrived.
+
+        The fill lock the lookup took (if any) goes to the first fetch this request
+        starts; joining another task's fetch instead, it lets the lock go."""
         arrived = time.monotonic()
+        key = (flight.tenant, flight.sig)
+        handed: list[str | None] = [seen.lock]
+        busy = seen.busy
 
         async def run() -> _Fetched:
-            return await self._fill_region(flight, seen, min_watermark)
+            token, handed[0] = handed[0], None
+            return await self._fill_region(flight, seen.entry, min_watermark, token, busy)
 
         while True:
-            fetched, shared = await self._flights.do((flight.tenant, flight.sig), run)
+            if handed[0] is not None and self._flights.running(key):
+                token, handed[0] = handed[0], None
+                await self._release(self._tier.lock_key(*key), token)
+            fetched, shared = await self._flights.do(key, run)
+            busy = False
             # A fetch another request began may predate this one's own write (min_watermark).
             new_enough = not shared or fetched.entry.watermark >= flight.min_watermark
             if new_enough and (fetched.checked or not shared or fetched.started >= arrived):
@@ -362,64 +417,74 @@ class QueryCache:
             self.stats.unchecked_refetches += 1
 
     async def _fill_region(
-        self, flight: _Flight, seen: Entry | None, min_watermark: int
+        self,
+        flight: _Flight,
+        seen: Entry | None,
+        min_watermark: int,
+        token: str | None,
+        busy: bool,
     ) -> _Fetched:
-        """Fetch once per region: take the key's lock, or wait for its holder's entry."""
+        """Fetch once per region: hold the key's lock (``token``: the lookup took it), or
+        wait for its holder's entry. ``busy``: the lookup found it held just now."""
         started = time.monotonic()
-        tenant, sig = flight.tenant, flight.sig
-        lock_key = self._tier.lock_key(tenant, sig)
-        token = secrets.token_hex(8)
+        lock_key = self._tier.lock_key(flight.tenant, flight.sig)
         deadline = time.monotonic() + self._config.coalesce_wait
         delay = 0.005
-        while True:
-            try:
-                locked = await self._tier.try_lock(lock_key, token, self._lock_ttl_ms)
-            except TierUnavailable:
-                # No shared tier: coalescing stays per process.
-                return await self._fetch_and_store(flight, min_watermark, started)
-            if locked:
-                async with self._holding(lock_key, token):
-                    try:
-                        # Double-check: the previous holder may have stored it just now.
-                        newer = await self._newer_entry(flight, seen)
-                        if newer is not None:
-                            self.stats.coalesced_region += 1
-                            return _Fetched(newer, True, started)
-                    except TierUnavailable:
-                        pass  # Redis failed under the lock: fetch like any Redis failure
-                    return await self._fetch_and_store(flight, min_watermark, started)
-            # Another process of the region is fetching this key: wait for its entry.
-            while time.monotonic() < deadline:
+        regardless = False  # take the lock even if the tier thinks the entry servable
+        while token is None:
+            if busy:  # another process of the region is fetching this key: wait for it
+                if time.monotonic() >= deadline:
+                    # Waited long enough; a hung holder must not hang us.
+                    return await self._fetch_and_store(flight, min_watermark, started, None)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 0.05)
-                try:
-                    got = await self._newer_entry(flight, seen)
-                    if got is not None:
-                        self.stats.coalesced_region += 1
-                        return _Fetched(got, True, started)
-                    if not await self._tier.exists(lock_key):
-                        break  # the holder finished without a usable entry: try ourselves
-                except TierUnavailable:
-                    return await self._fetch_and_store(flight, min_watermark, started)
+            # The holder's entry if it is there, else the lock if it is free: one round trip.
+            claim = (
+                FillLock(self._token(), self._lock_ttl_ms)
+                if regardless
+                else self._lock_for_a_miss(flight)
+            )
+            try:
+                got = await self._tier.lookup(flight.tenant, flight.sig, flight.tags, claim)
+            except TierUnavailable:
+                # No shared tier: coalescing stays per process.
+                return await self._fetch_and_store(flight, min_watermark, started, None)
+            newer = await self._newer_entry(flight, seen, got)
+            if newer is not None:
+                if got.locked:  # stored and released while we asked: not needed after all
+                    await self._release(lock_key, claim.token)
+                self.stats.coalesced_region += 1
+                return _Fetched(newer, True, started)
+            if got.locked:
+                token = claim.token
+            elif got.busy:
+                busy = True
             else:
-                # Waited long enough; a hung holder must not hang us.
-                return await self._fetch_and_store(flight, min_watermark, started)
+                # The tier judged the entry servable, we do not (tags it could not know
+                # of): ask for the lock regardless, at once.
+                regardless, busy = True, False
+        async with self._holding(lock_key, token) as lock:
+            return await self._fetch_and_store(flight, min_watermark, started, lock)
 
-    async def _newer_entry(self, flight: _Flight, seen: Entry | None) -> Entry | None:
-        """A servable entry produced after ``seen`` (someone else refreshed it), if any."""
-        raw, state = await self._tier.lookup(flight.tenant, flight.sig, flight.tags)
-        got = Entry.decode(raw) if raw is not None else None
-        if got is None:
+    async def _newer_entry(self, flight: _Flight, seen: Entry | None, got: Looked) -> Entry | None:
+        """A servable entry produced after ``seen`` (someone else refreshed it), if any.
+
+        One whose purge state cannot all be read does not count (Redis failed)."""
+        entry = Entry.decode(got.entry) if got.entry is not None else None
+        if entry is None or entry.watermark < flight.min_watermark:
             return None
-        state = await self._state_covering(flight, got, state)
-        if not PurgeState.from_redis(state).current(got.watermark):
+        try:
+            state = await self._state_covering(flight, entry, got.state)
+        except TierUnavailable:
             return None
-        if seen is not None and got.produced_at_ms <= seen.produced_at_ms:
+        if not PurgeState.from_redis(state).current(entry.watermark):
             return None
-        return got
+        if seen is not None and entry.produced_at_ms <= seen.produced_at_ms:
+            return None
+        return entry
 
     async def _fetch_and_store(
-        self, flight: _Flight, min_watermark: int, started: float
+        self, flight: _Flight, min_watermark: int, started: float, lock: _Lock | None
     ) -> _Fetched:
         """Fetch from the origin; store only rows no purge applied here has voided.
 
@@ -428,6 +493,8 @@ class QueryCache:
         for a watermark at least as new as the region's state. Rows the region cannot
         check (Redis unavailable, or no sync lease) are returned unchecked and never
         stored: a later reader must not find rows older than a purge it was told about.
+        The check and the store are one step in Redis (``SharedTier.store``), which also
+        releases ``lock`` once nothing is left to fetch.
         """
         tenant, strategy = flight.tenant, flight.strategy
         for _attempt in range(3):
@@ -444,18 +511,29 @@ class QueryCache:
             if entry.tags:
                 self._learn(flight, entry)
             try:
-                tags = _merged(strategy.tags, entry.tags)
-                state = PurgeState.from_redis(await self._tier.state(tenant, flight.sig, tags))
-            except TierUnavailable:
+                done = await self._tier.store(
+                    tenant,
+                    flight.sig,
+                    _merged(strategy.tags, entry.tags),
+                    entry.encode(),
+                    strategy.retention,
+                    entry.watermark,
+                    lock.token if lock is not None else "",
+                )
+            except TierUnavailable as exc:
+                log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
                 return _Fetched(entry, False, started, "redis_unavailable")
+            state = PurgeState.from_redis(done.state)
+            if lock is not None and (done.stored or not state.vouched):
+                lock.released = True
             if not state.vouched:
                 self.stats.unvouched_fills += 1
                 return _Fetched(entry, False, started)
-            if not state.current(entry.watermark):
+            if not done.stored:
                 self.stats.raced_purges += 1
                 min_watermark = max(min_watermark, state.required())
                 continue
-            await self._store(flight, entry)
+            self._remember(flight, entry)
             return _Fetched(entry, True, started)
         # Purges keep overtaking this key's fetches (a hot tag). The last rows were
         # produced after every request waiting now had arrived, so they are fresh for
@@ -464,35 +542,31 @@ class QueryCache:
         log.info("fill_raced_repeatedly", request_id=flight.request_id)
         return _Fetched(entry, False, attempt_started)
 
-    async def _store(self, flight: _Flight, entry: Entry) -> None:
-        """Keep checked rows for the region (and this process); failing costs a later miss."""
-        try:
-            key = self._tier.entry_key(flight.tenant, flight.sig)
-            await self._tier.set(key, entry.encode(), flight.strategy.retention)
-        except TierUnavailable as exc:
-            log.warning("cache_store_failed", error=str(exc), request_id=flight.request_id)
-        else:
-            self._remember(flight, entry)
-
     @contextlib.asynccontextmanager
-    async def _holding(self, lock_key: str, token: str) -> AsyncIterator[None]:
-        """Keep a fill lock alive while its holder works; release it afterwards."""
+    async def _holding(self, lock_key: str, token: str) -> AsyncIterator[_Lock]:
+        """Keep a fill lock alive while its holder works; release it afterwards, unless
+        the store did. Renewal only extends the lock while it is ours: it never takes
+        it again after the store released it."""
+        lock = _Lock(lock_key, token)
 
         async def renew() -> None:
-            while True:
+            while not lock.released:
                 await asyncio.sleep(self._lock_ttl_ms / 3000)
                 try:
-                    if not await self._tier.lead(lock_key, token, self._lock_ttl_ms):
-                        return  # lost it (expired and taken): the new holder fetches too
+                    if lock.released or not await self._tier.extend(
+                        lock_key, token, self._lock_ttl_ms
+                    ):
+                        return  # released, or lost (expired): a new holder fetches too
                 except TierUnavailable:
                     return
 
         renewing = asyncio.create_task(renew())
         try:
-            yield
+            yield lock
         finally:
             await stop_tasks([renewing])
-            await self._release(lock_key, token)
+            if not lock.released:
+                await self._release(lock_key, token)
 
     async def _release(self, lock_key: str, token: str) -> None:
         """Release a fill lock early; if Redis fails, its lease runs out by itself."""
@@ -511,26 +585,33 @@ class QueryCache:
 
     async def _refresh(self, flight: _Flight, seen: Entry, min_watermark: int) -> None:
         """Refresh under the key's lock, so there is one refresh per key per region."""
-        lock_key = self._tier.lock_key(flight.tenant, flight.sig)
-        token = secrets.token_hex(8)
+        key = (flight.tenant, flight.sig)
+        lock_key = self._tier.lock_key(*key)
+        claim = FillLock(self._token(), self._lock_ttl_ms)
         try:
-            if not await self._tier.try_lock(lock_key, token, self._lock_ttl_ms):
-                return  # another request or process of the region is refreshing it
+            got = await self._tier.lookup(flight.tenant, flight.sig, flight.tags, claim)
         except TierUnavailable:
             return  # without the lock we cannot promise one refresh per region; skip
-
-        async def run() -> _Fetched:
-            started = time.monotonic()
-            # Double-check under the lock: a refresh that just finished elsewhere counts.
-            newer = await self._newer_entry(flight, seen)
-            if newer is not None:
-                return _Fetched(newer, True, started)
-            self.stats.refreshes += 1
-            return await self._fetch_and_store(flight, min_watermark, started)
+        if not got.locked:
+            return  # another request or process of the region is refreshing it
+        if self._flights.running(key):
+            # A miss of this process began fetching the key meanwhile: it is the refresh.
+            await self._release(lock_key, claim.token)
+            return
 
         try:
-            async with self._holding(lock_key, token):
-                await self._flights.do((flight.tenant, flight.sig), run)
+            async with self._holding(lock_key, claim.token) as lock:
+
+                async def run() -> _Fetched:
+                    started = time.monotonic()
+                    # Read with the lock: a refresh that just finished elsewhere counts.
+                    newer = await self._newer_entry(flight, seen, got)
+                    if newer is not None:
+                        return _Fetched(newer, True, started)
+                    self.stats.refreshes += 1
+                    return await self._fetch_and_store(flight, min_watermark, started, lock)
+
+                await self._flights.do(key, run)
         except (CacheEdgeError, TierUnavailable) as exc:
             self.stats.refresh_failures += 1
             code = exc.code if isinstance(exc, CacheEdgeError) else "redis_unavailable"

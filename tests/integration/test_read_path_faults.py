@@ -213,31 +213,34 @@ async def test_flush_between_progress_read_and_apply_is_detected(
     await admin.aclose()
 
 
-class _LookupFailsUnderLock(RedisTier):
-    """Injected fault: Redis fails on the first read after the fill lock is taken.
+class _FailsUnderLock(RedisTier):
+    """Injected fault: Redis fails on the first command after the fill lock is taken
+    (the store, with its purge state check).
 
     Killing connections from outside hits this point only by chance (the chaos run
     found it 3 times in 15 s); the test needs it every time."""
 
     armed = False
 
-    async def try_lock(self, key: str, token: str, ttl_ms: int) -> bool:
-        got = await super().try_lock(key, token, ttl_ms)
-        self.armed = got
+    async def lookup(
+        self, tenant: str, signature: str, tags: tuple[str, ...], lock: Any = None
+    ) -> Any:
+        got = await super().lookup(tenant, signature, tags, lock)
+        self.armed = self.armed or got.locked
         return got
 
-    async def lookup(self, tenant: str, signature: str, tags: tuple[str, ...]) -> Any:
+    async def store(self, *args: Any, **kwargs: Any) -> Any:
         if self.armed:
             self.armed = False
             raise TierUnavailable("redis error: injected under the fill lock")
-        return await super().lookup(tenant, signature, tags)
+        return await super().store(*args, **kwargs)
 
 
 async def test_redis_failing_under_the_fill_lock_falls_back_to_the_origin(
     redis_server: str,
 ) -> None:
     """Defect C: this was a 500 internal."""
-    world = await _world(redis_server, _LookupFailsUnderLock)
+    world = await _world(redis_server, _FailsUnderLock)
     try:
         answer = await world.read()
         assert answer.status == "miss" and rows(answer) == [[1]]

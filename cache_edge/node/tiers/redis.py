@@ -29,6 +29,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException, RedisError
 
 from cache_edge.common.errors import RedisUnavailable
+from cache_edge.node.ports import FillLock, Looked, Stored
 from cache_edge.node.tiers.cluster import NODE_ERRORS, NodeUnavailable, ScopedCluster
 from cache_edge.node.tiers.layout import CLUSTER_SHARDS, Layout
 
@@ -42,8 +43,7 @@ __all__ = [
     "redis_client",
 ]
 
-# Delete the lock only if we still own it (the token), so a slow holder whose
-# lock expired cannot release a lock that another process has taken since.
+# Take or keep a leadership lease: SET NX, or extend it if we already hold it.
 _LEAD = """
 if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
 if redis.call('get', KEYS[1]) == ARGV[1] then
@@ -51,9 +51,88 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+# Delete the lock only if we still own it (the token), so a slow holder whose
+# lock expired cannot release a lock that another process has taken since.
 _UNLOCK = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end
 return 0
+"""
+# Extend a fill lock we still own; never take it again once it is gone.
+_EXTEND = """
+if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
+return 0
+"""
+
+# A read path's whole use of Redis for one key is two scripts (issue 18): _LOOKUP reads
+# the entry with its purge state and takes the fill lock when the entry cannot be
+# served; _STORE checks the purge state again, stores the fetched entry only if it
+# passes, and releases the lock. All their keys are in the entry's hash slot
+# (tiers/layout.py), so each is one command on one node, on a Redis Cluster too.
+#
+# _LOOKUP. KEYS: entry, lock, sync lease, tag versions...; ARGV: token, lease ms,
+# max age ms ('' = take the lock whatever the entry), now ms (the node's clock), min
+# watermark. Returns {lock, entry, sync lease, tag versions...}; lock is 1 taken (or
+# already ours: a retried command), -1 held by someone else, 0 not tried.
+#
+# Whether the entry can be served is the read path's to decide (cache_edge/node/
+# freshness.py); the script only avoids a second round trip for a miss. It reads the
+# entry's producedAt and watermark from the first 17 bytes of its header (version 1 or
+# 2, then two big-endian int64s: cache_edge/node/entry.py) and takes the lock when
+# nobody vouches for the state, or the entry is absent, void (its watermark below the
+# floor, a tag version or the request's minimum) or older than max age: a miss by the
+# same rule. An entry it cannot read is left to the read path (which then claims the
+# lock itself), so a wrong guess costs a round trip, never a wrong answer.
+_LOOKUP = """
+local entry = redis.call('get', KEYS[1])
+local out = {0, entry}
+local required = tonumber(ARGV[5])
+for i = 3, #KEYS do
+  local v = redis.call('get', KEYS[i])
+  out[i] = v
+  if v then required = math.max(required, tonumber(v)) end
+end
+local take = ARGV[3] == '' or not entry or not out[3]
+if not take and #entry >= 17 and (string.byte(entry, 1) == 1 or string.byte(entry, 1) == 2)
+    and string.byte(entry, 2) < 128 and string.byte(entry, 10) < 128 then
+  local produced, watermark = 0, 0
+  for i = 2, 9 do produced = produced * 256 + string.byte(entry, i) end
+  for i = 10, 17 do watermark = watermark * 256 + string.byte(entry, i) end
+  take = watermark < required or tonumber(ARGV[4]) - produced >= tonumber(ARGV[3])
+end
+if take then
+  if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
+      or redis.call('get', KEYS[2]) == ARGV[1] then
+    out[1] = 1
+  else
+    out[1] = -1
+  end
+end
+return out
+"""
+# _STORE. KEYS: entry, lock, sync lease, tag versions...; ARGV: token, entry, ttl s,
+# watermark. Stores the entry only if it is current under the state read here, in the
+# same step (freshness.PurgeState.current: a sync lease, the floor and every tag version
+# at most its watermark); releases the lock (if the token still owns it) once there is
+# nothing left to fetch: stored, or nobody vouches. A purge that overtook the fetch keeps
+# the lock for the refetch. Returns {stored, sync lease, tag versions...}.
+_STORE = """
+local watermark = tonumber(ARGV[4])
+local sync = redis.call('get', KEYS[3])
+local out = {0, sync}
+local current = sync and tonumber(sync) <= watermark
+for i = 4, #KEYS do
+  local v = redis.call('get', KEYS[i])
+  out[i - 1] = v
+  if v and tonumber(v) > watermark then current = false end
+end
+if current then
+  redis.call('set', KEYS[1], ARGV[2], 'EX', ARGV[3])
+  out[1] = 1
+end
+if (current or not sync) and redis.call('get', KEYS[2]) == ARGV[1] then
+  redis.call('del', KEYS[2])
+end
+return out
 """
 
 # Purge state is written only under the generation the applier read: a flush, an
@@ -275,6 +354,9 @@ class RedisTier:
         self.keys = layout or Layout(CLUSTER_SHARDS if cluster else 1)
         self._unlock = self._redis.register_script(_UNLOCK)
         self._lead = self._redis.register_script(_LEAD)
+        self._extend = self._redis.register_script(_EXTEND)
+        self._lookup = self._redis.register_script(_LOOKUP)
+        self._store = self._redis.register_script(_STORE)
         self._advance = self._redis.register_script(_ADVANCE)
         self.guard = RedisGuard(retry_after, scoped=cluster)
 
@@ -298,15 +380,50 @@ class RedisTier:
         return value if isinstance(value, bytes) else None
 
     async def lookup(
-        self, tenant: str, signature: str, tags: tuple[str, ...]
-    ) -> tuple[bytes | None, list[bytes | None]]:
-        """One round trip: the entry and the invalidation state it must be checked against
-        (the sync floor, then one version per tag), all in the entry's hash slot."""
-        keys = [self.keys.entry(tenant, signature), *self.keys.state_keys(tenant, signature, tags)]
+        self, tenant: str, signature: str, tags: tuple[str, ...], lock: FillLock | None = None
+    ) -> Looked:
+        """One round trip: the entry and the purge state it must be checked against (the
+        sync lease, then one version per tag), all in the entry's hash slot; with ``lock``,
+        the key's fill lock too when the entry cannot be served (see _LOOKUP)."""
+        k = self.keys
+        entry_key = k.entry(tenant, signature)
+        if lock is None:
+            with self.guard.request:
+                values = await self._redis.mget([entry_key, *k.state_keys(tenant, signature, tags)])
+            got = _as_bytes(values)
+            return Looked(got[0], got[1:])
+        keys = [entry_key, k.lock(tenant, signature), *k.state_keys(tenant, signature, tags)]
+        max_age = "" if lock.max_age_ms is None else lock.max_age_ms
+        args = [lock.token, lock.lease_ms, max_age, lock.now_ms, lock.min_watermark]
         with self.guard.request:
-            values = await self._redis.mget(keys)
+            taken, *values = await self._lookup(keys=keys, args=args)
         got = _as_bytes(values)
-        return got[0], got[1:]
+        return Looked(got[0], got[1:], int(taken))
+
+    async def store(
+        self,
+        tenant: str,
+        signature: str,
+        tags: tuple[str, ...],
+        value: bytes,
+        ttl_seconds: int,
+        watermark: int,
+        token: str,
+    ) -> Stored:
+        """One round trip: store ``value`` only if an entry of ``watermark`` is current
+        under the purge state read in the same step, and release the fill lock held under
+        ``token`` unless a purge overtook the fetch (see _STORE)."""
+        k = self.keys
+        keys = [
+            k.entry(tenant, signature),
+            k.lock(tenant, signature),
+            *k.state_keys(tenant, signature, tags),
+        ]
+        with self.guard.request:
+            stored, *values = await self._store(
+                keys=keys, args=[token, value, max(1, ttl_seconds), watermark]
+            )
+        return Stored(bool(stored), _as_bytes(values))
 
     async def state(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[bytes | None]:
         """The sync floor and tag versions alone (checking a fresh fetch)."""
@@ -482,22 +599,15 @@ class RedisTier:
         with self.guard.upkeep:
             return bool(await self._lead(keys=[key], args=[token, ttl_ms]))
 
-    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
-        with self.guard.request:
-            await self._redis.set(key, value, ex=max(1, ttl_seconds))
-
-    async def try_lock(self, key: str, token: str, ttl_ms: int) -> bool:
-        with self.guard.request:
-            return bool(await self._redis.set(key, token, nx=True, px=ttl_ms))
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        """Extend a fill lock held under ``token``; False once it is gone or another's."""
+        with self.guard.upkeep:
+            return bool(await self._extend(keys=[key], args=[token, ttl_ms]))
 
     async def unlock(self, key: str, token: str) -> None:
         # The lock expires by itself; failing to release it early only delays others.
         with self.guard.upkeep:
             await self._unlock(keys=[key], args=[token])
-
-    async def exists(self, key: str) -> bool:
-        with self.guard.request:
-            return bool(await self._redis.exists(key))
 
     async def connect(self) -> bool:
         """Set the client up before the node serves; False if Redis cannot be reached now.
@@ -509,8 +619,13 @@ class RedisTier:
             with self.guard.probe:
                 if isinstance(self._redis, ScopedCluster):
                     await self._redis.initialize()
-                    return True
-                return bool(await self._redis.ping())
+                elif not await self._redis.ping():
+                    return False
+                # Loaded now (on every master of a cluster), so that the first miss does
+                # not pay NOSCRIPT and a load on top of its round trips.
+                for script in (self._lookup, self._store, self._extend, self._unlock):
+                    await self._redis.script_load(script.script)
+                return True
         except TierUnavailable:
             return False
 

@@ -7,6 +7,9 @@ path relies on, so its rules can be tested in milliseconds and without a network
   lease that lapses, a durable floor, tag versions) and fill locks; an operation named
   in ``failing`` raises :class:`TierUnavailable` and, like the real tier, opens a circuit
   breaker for ``retry_after`` seconds during which every checked operation fails too.
+  Its lookup takes the fill lock by the rule of the real tier's script (a lookup that
+  asks for it whatever the entry, a waiter's or a refresh's, is the operation ``claim``);
+  ``store`` checks the purge state, keeps the entry and releases the lock in one step.
 * :class:`ScriptedOrigin` answers ``value`` with the purge log's ``latest`` seq as its
   watermark (read when the statement starts, as the real origin does); a call can be
   held on a gate, or run a hook while it is in flight (a purge arriving then).
@@ -27,7 +30,9 @@ from typing import Any
 from cache_edge.common.errors import CacheEdgeError, OriginUnavailable
 from cache_edge.common.protocol import Statement
 from cache_edge.common.wire import packb
+from cache_edge.node.entry import Entry
 from cache_edge.node.origin_client import OriginResult
+from cache_edge.node.ports import BUSY, TAKEN, FillLock, Looked, Stored
 from cache_edge.node.tiers.redis import TierUnavailable
 
 __all__ = ["FakeClock", "FakeTier", "ScriptedOrigin"]
@@ -56,7 +61,7 @@ class _Region:
 
 
 # Operations the real tier refuses while its breaker is open (RedisTier._check).
-_CHECKED = frozenset({"lookup", "state", "durable_floor", "set", "try_lock", "exists"})
+_CHECKED = frozenset({"lookup", "claim", "state", "durable_floor", "store"})
 
 
 class FakeTier:
@@ -119,10 +124,44 @@ class FakeTier:
         return f"{tenant}:l:{signature}"
 
     async def lookup(
-        self, tenant: str, signature: str, tags: tuple[str, ...]
-    ) -> tuple[bytes | None, list[bytes | None]]:
-        await self._round_trip("lookup")
-        return self._live(self.entry_key(tenant, signature)), self._state(tenant, tags)
+        self, tenant: str, signature: str, tags: tuple[str, ...], lock: FillLock | None = None
+    ) -> Looked:
+        regardless = lock is not None and lock.max_age_ms is None
+        await self._round_trip("claim" if regardless else "lookup")
+        raw = self._live(self.entry_key(tenant, signature))
+        state = self._state(tenant, tags)
+        if lock is None or not self._needs_fill(raw, state, lock):
+            return Looked(raw, state)
+        key = self.lock_key(tenant, signature)
+        if self._lock_holder(key) not in (None, lock.token):
+            return Looked(raw, state, BUSY)
+        self._locks[key] = (lock.token, self._clock() + lock.lease_ms / 1000)
+        return Looked(raw, state, TAKEN)
+
+    async def store(
+        self,
+        tenant: str,
+        signature: str,
+        tags: tuple[str, ...],
+        value: bytes,
+        ttl_seconds: int,
+        watermark: int,
+        token: str,
+    ) -> Stored:
+        await self._round_trip("store")
+        state = self._state(tenant, tags)
+        sync, *versions = state
+        current = sync is not None and int(sync) <= watermark
+        current = current and all(v is None or int(v) <= watermark for v in versions)
+        if current:
+            self._values[self.entry_key(tenant, signature)] = (
+                value,
+                self._clock() + max(1, ttl_seconds),
+            )
+        lock_key = self.lock_key(tenant, signature)
+        if (current or sync is None) and self._lock_holder(lock_key) == token:
+            del self._locks[lock_key]
+        return Stored(current, state)
 
     async def state(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[bytes | None]:
         await self._round_trip("state")
@@ -133,20 +172,16 @@ class FakeTier:
         region = self._regions.get(tenant)
         return region.floor if region is not None else None
 
-    async def set(self, key: str, value: bytes, ttl_seconds: int) -> None:
-        await self._round_trip("set")
-        self._values[key] = (value, self._clock() + max(1, ttl_seconds))
-
-    async def try_lock(self, key: str, token: str, ttl_ms: int) -> bool:
-        await self._round_trip("try_lock")
-        if self._lock_holder(key) is not None:
+    async def lead(self, key: str, token: str, ttl_ms: int) -> bool:
+        await self._round_trip("lead")
+        if self._lock_holder(key) not in (None, token):
             return False
         self._locks[key] = (token, self._clock() + ttl_ms / 1000)
         return True
 
-    async def lead(self, key: str, token: str, ttl_ms: int) -> bool:
-        await self._round_trip("lead")
-        if self._lock_holder(key) not in (None, token):
+    async def extend(self, key: str, token: str, ttl_ms: int) -> bool:
+        await self._round_trip("extend")
+        if self._lock_holder(key) != token:
             return False
         self._locks[key] = (token, self._clock() + ttl_ms / 1000)
         return True
@@ -156,9 +191,16 @@ class FakeTier:
         if self._lock_holder(key) == token:
             del self._locks[key]
 
-    async def exists(self, key: str) -> bool:
-        await self._round_trip("exists")
-        return self._lock_holder(key) is not None or self._live(key) is not None
+    def _needs_fill(self, raw: bytes | None, state: list[bytes | None], lock: FillLock) -> bool:
+        """The real tier's rule for taking the lock with a lookup (tiers/redis.py, _LOOKUP)."""
+        if lock.max_age_ms is None or raw is None or state[0] is None:
+            return True
+        entry = Entry.decode(raw)
+        if entry is None:
+            return False  # unreadable here: the read path decides, and claims if it must
+        required = max(lock.min_watermark, *(int(v) for v in state if v is not None))
+        too_old = lock.now_ms - entry.produced_at_ms >= lock.max_age_ms
+        return entry.watermark < required or too_old
 
     # ------------------------------------------------------------ PurgeFeed
 

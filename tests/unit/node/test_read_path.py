@@ -382,7 +382,7 @@ async def test_an_entry_whose_implicit_tags_cannot_be_checked_is_not_served() ->
 async def test_redis_dying_during_the_fetch_answers_unchecked_rows_unstored(
     region: Region,
 ) -> None:
-    """The lookup and the lock worked; the state check after the fetch fails."""
+    """The lookup took the lock; the store (with its state check) after the fetch fails."""
     region.origin.during_query = lambda: region.tier.fail()
     answer = await region.read()
     assert (answer.status, rows(answer)) == ("miss", [[1]])
@@ -395,19 +395,53 @@ async def test_redis_dying_during_the_fetch_answers_unchecked_rows_unstored(
     assert region.origin.calls == 2
 
 
-async def test_only_the_state_check_failing_stores_nothing() -> None:
+async def test_only_the_store_failing_stores_nothing() -> None:
+    """The purge state check rides with the store: if that round trip fails, the rows
+    are unchecked (answered to those waiting, never stored)."""
     region = Region(retry_after=0)  # the breaker does not keep the store from trying
-    region.tier.fail("state")
+    region.tier.fail("store")
     answer = await region.read()
     assert (answer.status, rows(answer), answer.cache_error) == ("miss", [[1]], "redis_unavailable")
     assert not region.tier.stored(TENANT, answer.signature or "")
+    region.tier.recover()
+    region.clock.advance(3.1)  # the fill lock the failed store could not release runs out
+    assert (await region.read()).status == "miss"
+    assert (await region.read()).status == "ttl"
 
 
-async def test_the_fill_lock_failing_still_answers(region: Region) -> None:
-    region.tier.fail("try_lock")
-    answer = await region.read()
+async def test_a_waiters_claim_failing_still_answers(region: Region) -> None:
+    """Another process holds the fill lock; this one's claim of it fails: it fetches."""
+    gate = asyncio.Event()
+    region.origin.gates.append(gate)
+    first = asyncio.create_task(region.read())
+    await until(lambda: region.origin.calls == 1)
+    lookups = region.tier.calls["lookup"]
+    second = asyncio.create_task(region.read(region.process()))
+    await until(lambda: region.tier.calls["lookup"] == lookups + 1)  # found the lock held
+    region.tier.fail("lookup")  # its next poll for the entry or the lock fails
+    answer = await second
     assert (answer.status, rows(answer), answer.cache_error) == ("miss", [[1]], "redis_unavailable")
-    assert region.origin.calls == 1
+    assert region.origin.calls == 2
+    gate.set()
+    assert rows(await first) == [[1]]
+
+
+async def test_a_waiter_takes_over_a_lock_released_without_an_entry(region: Region) -> None:
+    """The holder could not vouch for its rows (no sync lease): it released the lock
+    without storing; the waiter of another process takes the lock and fetches."""
+    gate = asyncio.Event()
+    region.origin.gates.append(gate)
+    first = asyncio.create_task(region.read())
+    await until(lambda: region.origin.calls == 1)
+    other = region.process()
+    second = asyncio.create_task(region.read(other))
+    await asyncio.sleep(0.02)  # polling for the holder's entry
+    region.tier.lapse(TENANT)
+    gate.set()
+    a, b = await first, await second
+    assert rows(a) == rows(b) == [[1]]
+    assert region.origin.calls == 2
+    assert region.cache.stats.unvouched_fills == other.stats.unvouched_fills == 1
 
 
 async def test_redis_down_keeps_coalescing_within_the_process(region: Region) -> None:
@@ -423,7 +457,7 @@ async def test_redis_down_during_swr_skips_the_refresh_and_keeps_serving(
     """Without the lock one refresh per region cannot be promised: none is started."""
     await region.read(ttl=1, swr=10)
     region.clock.advance(2)
-    region.tier.fail("try_lock")
+    region.tier.fail("claim")  # the refresh's claim of the lock
     assert (await region.read(ttl=1, swr=10)).status == "swr"
     await region.cache.drain()
     assert region.origin.calls == 1
