@@ -477,6 +477,13 @@ def test_invalidate_purges_and_the_next_read_sees_new_data(kit_run: dict[str, An
     assert (name, status, reads) == ("Changed by Prisma", "miss", 4)
 
 
+def test_raw_sql_carries_its_own_hint(kit_run: dict[str, Any]) -> None:
+    raw = no_error(kit_run, "raw")
+    assert raw["rows"] == [[{"name": "User 16"}]] * 2
+    assert raw["hint"] == hint(kit_run, "cache_tags='kit_raw',cache_ttl='60'")
+    assert raw["executions"] == 1  # the second came from the cache
+
+
 # ------------------------------------------------------------------ 4. bad input
 
 

@@ -21,6 +21,7 @@ import pg from "pg";
 import {
   CacheEdgeError,
   cacheEdgeComments,
+  cacheHint,
   cacheEdgeFetch,
   cacheEdgePool,
   CacheStrategyError,
@@ -277,6 +278,16 @@ await scenario("invalidate", async () => {
   else steps.purgeAgain = await prisma.$accelerate.invalidate({ tags: [tag("inv")] });
   steps.afterPurgeAll = await user13();
   return steps;
+});
+
+// ------------------------------------------------------------------ raw SQL
+
+// Accelerate never cached raw queries; with the kit, raw SQL can carry the hint itself.
+await scenario("raw", async () => {
+  const sql = `SELECT name FROM "${schema}"."User" WHERE id = $1` + cacheHint({ ttl: 60, tags: [tag("raw")] });
+  const from = sent.length;
+  const rows = [await prisma.$queryRawUnsafe(sql, 16), await prisma.$queryRawUnsafe(sql, 16)];
+  return { rows, hint: hintOf(sent[from]?.sql ?? ""), executions: (await executions())["16"] ?? 0 };
 });
 
 // ------------------------------------------------------------------ 4. bad input
