@@ -104,7 +104,8 @@ const calls = new WeakMap<object, Call>();
 
 type Loose = Record<string, any>;
 
-async function onOperation(params: {
+/** @internal exported for the unit tests */
+export async function onOperation(params: {
   operation: string;
   args: unknown;
   query: (args: unknown) => Promise<unknown>;
@@ -138,7 +139,8 @@ async function onOperation(params: {
  * the batch is split: each call with a strategy (or asking for info) runs alone, in its own
  * context; the others stay batched, with no hint.
  */
-async function onBatch(params: {
+/** @internal exported for the unit tests */
+export async function onBatch(params: {
   args: unknown;
   query: (args: unknown, internal?: Loose) => Promise<unknown[]>;
   __internalParams: Loose;
