@@ -10,6 +10,7 @@ no one-round-trip equivalent; each says why.
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -35,11 +36,13 @@ def reported_read_only(conn: asyncpg.Connection) -> bool | None:
     return None if value is None else value == "on"
 
 
+@functools.lru_cache(maxsize=4096)
 def looks_like_read(sql: str) -> bool:
     """Whether the statement starts like a query (a guess: a write still fails read-only).
 
     Skips blanks, comments and opening parentheses by hand: a regular expression for
-    that backtracks exponentially on input like ``------...``.
+    that backtracks exponentially on input like ``------...``. Remembered per text: the
+    same few statements come again and again.
     """
     i, n = 0, len(sql)
     while i < n:
@@ -69,13 +72,18 @@ def keep_session_if_untouched(conn: asyncpg.Connection, sql: str, tag: str) -> N
     session variable inside a plain SELECT; that setting then lasts on the connection
     until a request that is not vouched for is released there (its reset clears it).
     """
-    if not tag.startswith("SELECT") or _SESSION_CALLS.search(sql):
+    if not tag.startswith("SELECT") or _may_touch_session(sql):
         return
     if reported_read_only(conn) is not True:
         return
     keep = getattr(conn, "keep_session", None)
     if keep is not None:
         keep()
+
+
+@functools.lru_cache(maxsize=4096)
+def _may_touch_session(sql: str) -> bool:
+    return _SESSION_CALLS.search(sql) is not None
 
 
 async def bind_execute(

@@ -38,7 +38,8 @@ from cache_edge.pgwire.link import (
     REPLY,
     RESULT,
     WROTE,
-    decode_frame,
+    batch,
+    decode_frames,
     encode_frame,
 )
 from cache_edge.pgwire.messages import error_response
@@ -218,14 +219,15 @@ class _Link:
                         break
                     continue
                 try:
-                    kind, sid, payload = decode_frame(msg.data)
+                    frames = decode_frames(msg.data)
                 except ValueError as exc:
                     log.warning("wire_link_bad_frame", error=str(exc))
                     break
-                try:
-                    await self._dispatch(kind, sid, payload)
-                except Exception:
-                    log.exception("wire_link_dispatch_failed", kind=kind)
+                for kind, sid, payload in frames:
+                    try:
+                        await self._dispatch(kind, sid, payload)
+                    except Exception:
+                        log.exception("wire_link_dispatch_failed", kind=kind)
         finally:
             self._out.put_nowait(None)
             with contextlib.suppress(Exception):
@@ -233,12 +235,23 @@ class _Link:
             writer.cancel()
 
     async def _write(self) -> None:
-        while True:
-            frame = await self._out.get()
-            if frame is None:
+        # What queued up while a send was in progress goes out together in the next.
+        out, stop = self._out, False
+
+        def more() -> bytes | None:
+            nonlocal stop
+            if stop or out.empty():
+                return None
+            frame = out.get_nowait()
+            stop = frame is None
+            return frame
+
+        while not stop:
+            first = await out.get()
+            if first is None:
                 return
             try:
-                await self.ws.send_bytes(frame)
+                await self.ws.send_bytes(batch(first, more))
             except (ConnectionError, RuntimeError):
                 return
 

@@ -34,7 +34,8 @@ from cache_edge.pgwire.link import (
     REPLY,
     RESULT,
     WROTE,
-    decode_frame,
+    batch,
+    decode_frames,
 )
 from cache_edge.pgwire.link import encode_frame as _frame
 from cache_edge.pgwire.messages import error_response
@@ -113,10 +114,15 @@ class OriginLink:
         self.connected = False
 
     async def _write(self, conn: _Conn) -> None:
-        # One writer: frames of every session go out in order, one send at a time.
+        # One writer: frames of every session go out in order, one send at a time, and
+        # what queued up meanwhile goes out together in the next (pgwire.link.batch).
         ws, out = conn.ws, conn.out
+
+        def more() -> bytes | None:
+            return None if out.empty() else out.get_nowait()
+
         while True:
-            frame = await out.get()
+            frame = batch(await out.get(), more)
             try:
                 await ws.send_bytes(frame)
             except (ConnectionError, RuntimeError):
@@ -199,28 +205,12 @@ class OriginLink:
                 if msg.type != aiohttp.WSMsgType.BINARY:
                     continue
                 try:
-                    kind, sid, payload = decode_frame(msg.data)
+                    frames = decode_frames(msg.data)
                 except ValueError:
                     log.warning("origin_link_bad_frame")
                     break
-                if kind in (REPLY, RESULT):
-                    self._answered(conn, sid, payload)
-                elif kind == DATA:
-                    session = self._sessions.get(sid)
-                    if session is not None:
-                        session.on_data(payload)
-                elif kind == CLOSE:
-                    gone = self._sessions.pop(sid, None)
-                    if gone is not None:
-                        gone.on_close(payload or b"")
-                elif kind == WROTE:
-                    session = self._sessions.get(sid)
-                    if session is not None:
-                        session.on_fence(payload if isinstance(payload, int) else None)
-                elif kind == OPENED:
-                    future = self._opened.pop(sid, None)
-                    if future is not None and not future.done():
-                        future.set_result(payload)
+                for kind, sid, payload in frames:
+                    self._dispatch(conn, kind, sid, payload)
         finally:
             with contextlib.suppress(Exception):
                 await ws.close()
@@ -234,6 +224,26 @@ class OriginLink:
             conn.pending.clear()
             if conn is self._conn:
                 self._lost(conn)
+
+    def _dispatch(self, conn: _Conn, kind: int, sid: int, payload: Any) -> None:
+        if kind in (REPLY, RESULT):
+            self._answered(conn, sid, payload)
+        elif kind == DATA:
+            session = self._sessions.get(sid)
+            if session is not None:
+                session.on_data(payload)
+        elif kind == CLOSE:
+            gone = self._sessions.pop(sid, None)
+            if gone is not None:
+                gone.on_close(payload or b"")
+        elif kind == WROTE:
+            session = self._sessions.get(sid)
+            if session is not None:
+                session.on_fence(payload if isinstance(payload, int) else None)
+        elif kind == OPENED:
+            future = self._opened.pop(sid, None)
+            if future is not None and not future.done():
+                future.set_result(payload)
 
     def _lost(self, conn: _Conn) -> None:
         """The current link closed: end (or let go of) the sessions it carried."""
@@ -291,7 +301,9 @@ class OriginLink:
 
     async def _ask(self, kind: int, payload: Any) -> Any:
         """Send one request frame and wait for its answer (RESULT or REPLY)."""
-        conn = await self._connection()
+        conn = self._conn
+        if conn is None or conn.retired or conn.ws.closed or conn.secret != self._secret():
+            conn = await self._connection()
         self._next_request += 1
         request = self._next_request
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
