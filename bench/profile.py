@@ -14,11 +14,12 @@ from typing import Any
 
 from bench.procs import Pinning
 
-__all__ = ["PACKAGES", "record", "summarize_collapsed"]
+__all__ = ["PACKAGES", "record", "record_all", "summarize_collapsed"]
 
 # (label, substrings of a frame's file) - the first match wins.
 PACKAGES: list[tuple[str, tuple[str, ...]]] = [
     ("cache-edge (node code)", ("cache_edge/",)),
+    ("cache-edge (origin code)", ("origin/",)),
     ("aiohttp (HTTP server)", ("aiohttp/", "multidict/", "yarl/")),
     ("redis-py (client)", ("redis/",)),
     ("asyncpg (PostgreSQL client)", ("asyncpg/",)),
@@ -74,6 +75,11 @@ def summarize_collapsed(text: str, top: int = 15) -> dict[str, Any]:
             for f, n in inclusive.most_common()
             if "cache_edge/" in f and not skip_outer(f)
         ][:top],
+        "origin_functions_inclusive": [
+            {"function": f, "pct": pct(n)}
+            for f, n in inclusive.most_common()
+            if "(origin/" in f and not skip_outer(f)
+        ][:top],
     }
 
 
@@ -93,3 +99,31 @@ def record(
         if done.returncode != 0 or not out.exists():
             raise RuntimeError(f"py-spy record failed: {(done.stderr or done.stdout)[-600:]}")
     return summarize_collapsed(raw.read_text())
+
+
+def record_all(
+    py_spy: str,
+    pids: dict[str, int],
+    seconds: int,
+    out_dir: Path,
+    raw_dir: Path,
+    stem: str,
+    pinning: Pinning,
+) -> dict[str, Any]:
+    """Record several processes at once (e.g. node and origin under the same load):
+    ``{name: summary}``, with a flame graph ``<stem>-<name>.svg`` for each in ``out_dir``
+    and the collapsed stacks in ``raw_dir``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(name: str, pid: int) -> dict[str, Any]:
+        svg = out_dir / f"{stem}-{name}.svg"
+        try:
+            summary = record(py_spy, pid, seconds, svg, raw_dir / f"{stem}-{name}.txt", pinning)
+        except RuntimeError as exc:
+            return {"skipped": str(exc)}
+        summary["flamegraph"] = svg.name
+        return summary
+
+    with ThreadPoolExecutor(len(pids)) as pool:
+        futures = {name: pool.submit(one, name, pid) for name, pid in pids.items()}
+        return {name: f.result() for name, f in futures.items()}

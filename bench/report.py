@@ -70,12 +70,15 @@ def _scenario_table(r: ScenarioResult) -> list[str]:
     return lines
 
 
-def _profile_section(profile: dict[str, Any], what: str = "a hit") -> list[str]:
+def _profile_section(
+    profile: dict[str, Any], what: str = "a hit", heading: str | None = None
+) -> list[str]:
     if "skipped" in profile:
         return ["", f"Profile skipped: {profile['skipped']}"]
+    heading = heading or f"Where {what}'s CPU time goes"
     lines = [
         "",
-        f"#### Where {what}'s CPU time goes (py-spy, {profile['samples']} samples, "
+        f"#### {heading} (py-spy, {profile['samples']} samples, "
         f"flame graph: [{profile['flamegraph']}]({profile['flamegraph']}))",
         "",
         "| package (leaf frame) | share |",
@@ -89,6 +92,12 @@ def _profile_section(profile: dict[str, Any], what: str = "a hit") -> list[str]:
         lines += [
             f"| `{f['function']}` | {f['pct']:.1f}% |"
             for f in profile["node_functions_inclusive"][:10]
+        ]
+    if profile.get("origin_functions_inclusive"):
+        lines += ["", "| origin functions, inclusive | share |", "|---|--:|"]
+        lines += [
+            f"| `{f['function']}` | {f['pct']:.1f}% |"
+            for f in profile["origin_functions_inclusive"][:10]
         ]
     return lines
 
@@ -180,6 +189,15 @@ def markdown(doc: dict[str, Any], results: list[ScenarioResult], charts: dict[st
             out += _profile_section(r.extra["profile"], "a msgpack hit")
         if r.name == "hit" and "profile_json" in r.extra:
             out += _profile_section(r.extra["profile_json"], "a JSON hit")
+        if r.name in ("miss", "storm") and "profile" in r.extra:
+            load = "uncached requests" if r.name == "miss" else "1,000 storm clients"
+            profiles = r.extra["profile"]
+            if "skipped" in profiles:
+                out += _profile_section(profiles)
+            for process in ("node", "origin"):
+                if process in profiles:
+                    heading = f"Where the {process}'s CPU time goes under {load}"
+                    out += _profile_section(profiles[process], heading=heading)
     if skipped:
         out += ["", "## Skipped or failed", ""]
         out += [f"- **{r.name}** ({r.status}): {r.reason.strip().splitlines()[0]}" for r in skipped]

@@ -7,7 +7,12 @@ law); the single-client rows show the per-request overhead of the two extra hops
 
 from __future__ import annotations
 
+import subprocess
+from typing import Any
+
 from bench.context import Context
+from bench.load.wrk import WrkPlan, wrk_command
+from bench.profile import record_all
 from bench.scenarios.base import (
     ScenarioResult,
     Skip,
@@ -52,6 +57,7 @@ def run(ctx: Context) -> ScenarioResult:
             ),
         ]
         result.measurements = measure_rounds(ctx, variants, ctx.budget.rounds)
+        result.extra["profile"] = _profile(ctx, plan, pids())
     node_m, direct, node_1, direct_1 = (
         result.get(n) for n in ("node", "direct", "node-1", "direct-1")
     )
@@ -79,3 +85,33 @@ def run(ctx: Context) -> ScenarioResult:
         "`cacheStatus: none` (no cache strategy), so every request goes to PostgreSQL."
     )
     return result
+
+
+def _profile(ctx: Context, plan: WrkPlan, pids: list[int]) -> dict[str, Any]:
+    """py-spy node and origin together while wrk keeps them busy (50 clients)."""
+    if not ctx.tools.has("py-spy"):
+        return {"skipped": ctx.tools.missing_reason("py-spy")}
+    seconds = ctx.budget.profile_seconds
+    ctx.step(f"profiling node and origin with py-spy ({2 * seconds} s)")
+    cmd = wrk_command(
+        ctx.tools.path("wrk"),
+        plan,
+        connections=CONNECTIONS,
+        duration=2 * seconds + 3,
+        workdir=ctx.tmp / "wrk" / "profile",
+        pinning=ctx.pinning,
+    )
+    load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        return record_all(
+            ctx.tools.path("py-spy"),
+            {"node": pids[0], "origin": pids[1]},
+            seconds,
+            ctx.out_dir,
+            ctx.tmp,
+            "miss-profile",
+            ctx.pinning,
+        )
+    finally:
+        load.terminate()
+        load.wait(10)

@@ -13,6 +13,8 @@ at a time. The origin leg goes through a node with no cache strategy.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -21,8 +23,9 @@ import asyncpg
 from bench.context import Context
 from bench.db import pgbench_init
 from bench.load.run import run_loader
+from bench.profile import record_all
 from bench.scenarios.base import ScenarioResult, Skip, Target, Variant, measure_rounds, ratio
-from bench.scenarios.common import POINT_SQL, start_edge
+from bench.scenarios.common import POINT_SQL, Edge, start_edge
 from bench.stack import Stack
 
 __all__ = ["TITLE", "run"]
@@ -48,25 +51,27 @@ def run(ctx: Context) -> ScenarioResult:
         common = {"duration": ctx.budget.duration, "warmup": ctx.budget.warmup}
         timeout = 120 + ctx.budget.duration
 
+        def origin_spec(edge: Edge) -> dict[str, Any]:
+            return {
+                **common,
+                "host": "127.0.0.1",
+                "port": edge.node.port,
+                "path": "/v1/query",
+                "headers": {
+                    "Content-Type": "application/msgpack",
+                    "Accept": "application/msgpack",
+                    "Authorization": ctx.authorization,
+                },
+                "template": {"sql": POINT_SQL},
+                "params": f"random:1:{ACCOUNTS}",
+                "concurrency": clients,
+            }
+
         def origin_leg() -> dict[str, Any]:
             with Stack(ctx, "storm-origin") as leg:
                 edge = start_edge(leg, dsn, pool_max_size=POOL)
                 ctx.step(f"{clients} clients -> node -> origin (pool {POOL})")
-                spec = {
-                    **common,
-                    "host": "127.0.0.1",
-                    "port": edge.node.port,
-                    "path": "/v1/query",
-                    "headers": {
-                        "Content-Type": "application/msgpack",
-                        "Accept": "application/msgpack",
-                        "Authorization": ctx.authorization,
-                    },
-                    "template": {"sql": POINT_SQL},
-                    "params": f"random:1:{ACCOUNTS}",
-                    "concurrency": clients,
-                }
-                return run_loader("http", spec, ctx.pinning, timeout)
+                return run_loader("http", origin_spec(edge), ctx.pinning, timeout)
 
         def pgbouncer_leg() -> dict[str, Any]:
             with Stack(ctx, "storm-pgbouncer") as leg:
@@ -101,6 +106,12 @@ def run(ctx: Context) -> ScenarioResult:
             result.notes.append(f"PgBouncer leg skipped: {ctx.tools.missing_reason('pgbouncer')}")
         variants.append(Variant("direct", "PostgreSQL direct (max_connections 100)", direct_leg))
         result.measurements = measure_rounds(ctx, variants, ctx.budget.rounds)
+        if ctx.tools.has("py-spy"):
+            with Stack(ctx, "storm-profile") as leg:
+                edge = start_edge(leg, dsn, pool_max_size=POOL)
+                result.extra["profile"] = _profile(ctx, edge, origin_spec(edge), timeout)
+        else:
+            result.extra["profile"] = {"skipped": ctx.tools.missing_reason("py-spy")}
 
     origin = result.get("origin")
     bouncer = result.get("pgbouncer")
@@ -148,3 +159,26 @@ def _create_db(admin: str) -> None:
             await conn.close()
 
     asyncio.run(create())
+
+
+def _profile(ctx: Context, edge: Edge, spec: dict[str, Any], timeout: float) -> dict[str, Any]:
+    """py-spy node and origin together once the clients are connected and running."""
+    seconds = ctx.budget.profile_seconds
+    ctx.step(f"profiling node and origin under {ctx.budget.clients} clients ({seconds} s)")
+    settle = spec["warmup"] + 2
+    spec = {**spec, "duration": seconds + 4}
+    load = threading.Thread(target=run_loader, args=("http", spec, ctx.pinning, timeout))
+    load.start()
+    try:
+        time.sleep(settle)
+        return record_all(
+            ctx.tools.path("py-spy"),
+            {"node": edge.node.proc.pid, "origin": edge.origin.proc.pid},
+            seconds,
+            ctx.out_dir,
+            ctx.tmp,
+            "storm-profile",
+            ctx.pinning,
+        )
+    finally:
+        load.join()
