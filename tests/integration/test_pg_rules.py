@@ -25,9 +25,11 @@ in a WHERE clause without columns, it is a one-time filter: one log row per exec
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +40,7 @@ import pytest
 
 from cache_edge.devtools.exec_log import libpq_dsn
 from cache_edge.devtools.harness import free_port
-from tests.conftest import dsn_for
+from tests.conftest import API_KEY_A, dsn_for
 from tests.integration.capture_helpers import origin_cli
 from tests.integration.door_helpers import (
     Door,
@@ -450,3 +452,43 @@ def test_pgbench_prepared_hinted_point_selects(world: World, tmp_path: Path) -> 
     assert ran and set(ran) <= {f"{run}-{i}" for i in range(1, 101)}
     assert max(ran.values()) == 1, sorted(ran.items(), key=lambda kv: -kv[1])[:5]
     assert len(ran) > 90  # 800 draws of 100 ids
+
+
+# ------------------------------------------------------------------ the /sql door
+
+
+def sql_post(door: PrivateDoor, query: str) -> tuple[dict[str, Any], dict[str, str]]:
+    """POST /sql as the Neon driver does, at ``door``'s node."""
+    conn = f"postgresql://acme:{API_KEY_A}@node.example/{OWN_DB}"
+    request = urllib.request.Request(
+        door.stack.nodes()[0].url + "/sql",
+        data=json.dumps({"query": query, "params": []}).encode(),
+        headers={
+            "Neon-Connection-String": conn,
+            "Neon-Array-Mode": "true",
+            "Neon-Raw-Text-Output": "true",
+        },
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read()), dict(response.headers)
+
+
+def test_sql_door_reads_its_writes_at_once(world: World) -> None:
+    """A write through /sql answers once its region applied the purge that covers it, so
+    the caller's next read there (a rule caches it) already sees the write."""
+    door = world.a
+    read = f"SELECT count(*) FROM rule_writes WHERE note = 'sql-{PID}'"
+    body, headers = sql_post(door, read)
+    before = body["rows"]
+    for _ in range(50):  # the rule applies once the node learned the statement
+        body, headers = sql_post(door, read)
+        if headers.get("X-Cache-Status") == "ttl":
+            break
+        time.sleep(0.1)
+    assert headers.get("X-Cache-Status") == "ttl" and body["rows"] == before
+    body, headers = sql_post(door, f"INSERT INTO rule_writes (note) VALUES ('sql-{PID}')")
+    assert body["command"] == "INSERT" and headers["X-Cache-Invalidation"] == "applied"
+    body, headers = sql_post(door, read)
+    assert body["rows"] == [[str(int(before[0][0]) + 1)]], (body, headers)
+    assert headers["X-Cache-Status"] == "miss"
