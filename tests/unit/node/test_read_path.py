@@ -283,6 +283,44 @@ async def test_concurrent_misses_across_processes_make_one_origin_call(region: R
     assert other.stats.coalesced_region == 1
 
 
+async def test_a_lock_taken_by_a_lookup_is_let_go_when_the_request_joins_a_fetch(
+    region: Region,
+) -> None:
+    """A's lookup finds the lock held by another process and A starts waiting; the holder
+    lets go; B's lookup (in flight meanwhile) takes the lock, then finds A's fetch running
+    in its process and joins it. B must release the lock, or A would wait for a lease
+    nobody renews (here: coalesce_wait, as the fake clock stands still)."""
+
+    class LetGoAfterFirstBusy(FakeTier):
+        let_go = True
+
+        async def lookup(self, *args: Any, **kwargs: Any) -> Any:
+            got = await super().lookup(*args, **kwargs)
+            if got.busy and self.let_go:
+                self.let_go = False
+                self._locks.clear()  # the other process's lock runs out
+            return got
+
+    tier = LetGoAfterFirstBusy(region.clock)
+    tier.sync(TENANT)
+    cache = QueryCache(CONFIG, tier, region.origin, clock=region.clock)
+    gate = asyncio.Event()
+    region.origin.gates.append(gate)
+    holder = asyncio.create_task(
+        region.read(QueryCache(CONFIG, tier, region.origin, clock=region.clock))
+    )
+    await until(lambda: region.origin.calls == 1)
+    a = asyncio.create_task(region.read(cache))
+    b = asyncio.create_task(region.read(cache))
+    started = asyncio.get_running_loop().time()
+    answers = await asyncio.wait_for(asyncio.gather(a, b), 2.0)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert [rows(x) for x in answers] == [[[1]], [[1]]]
+    assert tier.calls["unlock"] >= 1
+    gate.set()
+    await holder
+
+
 # ------------------------------------------------------------------ the hot tier
 
 
