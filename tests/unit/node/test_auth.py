@@ -100,6 +100,19 @@ def test_a_reload_revokes_and_grants_in_one_step() -> None:
     assert len(keys) == 6
 
 
+def test_a_key_moved_to_another_tenant_by_a_reload_follows_it() -> None:
+    keys = ApiKeys(tenants(2))
+    kept = keys.authenticate("Bearer k0-0")
+    moved = [
+        TenantConfig("t0", (sha("k0-0"),), "postgresql://h/db0"),
+        TenantConfig("t1", (sha("k1-0"), sha("k0-1")), "postgresql://h/db1"),
+    ]
+    keys.replace(moved)
+    assert keys.authenticate("Bearer k0-0") is kept  # unchanged: reused, not rebuilt
+    assert keys.authenticate("Bearer k0-1") == Principal("t1", sha("k0-1")[:16])
+    assert not works(keys, "Bearer k1-1")
+
+
 def test_a_reload_that_fails_keeps_the_old_keys() -> None:
     keys = ApiKeys(tenants(2))
     broken = [*tenants(1, prefix="new"), TenantConfig("bad", ("not hex",), "postgresql://h/x")]
