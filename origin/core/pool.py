@@ -112,6 +112,9 @@ class TenantPool:
         create_pool: Callable[..., Any] = asyncpg.create_pool,
     ) -> None:
         self.tenant = tenant
+        # The config object self.tenant was taken from: a reload hands back the very same
+        # object for a tenant it did not change (live_settings), so configure() skips it.
+        self._configured_from = tenant
         self.max_size = tenant.pool_max_size or origin.pool_max_size
         min_size = (
             tenant.pool_min_size if tenant.pool_min_size is not None else origin.pool_min_size
@@ -162,7 +165,9 @@ class TenantPool:
 
     def configure(self, tenant: TenantConfig, max_concurrency: int) -> None:
         """Take a reloaded tenant config (its database URL and pool size stay as started)."""
-        self.tenant = replace(tenant, database_url=self.tenant.database_url)
+        if tenant is not self._configured_from:  # else unchanged: no copy (10,000 tenants)
+            self.tenant = replace(tenant, database_url=self.tenant.database_url)
+            self._configured_from = tenant
         self.max_concurrency = max_concurrency
 
     async def _wait_for_slot(self) -> None:

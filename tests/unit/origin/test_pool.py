@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -145,6 +146,23 @@ async def test_ping_reports_failure_without_raising() -> None:
     assert "acme" in pools and "other" not in pools
     assert await pools.ping("acme", timeout=0.5) is False
     await pools.close()
+
+
+def test_a_reload_takes_changed_tenants_and_skips_unchanged_ones() -> None:
+    other = TenantConfig("globex", (), "postgresql://app@db.invalid/g")
+    settings = Settings("x" * 16, (TENANT, other))
+    pools = TenantPools(settings, lambda dsn, **kw: FakePool())
+    acme, globex = pools._pools["acme"], pools._pools["globex"]
+    # What a reload hands over: unchanged tenants are the same objects (live_settings).
+    changed = replace(TENANT, max_concurrency=3, database_url="postgresql://elsewhere/app")
+    reloaded = replace(settings, tenants=(changed, other), origin=OriginConfig(max_concurrency=9))
+    pools.update(reloaded)
+    assert acme.max_concurrency == 3 and acme.tenant.max_concurrency == 3
+    assert acme.tenant.database_url == TENANT.database_url  # a new URL needs a restart
+    assert globex.tenant is other  # unchanged: not copied
+    assert globex.max_concurrency == 9  # but the origin-wide default still applies
+    pools.update(replace(reloaded, origin=OriginConfig(max_concurrency=4)))
+    assert globex.max_concurrency == 4 and acme.max_concurrency == 3
 
 
 class SessionConn:
