@@ -21,6 +21,7 @@ from bench.scenarios import (
     stampede,
     storm,
     stream,
+    tenants,
     wan,
     workers,
 )
@@ -47,5 +48,6 @@ SCENARIOS: dict[str, ModuleType] = {
     "memory": memory,
     "idle": idle,
     "workers": workers,
+    "tenants": tenants,
     "chaos": chaos,
 }
