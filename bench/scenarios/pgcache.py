@@ -229,7 +229,7 @@ def run(ctx: Context) -> ScenarioResult:
         if not ctx.tools.has(tool):
             raise Skip(ctx.tools.missing_reason(tool))
     result = ScenarioResult("pgcache", TITLE)
-    result.extra["loadavg_before"] = list(os.getloadavg())
+    result.extra["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
     seconds = 5 if ctx.quick else 15
     heavy_seconds = 5 if ctx.quick else 10
     warmup = ctx.budget.warmup
@@ -336,7 +336,7 @@ def run(ctx: Context) -> ScenarioResult:
         result.extra["profile"] = _profile(ctx, door, node, redis_url, sc(door, "point"))
         result.extra["node_log_warnings"] = _log_warnings(st.dir / "node.log")
     result.extra["runs"] = raw
-    result.extra["loadavg_after"] = list(os.getloadavg())
+    result.extra["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     _judge(result, seconds, heavy_seconds, pgpool is not None)
     (ctx.out_dir / "pgcache.md").write_text(summary_markdown(result))
     return result

@@ -92,7 +92,7 @@ def run(ctx: Context) -> ScenarioResult:
         if not ctx.tools.has(tool):
             raise Skip(ctx.tools.missing_reason(tool))
     result = ScenarioResult("pgdoor", TITLE)
-    result.extra["loadavg_before"] = list(os.getloadavg())
+    result.extra["loadavg_before"] = [round(x, 2) for x in os.getloadavg()]
     seconds = 5 if ctx.quick else 15
     margin = _CONNECT_MARGIN_QUICK if ctx.quick else _CONNECT_MARGIN
     rounds = ctx.budget.rounds
@@ -182,7 +182,7 @@ def run(ctx: Context) -> ScenarioResult:
 
         result.extra["idle"] = _idle(ctx, st, config, redis_url, door)
     result.extra["runs"] = raw
-    result.extra["loadavg_after"] = list(os.getloadavg())
+    result.extra["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     _judge(ctx, result, seconds, margin, bouncer is not None)
     (ctx.out_dir / "pgdoor.md").write_text(summary_markdown(result))
     return result
