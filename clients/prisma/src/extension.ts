@@ -104,7 +104,7 @@ const calls = new WeakMap<object, Call>();
 
 type Loose = Record<string, any>;
 
-/** @internal exported for the unit tests */
+/** The query hook of every model operation (exported for the unit tests). */
 export async function onOperation(params: {
   operation: string;
   args: unknown;
@@ -137,9 +137,8 @@ export async function onOperation(params: {
  * Prisma merges findUnique calls made in the same tick into one batch, run as one
  * statement (or a transaction of several): one comment cannot carry several strategies. So
  * the batch is split: each call with a strategy (or asking for info) runs alone, in its own
- * context; the others stay batched, with no hint.
+ * context; the others stay batched, with no hint. (Exported for the unit tests.)
  */
-/** @internal exported for the unit tests */
 export async function onBatch(params: {
   args: unknown;
   query: (args: unknown, internal?: Loose) => Promise<unknown[]>;
