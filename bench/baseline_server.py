@@ -2,12 +2,16 @@
 
 ``--mode fixed`` answers every POST with the same bytes (the node's own hit answer);
 ``--mode redis`` does one redis-py (hiredis) GET per request and answers its value.
-Both read the request body, as the node must. Run: ``python -m bench.baseline_server``.
+``--mode fixed-lowlevel`` answers like ``fixed`` from aiohttp's low-level ``web.Server``:
+no Application, router or middleware, the leanest path inside aiohttp (what a node
+built on it could save is the difference with ``fixed``). All read the request body, as
+the node must. Run: ``python -m bench.baseline_server``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -60,9 +64,24 @@ def create_app(args: argparse.Namespace) -> web.Application:
     return app
 
 
+async def serve_lowlevel(args: argparse.Namespace, body: bytes) -> None:
+    """The fixed body from aiohttp's low-level server: one handler, no Application."""
+    headers = {"Content-Type": args.content_type}
+
+    async def handle(request: web.BaseRequest) -> web.Response:
+        if request.method == "GET":  # /healthz, for the harness
+            return web.Response(text="ok")
+        await request.read()
+        return web.Response(body=body, headers=headers)
+
+    server = web.Server(handle, access_log=None)
+    await asyncio.get_running_loop().create_server(server, "127.0.0.1", args.port)
+    await asyncio.Event().wait()  # until the harness stops the process
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--mode", choices=("fixed", "redis"), required=True)
+    parser.add_argument("--mode", choices=("fixed", "fixed-lowlevel", "redis"), required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--path", default="/v1/query")
     parser.add_argument("--body-file", help="fixed mode: the bytes to answer")
@@ -76,6 +95,9 @@ def main() -> None:
         uvloop.install()
     except ImportError:  # pragma: no cover - the node falls back the same way
         pass
+    if args.mode == "fixed-lowlevel":
+        asyncio.run(serve_lowlevel(args, Path(args.body_file).read_bytes()))
+        return
     web.run_app(create_app(args), host="127.0.0.1", port=args.port, print=None, access_log=None)
 
 

@@ -229,10 +229,11 @@ class Stack:
 
     # ------------------------------------------------------------ baselines
 
-    def baseline_fixed(self, body: bytes, name: str = "fixed-body") -> Server:
+    def baseline_fixed(self, body: bytes, name: str = "fixed-body", mode: str = "fixed") -> Server:
+        """``mode`` ``fixed-lowlevel``: from aiohttp's low-level server (no Application)."""
         body_file = self.dir / f"{name}.bin"
         body_file.write_bytes(body)
-        return self._baseline(name, "--mode", "fixed", "--body-file", str(body_file))
+        return self._baseline(name, "--mode", mode, "--body-file", str(body_file))
 
     def baseline_redis(self, redis_url: str, key: str, name: str = "redis-get") -> Server:
         return self._baseline(name, "--mode", "redis", "--redis-url", redis_url, "--key", key)

@@ -8,7 +8,8 @@ tier off (``memory_cache_mb = 0``) shows a hit from the region's Redis. The same
 key is asked for in msgpack and in JSON (request body, ``Accept`` and answer), in the
 same run: the targets judge the default node in both, against the same baselines
 (which answer the msgpack bytes), and the node is then profiled with py-spy under
-each load.
+each load. A third handler answers the fixed bytes from aiohttp's low-level server
+(no Application, router or middleware): how much a leaner path inside aiohttp saves.
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def run(ctx: Context) -> ScenarioResult:
         )
         st.prime(redis_node, _packed(body))
         fixed = st.baseline_fixed(answer)
+        lean = st.baseline_fixed(answer, "fixed-body-lowlevel", mode="fixed-lowlevel")
         client = redis.Redis.from_url(edge.redis_urls[0])
         client.set("bench:hit", answer)
         client.close()
@@ -90,6 +92,10 @@ def run(ctx: Context) -> ScenarioResult:
             wrk_variant(
                 ctx, "redis-get", "bare aiohttp + one redis-py GET", plan_for(redis_get.url),
                 CONNECTIONS, lambda: [redis_get.proc.pid],
+            ),
+            wrk_variant(
+                ctx, "fixed-lowlevel", "bare aiohttp low-level server (no Application), fixed body",
+                plan_for(lean.url), CONNECTIONS, lambda: [lean.proc.pid],
             ),
         ]  # fmt: skip
         result.measurements = measure_rounds(ctx, variants, ctx.budget.rounds)
@@ -126,6 +132,10 @@ def run(ctx: Context) -> ScenarioResult:
         "redis_hit_node_vs_redis_get_rps": ratio(nr.rps, r.rps),
         "redis_hit_node_vs_fixed_rps": ratio(nr.rps, f.rps),
     }
+    lean = result.get("fixed-lowlevel")
+    if lean is not None:
+        # What the leanest path inside aiohttp saves on the same answer (issue 18).
+        result.ratios["fixed_lowlevel_vs_fixed_rps"] = ratio(lean.rps, f.rps)
     result.targets = []
     for fmt, m, prefix in (("msgpack", n, ""), ("JSON", nj, "json_")):
         vs_get, vs_fixed = (
