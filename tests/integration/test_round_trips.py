@@ -336,11 +336,12 @@ async def test_the_scripts_decide_by_the_read_paths_rule(
                         held = await r.get(k.lock(TENANT, "sig")) == b"mine"
                         assert held == (purge.vouched and not done.stored), (state, watermark)
                         await r.delete(k.lock(TENANT, "sig"))
-        # An entry the script cannot read is left to the read path: no lock.
+        # An entry the script cannot read is left to the read path: no lock, no error.
         await r.set(k.sync(TENANT, 0), 0)
-        await r.set(k.entry(TENANT, "sig"), b"\x09not an entry")
-        got = await tier.lookup(TENANT, "sig", (), FillLock("x", 3000, 15_000, int(now * 1000)))
-        assert got.lock == 0
+        for unreadable in (b"\x09not an entry of any known version", b"\x02short"):
+            await r.set(k.entry(TENANT, "sig"), unreadable)
+            lock = FillLock("x", 3000, 15_000, int(now * 1000))
+            assert (await tier.lookup(TENANT, "sig", (), lock)).lock == 0
         # Version 1 entries (no extras) are read like version 2.
         old = struct.pack(">Bqq", 1, int((now - 20) * 1000), 9) + b"\x80"
         assert Entry.decode(old) is not None

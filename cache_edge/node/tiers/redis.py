@@ -71,7 +71,7 @@ return 0
 #
 # _LOOKUP. KEYS: entry, lock, sync lease, tag versions...; ARGV: token, lease ms,
 # max age ms ('' = take the lock whatever the entry), now ms (the node's clock), min
-# watermark. Returns {lock, entry, sync lease, tag versions...}; lock is 1 taken (or
+# watermark. Returns {lock, {entry, sync lease, tag versions...}}; lock is 1 taken (or
 # already ours: a retried command), -1 held by someone else, 0 not tried.
 #
 # Whether the entry can be served is the read path's to decide (cache_edge/node/
@@ -83,31 +83,28 @@ return 0
 # same rule. An entry it cannot read is left to the read path (which then claims the
 # lock itself), so a wrong guess costs a round trip, never a wrong answer.
 _LOOKUP = """
-local entry = redis.call('get', KEYS[1])
-local out = {0, entry}
-local required = tonumber(ARGV[5])
-for i = 3, #KEYS do
-  local v = redis.call('get', KEYS[i])
-  out[i] = v
-  if v then required = math.max(required, tonumber(v)) end
-end
-local take = ARGV[3] == '' or not entry or not out[3]
-if not take and #entry >= 17 and (string.byte(entry, 1) == 1 or string.byte(entry, 1) == 2)
-    and string.byte(entry, 2) < 128 and string.byte(entry, 10) < 128 then
-  local produced, watermark = 0, 0
-  for i = 2, 9 do produced = produced * 256 + string.byte(entry, i) end
-  for i = 10, 17 do watermark = watermark * 256 + string.byte(entry, i) end
-  take = watermark < required or tonumber(ARGV[4]) - produced >= tonumber(ARGV[3])
+local got = redis.call('mget', KEYS[1], unpack(KEYS, 3))
+local lock = 0
+local take = ARGV[3] == '' or not got[1] or not got[2]
+if not take and #got[1] >= 17 then
+  local version, produced, watermark = struct.unpack('>Bi8i8', got[1])
+  if version == 1 or version == 2 then
+    local required = tonumber(ARGV[5])
+    for i = 2, #got do
+      if got[i] then required = math.max(required, tonumber(got[i])) end
+    end
+    take = watermark < required or tonumber(ARGV[4]) - produced >= tonumber(ARGV[3])
+  end
 end
 if take then
   if redis.call('set', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2])
       or redis.call('get', KEYS[2]) == ARGV[1] then
-    out[1] = 1
+    lock = 1
   else
-    out[1] = -1
+    lock = -1
   end
 end
-return out
+return {lock, got}
 """
 # _STORE. KEYS: entry, lock, sync lease, tag versions...; ARGV: token, entry, ttl s,
 # watermark. Stores the entry only if it is current under the state read here, in the
@@ -396,7 +393,7 @@ class RedisTier:
         max_age = "" if lock.max_age_ms is None else lock.max_age_ms
         args = [lock.token, lock.lease_ms, max_age, lock.now_ms, lock.min_watermark]
         with self.guard.request:
-            taken, *values = await self._lookup(keys=keys, args=args)
+            taken, values = await self._lookup(keys=keys, args=args)
         got = _as_bytes(values)
         return Looked(got[0], got[1:], int(taken))
 
