@@ -14,6 +14,8 @@ are never decoded or re-encoded between the origin's cursor and the client.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,6 +33,7 @@ __all__ = [
     "OriginAnswer",
     "WriteInvalidation",
     "core_to_dict",
+    "iso_ms",
     "read_answer",
     "split_core",
     "with_info",
@@ -212,3 +215,11 @@ def _strings(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise TypeError("expected a list of strings")
     return tuple(value)
+
+
+@functools.lru_cache(maxsize=4096)
+def iso_ms(epoch_ms: int) -> str:
+    """``producedAt`` as the answers show it (``lastModified``): ISO 8601, UTC, to the ms.
+    Cached: every hit of an entry formats the same instant."""
+    stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")

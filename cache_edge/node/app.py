@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime as dt
-import functools
 import ssl
 import time
 import uuid
@@ -19,7 +17,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from cache_edge.common.answer import QUERY_CORE, TRANSACTION_CORE, CoreKeys, read_answer
+from cache_edge.common.answer import QUERY_CORE, TRANSACTION_CORE, CoreKeys, iso_ms, read_answer
 from cache_edge.common.protocol import parse_invalidate, parse_query_body, parse_transaction
 from cache_edge.common.wire import (
     CONTENT_TYPES,
@@ -78,13 +76,6 @@ SQL = web.AppKey("sql", SqlDoor)  # the Neon-compatible door (POST /sql)
 _FMT: web.RequestKey[WireFormat] = web.RequestKey("wire_format")  # the body's, once read
 
 
-@functools.lru_cache(maxsize=4096)
-def _iso_ms(epoch_ms: int) -> str:
-    # Cached: every hit of an entry formats the same producedAt.
-    stamp = dt.datetime.fromtimestamp(epoch_ms / 1000, dt.UTC)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 async def _authenticate(request: web.Request) -> Principal:
     """Who is calling (or Unauthorized), charged one token of its key's rate limit."""
     who = request.app[KEYS].authenticate(request.headers.get("Authorization"))
@@ -108,7 +99,7 @@ def _info(request: web.Request, answer: Answer, age: float) -> dict[str, Any]:
     info: dict[str, Any] = {
         "cacheStatus": answer.status,
         "region": request.app[SETTINGS].node.region,
-        "lastModified": _iso_ms(answer.produced_at_ms),
+        "lastModified": iso_ms(answer.produced_at_ms),
         # To the millisecond; round(age, 3) gives the same and costs 4 times as much.
         "age": round(age * 1000) / 1000,
         "requestId": request[REQUEST_ID],

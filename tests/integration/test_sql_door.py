@@ -189,6 +189,11 @@ async def test_a_hinted_read_is_a_hit_the_second_time(door: PrivateDoor) -> None
     assert first[2]["X-Cache-Status"] == "miss"
     assert second[2]["X-Cache-Status"] == "ttl"
     assert int(second[2]["Age"]) >= 0
+    # what Accelerate's withAccelerateInfo() reports, without another round trip
+    assert second[2]["X-Cache-Region"] == first[2]["X-Cache-Region"] == "local"
+    assert second[2]["X-Cache-Last-Modified"] == first[2]["X-Cache-Last-Modified"]
+    assert second[2]["X-Cache-Last-Modified"].endswith("Z")
+    assert second[2]["X-Cache-Signature"] == first[2]["X-Cache-Signature"]
     assert first[1] == second[1]
     assert first[1]["rows"] == [[m, "x"]]
     assert await executions(m) == 1

@@ -36,6 +36,7 @@ import orjson
 import xxhash
 from aiohttp import web
 
+from cache_edge.common.answer import iso_ms
 from cache_edge.common.errors import (
     BadRequest,
     CacheEdgeError,
@@ -68,7 +69,10 @@ _PG_KEY = len(packb("pg"))
 _NO_TYPES = b"\x00\x00"
 _SYNC = message(b"S")
 _ROLLBACK = message(b"Q", cstring("ROLLBACK"))
-_EXPOSED = "X-Cache-Status, Age, X-Request-Id, X-Cache-Invalidation, X-Cache-Warning"
+_EXPOSED = (
+    "X-Cache-Status, Age, X-Cache-Last-Modified, X-Cache-Region, X-Cache-Signature, "
+    "X-Request-Id, X-Cache-Invalidation, X-Cache-Warning"
+)
 _ALLOWED_HEADERS = (
     "Neon-Connection-String, Neon-Raw-Text-Output, Neon-Array-Mode, "
     "Neon-Batch-Isolation-Level, Neon-Batch-Read-Only, Neon-Batch-Deferrable, "
@@ -230,7 +234,11 @@ class SqlDoor:
         )
 
     async def handle(self, request: web.Request) -> web.Response:
-        headers = {**_CORS, "X-Request-Id": request[REQUEST_ID]}
+        headers = {
+            **_CORS,
+            "X-Request-Id": request[REQUEST_ID],
+            "X-Cache-Region": self._settings().node.region,
+        }
         try:
             tenant = await self._login(request)
             settings = self._settings()
@@ -407,6 +415,10 @@ class SqlDoor:
             age = max(0.0, time.time() - answer.produced_at_ms / 1000)
         headers["X-Cache-Status"] = answer.status
         headers["Age"] = str(int(age))
+        if answer.produced_at_ms:
+            headers["X-Cache-Last-Modified"] = iso_ms(answer.produced_at_ms)
+        if answer.signature:
+            headers["X-Cache-Signature"] = answer.signature
         return self._rendered.get(answer.core, req.array_mode, req.raw_text)
 
 

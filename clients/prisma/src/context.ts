@@ -12,6 +12,7 @@ export type CacheStatus = "ttl" | "swr" | "miss" | "none" | "stale";
 export interface StatementInfo {
   status: CacheStatus;
   age?: number; // seconds since the database produced the rows (HTTP `Age`)
+  producedAt?: number; // when, in ms since the epoch (`X-Cache-Last-Modified`)
   region?: string;
   requestId?: string;
   signature?: string;

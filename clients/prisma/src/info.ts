@@ -10,14 +10,14 @@ export interface CacheEdgeInfo {
   /** `ttl`, `swr`: from the cache; `miss`: fetched and stored; `none`: not cached; `stale`: the
    * database was unreachable and an old answer was served (staleIfError). */
   cacheStatus: CacheStatus;
-  /** When the database produced the rows (`POST /sql` only: now minus its `Age` header,
-   * which counts whole seconds). */
+  /** When the database produced the rows (`POST /sql` only: its `X-Cache-Last-Modified`
+   * header, to the millisecond). */
   lastModified: Date | null;
-  /** The node's region (not reported by the node's doors yet: always null). */
+  /** The node's region (`POST /sql` only: its `X-Cache-Region` header). */
   region: string | null;
   /** The node's request id (`POST /sql` only). */
   requestId: string | null;
-  /** The entry's cache key (not reported by the node's doors: always null). */
+  /** The entry's cache key (`POST /sql` only: its `X-Cache-Signature` header). */
   signature: string | null;
 }
 
@@ -42,11 +42,20 @@ export function infoOf(call: Call, inTransaction: boolean): CacheEdgeInfo | null
   }
   const status = ORDER.find((s) => seen.some((st) => st.status === s)) ?? "none";
   const first = seen.find((st) => st.status === status) ?? seen[0];
-  const ages = seen.map((st) => st.age).filter((a): a is number => typeof a === "number");
-  const oldest = ages.length ? Math.max(...ages) : null;
+  // The oldest rows of the call: the node's own instant (to the ms) when it sent one, else
+  // now minus the whole seconds of Age.
+  const produced = seen.map((st) =>
+    typeof st.producedAt === "number"
+      ? st.producedAt
+      : typeof st.age === "number"
+        ? Date.now() - st.age * 1000
+        : null,
+  );
+  const known = produced.filter((p): p is number => p !== null);
+  const oldest = known.length ? Math.min(...known) : null;
   return {
     cacheStatus: status,
-    lastModified: oldest === null ? null : new Date(Date.now() - oldest * 1000),
+    lastModified: oldest === null ? null : new Date(oldest),
     region: first.region ?? null,
     requestId: first.requestId ?? null,
     signature: first.signature ?? null,
@@ -121,7 +130,8 @@ async function queryWithStatus(pool: PoolLike, call: Call, config: unknown, valu
 
 /**
  * A `fetch` for the Neon serverless driver (`neonConfig.fetchFunction = cacheEdgeFetch()`)
- * that reads the node's `X-Cache-Status`, `Age` and `X-Request-Id` headers of each `/sql`
+ * that reads the node's `X-Cache-Status`, `X-Cache-Last-Modified`, `X-Cache-Region`,
+ * `X-Cache-Signature`, `Age` and `X-Request-Id` headers of each `/sql`
  * answer into the call that sent it: no extra round trip. An answer without `X-Cache-Status`
  * ran uncached (`none`).
  */
@@ -137,6 +147,12 @@ export function cacheEdgeFetch(base?: typeof fetch): typeof fetch {
       if (Number.isFinite(age)) seen.age = age;
       const requestId = response.headers.get("x-request-id");
       if (requestId) seen.requestId = requestId;
+      const region = response.headers.get("x-cache-region");
+      if (region) seen.region = region;
+      const signature = response.headers.get("x-cache-signature");
+      if (signature) seen.signature = signature;
+      const produced = Date.parse(response.headers.get("x-cache-last-modified") ?? "");
+      if (Number.isFinite(produced)) seen.producedAt = produced;
       call.statements.push(seen);
     }
     return response;
