@@ -15,8 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator, Hashable
-from contextlib import asynccontextmanager
+from collections.abc import Hashable
 
 __all__ = ["FairShare"]
 
@@ -41,13 +40,10 @@ class FairShare:
     def waiting(self) -> int:
         return sum(len(q) for q in self._waiters.values())
 
-    @asynccontextmanager
-    async def slot(self, key: Hashable) -> AsyncIterator[None]:
-        await self._acquire(key)
-        try:
-            yield
-        finally:
-            self._release(key)
+    def slot(self, key: Hashable) -> _Slot:
+        """``async with share.slot(key)``: hold a slot for the block (a class, not a
+        generator: it runs for every origin call)."""
+        return _Slot(self, key)
 
     def _take(self, key: Hashable) -> None:
         self._in_use += 1
@@ -97,3 +93,17 @@ class FairShare:
                 continue  # cancelled while queued
             self._take(key)
             fut.set_result(None)
+
+
+class _Slot:
+    __slots__ = ("_key", "_share")
+
+    def __init__(self, share: FairShare, key: Hashable) -> None:
+        self._share = share
+        self._key = key
+
+    async def __aenter__(self) -> None:
+        await self._share._acquire(self._key)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._share._release(self._key)

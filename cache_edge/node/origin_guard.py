@@ -29,8 +29,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from cache_edge.common.errors import CacheEdgeError, OriginDown, OriginOverloaded, OriginUnavailable
 from cache_edge.server.logs import get_logger
@@ -69,32 +68,13 @@ class OriginGuard:
     def is_open(self) -> bool:
         return self._open_until > 0
 
-    @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Run one origin call under the bound and the breaker, and learn from its end.
+    def admit(self) -> _Admission:
+        """Run one origin call under the bound and the breaker, and learn from its end:
+        ``with guard.admit(): ...``.
 
         Raises OriginOverloaded or OriginDown before anything is sent.
         """
-        probe = self._admit_or_raise()
-        self.waiting += 1
-        try:
-            yield
-        except _OWN:
-            self._abandon(probe)
-            raise
-        except OriginUnavailable:
-            self._failed(probe)
-            raise
-        except CacheEdgeError:
-            self._reached()  # the origin answered, if only with an error
-            raise
-        except BaseException:
-            self._abandon(probe)  # cancelled, or a bug: nothing learnt about the origin
-            raise
-        else:
-            self._reached()
-        finally:
-            self.waiting -= 1
+        return _Admission(self)
 
     def _admit_or_raise(self) -> bool:
         """Whether this call is the probe; raises if it may not go at all."""
@@ -141,3 +121,32 @@ class OriginGuard:
         self._open_until = self._clock() + self._interval
         self._probing = False
         log.warning("origin_circuit_open", reason=why, retry_in=self._interval)
+
+
+class _Admission:
+    """One admitted call (a class, not a generator: it runs for every origin call)."""
+
+    __slots__ = ("_guard", "_probe")
+
+    def __init__(self, guard: OriginGuard) -> None:
+        self._guard = guard
+        self._probe = False
+
+    def __enter__(self) -> None:
+        guard = self._guard
+        self._probe = guard._admit_or_raise()
+        guard.waiting += 1
+
+    def __exit__(self, kind: type[BaseException] | None, exc: object, tb: object) -> None:
+        guard = self._guard
+        guard.waiting -= 1
+        if kind is None:
+            guard._reached()
+        elif issubclass(kind, _OWN):
+            guard._abandon(self._probe)
+        elif issubclass(kind, OriginUnavailable):
+            guard._failed(self._probe)
+        elif issubclass(kind, CacheEdgeError):
+            guard._reached()  # the origin answered, if only with an error
+        else:
+            guard._abandon(self._probe)  # cancelled, or a bug: nothing learnt about the origin
