@@ -28,8 +28,9 @@ get explicit read-only blocks throughout.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -38,6 +39,7 @@ import asyncpg
 from cache_edge.common.keys import query_fingerprint
 from cache_edge.common.protocol import QueryRequest, Statement, TransactionRequest
 from cache_edge.common.singleflight import Group
+from cache_edge.common.wire import packb
 from cache_edge.server.config import OriginConfig
 from cache_edge.server.logs import get_logger
 from origin.core.db_errors import (
@@ -118,8 +120,12 @@ class _Bound:
     attributes: tuple[Any, ...]  # result columns; none for a command without rows
 
 
-def _columns(attributes: Sequence[Any]) -> list[dict[str, str]]:
-    return [{"name": a.name, "type": type_name(a.type)} for a in attributes]
+@functools.lru_cache(maxsize=1024)
+def _columns(attributes: tuple[Any, ...]) -> tuple[list[dict[str, str]], bytes]:
+    """A result's column descriptions and their msgpack, made once per shape (asyncpg's
+    attributes are tuples of names and types). Shared: never changed by their users."""
+    columns = [{"name": a.name, "type": type_name(a.type)} for a in attributes]
+    return columns, packb(columns)
 
 
 class Executor:
@@ -224,7 +230,8 @@ class Executor:
         if not attributes:
             _, tag, _ = await bind_execute(conn, prepared, args, 0, self._timeout)
             return ResultSet([], b"", 0, row_count_from_status(tag)), tag
-        rows = RowBuffer(_columns(attributes), budget)
+        columns, packed_columns = _columns(tuple(attributes))
+        rows = RowBuffer(columns, budget, packed_columns)
         chunk, tag, done = await bind_execute(conn, prepared, args, _CHUNK_ROWS, self._timeout)
         rows.add(chunk)
         while not done:

@@ -62,6 +62,7 @@ class ResultSet:
     rows: bytes  # msgpack of each row (an array), back to back, no outer array header
     n_rows: int
     row_count: int  # rows returned, or the count from the status tag (UPDATE 3 -> 3)
+    packed_columns: bytes | None = None  # ``columns`` as msgpack, when already made
 
     def python_rows(self) -> list[Any]:
         """Decode the rows (for the JSON answer, which curl users ask for)."""
@@ -85,14 +86,23 @@ def _pack_row(values: Sequence[Any]) -> bytes:
 
 
 class RowBuffer:
-    """Collects one statement's rows as msgpack, charging every byte to the budget."""
+    """Collects one statement's rows as msgpack, charging every byte to the budget.
 
-    def __init__(self, columns: list[dict[str, str]], budget: SizeBudget) -> None:
+    ``packed_columns``: ``columns`` as msgpack, if the caller keeps it (made here if not).
+    """
+
+    def __init__(
+        self,
+        columns: list[dict[str, str]],
+        budget: SizeBudget,
+        packed_columns: bytes | None = None,
+    ) -> None:
         self._columns = columns
+        self._packed_columns = packed_columns or packb(columns)
         self._budget = budget
         self._chunks: list[bytes] = []
         self._n = 0
-        budget.spend(len(packb(columns)))
+        budget.spend(len(self._packed_columns))
 
     def add(self, records: Iterable[Sequence[Any]]) -> None:
         for record in records:
@@ -102,13 +112,14 @@ class RowBuffer:
             self._n += 1
 
     def finish(self) -> ResultSet:
-        return ResultSet(self._columns, b"".join(self._chunks), self._n, self._n)
+        rows = b"".join(self._chunks)
+        return ResultSet(self._columns, rows, self._n, self._n, self._packed_columns)
 
 
 def _pack_result_entries(result: ResultSet) -> list[bytes]:
     return [
         _K_COLUMNS,
-        packb(result.columns),
+        result.packed_columns or packb(result.columns),
         _K_ROWS,
         _PACKER.pack_array_header(result.n_rows),
         result.rows,
