@@ -13,7 +13,6 @@ node owns those settings, the database never sees them.
 from __future__ import annotations
 
 import asyncio
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +21,7 @@ import msgpack
 
 from cache_edge.common.errors import CacheEdgeError
 from cache_edge.common.protocol import QueryRequest
+from cache_edge.common.request_ids import request_id as make_request_id
 from cache_edge.common.wire import packb
 from cache_edge.node.pgdoor.caching import (
     DoorStatement,
@@ -375,7 +375,7 @@ class ClientSession:
             self.view.key_settings(),
             tuple(self.view.run_settings().items()),
         )
-        request_id = secrets.token_hex(8)
+        request_id = make_request_id(None)  # a counter: no os.urandom per hit
         try:
             answer = await self.cache.cache.query(
                 self.tenant,

@@ -395,7 +395,7 @@ class SqlDoor:
         stmt = DoorStatement.of(hinted.key_sql, run_parse, _NO_TYPES, bind)
         try:
             answer = await door.cache.query(
-                tenant, QueryRequest(stmt, strategy), secrets.token_hex(8)
+                tenant, QueryRequest(stmt, strategy), headers["X-Request-Id"]
             )
         except Uncacheable:
             return None
