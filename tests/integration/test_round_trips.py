@@ -351,3 +351,23 @@ async def test_the_scripts_decide_by_the_read_paths_rule(
     finally:
         await tier.close()
     assert checked == 540
+
+
+async def test_scripts_lost_by_redis_are_loaded_again(
+    private_redis: Callable[..., PrivateRedis],
+) -> None:
+    """A restart or a failover to a replica loses the scripts: the next call loads them
+    (NOSCRIPT, SCRIPT LOAD, EVALSHA again), once; nothing fails."""
+    server = private_redis()
+    region = await _region(server.url, [server.port], cluster=False)
+    try:
+        await region.tier._redis.script_flush()
+        await region.monitor.commands()
+        miss, cost = await region.request("k1")
+        assert miss.status == "miss"
+        # The rate limiter's script, the lookup and the store: each loaded once.
+        assert cost.count("SCRIPT") == 3 and len(cost) == 9, cost
+        hit, cost = await region.request("k1")
+        assert hit.status == "ttl" and len(cost) == 2, cost
+    finally:
+        await region.close()

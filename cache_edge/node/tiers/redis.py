@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisClusterException, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from cache_edge.common.errors import RedisUnavailable
 from cache_edge.node.ports import FillLock, Looked, Stored
@@ -393,7 +393,7 @@ class RedisTier:
         max_age = "" if lock.max_age_ms is None else lock.max_age_ms
         args = [lock.token, lock.lease_ms, max_age, lock.now_ms, lock.min_watermark]
         with self.guard.request:
-            taken, values = await self._lookup(keys=keys, args=args)
+            taken, values = await self._eval(self._lookup, keys, args)
         got = _as_bytes(values)
         return Looked(got[0], got[1:], int(taken))
 
@@ -417,10 +417,20 @@ class RedisTier:
             *k.state_keys(tenant, signature, tags),
         ]
         with self.guard.request:
-            stored, *values = await self._store(
-                keys=keys, args=[token, value, max(1, ttl_seconds), watermark]
+            stored, *values = await self._eval(
+                self._store, keys, [token, value, max(1, ttl_seconds), watermark]
             )
         return Stored(bool(stored), _as_bytes(values))
+
+    async def _eval(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA, loading the script if Redis lost it (a restart, a failover). What
+        redis-py's Script call does, minus its per-call overhead (a fifth of a Redis
+        hit's client CPU, measured): the lookup is on every hit's path."""
+        try:
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            await self._redis.script_load(script.script)
+            return await self._redis.evalsha(script.sha, len(keys), *keys, *args)
 
     async def state(self, tenant: str, signature: str, tags: tuple[str, ...]) -> list[bytes | None]:
         """The sync floor and tag versions alone (checking a fresh fetch)."""

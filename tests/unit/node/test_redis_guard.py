@@ -192,7 +192,7 @@ async def test_a_tier_bug_is_a_500_internal_with_its_traceback_and_no_open_break
 ) -> None:
     client, app = node
     tier = app[node_app.TIER]
-    tier._lookup = raising(TypeError("unhashable type: 'list'"))
+    tier._redis.evalsha = raising(TypeError("unhashable type: 'list'"))
     body = {"sql": "SELECT 1", "cacheStrategy": {"ttl": 60}}
     with capture_logs() as logs:
         resp = await client.post(
