@@ -10,11 +10,14 @@ pay for the compatibility (at least 0.9x the native JSON hit's throughput).
 from __future__ import annotations
 
 import json
+import subprocess
 import urllib.request
+from typing import Any
 from urllib.parse import urlsplit
 
 from bench.context import TENANT, Context
-from bench.load.wrk import WrkPlan
+from bench.load.wrk import WrkPlan, wrk_command
+from bench.profile import record
 from bench.scenarios.base import ScenarioResult, Skip, Target, measure_rounds, ratio, wrk_variant
 from bench.scenarios.common import HIT_PARAMS, HIT_SQL, query_body, start_edge
 from bench.stack import Stack
@@ -46,6 +49,36 @@ def _prime(plan: WrkPlan) -> bytes:
         if time.monotonic() > deadline:
             raise RuntimeError(f"{plan.path}: no ttl hit in 20 s (last {status})")
         time.sleep(0.1)
+
+
+def _profile(ctx: Context, pid: int, plan: WrkPlan, name: str) -> dict[str, Any]:
+    """py-spy the node while wrk keeps it busy with ``plan`` (skipped without py-spy)."""
+    if not ctx.tools.has("py-spy"):
+        return {"skipped": ctx.tools.missing_reason("py-spy")}
+    seconds = ctx.budget.profile_seconds
+    ctx.step(f"profiling the node under {plan.path} hits with py-spy ({2 * seconds} s)")
+    cmd = wrk_command(
+        ctx.tools.path("wrk"),
+        plan,
+        connections=CONNECTIONS,
+        duration=2 * seconds + 3,
+        workdir=ctx.tmp / "wrk" / f"profile-{name}",
+        pinning=ctx.pinning,
+    )
+    load = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        stem = f"sqlhit-{name}-profile"
+        svg = ctx.out_dir / f"{stem}.svg"
+        summary = record(
+            ctx.tools.path("py-spy"), pid, seconds, svg, ctx.tmp / f"{stem}.txt", ctx.pinning
+        )
+        summary["flamegraph"] = svg.name
+        return summary
+    except RuntimeError as exc:
+        return {"skipped": str(exc)}
+    finally:
+        load.terminate()
+        load.wait(10)
 
 
 def run(ctx: Context) -> ScenarioResult:
@@ -106,6 +139,8 @@ def run(ctx: Context) -> ScenarioResult:
             statuses = m.error_detail.get("cache_statuses", {})
             if set(statuses) - {"ttl"}:
                 result.notes.append(f"{m.label}: not every answer was a ttl hit: {statuses}")
+        for name, plan in (("sql", neon), ("v1-json", native)):
+            result.extra[f"profile_{name}"] = _profile(ctx, node.proc.pid, plan, name)
     native_m, sql_m = result.get("v1-json"), result.get("sql")
     assert native_m and sql_m
     result.ratios = {

@@ -359,9 +359,7 @@ async def _open_wire_doors(
             mirror=mirror,
         ),
         rules=RuleBook(lambda t: live.current.tenant(t), link, node.origin_timeout),
-        observe=lambda tenant, status: metrics.door_answers.labels(
-            "postgres", tenant, status
-        ).inc(),
+        observe=lambda tenant, status: metrics.door_answer("postgres", tenant, status),
         unmodelled=lambda tenant: metrics.pg_unmodelled.labels(tenant).inc(),
     )
     limiter = app[LIMITER]
@@ -371,7 +369,7 @@ async def _open_wire_doors(
 
     sql_cache = dataclasses.replace(
         cache,
-        observe=lambda tenant, status: metrics.door_answers.labels("sql", tenant, status).inc(),
+        observe=lambda tenant, status: metrics.door_answer("sql", tenant, status),
     )
     app[SQL] = SqlDoor(
         lambda: live.current,

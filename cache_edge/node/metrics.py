@@ -118,11 +118,12 @@ class NodeMetrics:
         )
         self.door_answers = Counter(
             "cache_edge_node_door_answers",
-            "Statements answered through a door, by door (http|postgres), tenant and cache "
+            "Statements answered through a door, by door (postgres|sql), tenant and cache "
             "status (none|miss|ttl|swr|stale)",
             ["door", "tenant", "status"],
             registry=self.registry,
         )
+        self._door_children: dict[tuple[str, str, str], Any] = {}
         self.pg_unmodelled = Counter(
             "cache_edge_node_pg_unmodelled_sessions",
             "Hinted PostgreSQL-door reads run uncached because their session changed a "
@@ -145,3 +146,12 @@ class NodeMetrics:
             self._answered[status] = children
         children[0].inc()
         children[1].observe(seconds)
+
+    def door_answer(self, door: str, tenant: str, status: str) -> None:
+        """Count one door answer. The labelled child is looked up once per label set:
+        ``labels()`` takes a lock and builds a key each time, a few percent of a hit."""
+        key = (door, tenant, status)
+        child = self._door_children.get(key)
+        if child is None:
+            child = self._door_children[key] = self.door_answers.labels(door, tenant, status)
+        child.inc()

@@ -28,7 +28,8 @@ import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -44,14 +45,16 @@ from cache_edge.common.errors import (
     QueryTimeout,
     Unauthorized,
 )
+from cache_edge.common.limits import Limits
 from cache_edge.common.protocol import QueryRequest
+from cache_edge.common.strategy import CacheStrategy
 from cache_edge.common.wire import packb
 from cache_edge.node.auth import ApiKeys, Principal
 from cache_edge.node.pgdoor.caching import DoorStatement, StatementFailed, Uncacheable
-from cache_edge.node.pgdoor.hints import HintError, read_hints, strategy_from
+from cache_edge.node.pgdoor.hints import Hinted, HintError, read_hints, strategy_from
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
 from cache_edge.node.pgdoor.session import DoorCache
-from cache_edge.node.sqlhttp.request import SqlQuery, SqlRequest, credentials, parse_sql_request
+from cache_edge.node.sqlhttp.request import SqlRequest, credentials, parse_sql_request
 from cache_edge.node.sqlhttp.results import error_body, results_of
 from cache_edge.pgwire.messages import WRITE_TAGS, cstring, message
 from cache_edge.server.bodies import read_capped
@@ -63,6 +66,15 @@ __all__ = ["SqlDoor"]
 
 log = get_logger(__name__)
 
+_PLANS = 4096  # request bodies remembered as plans (SqlDoor._plan)
+_PLAN_BODY_MAX = 8192  # larger bodies are planned each time
+_FLAG_HEADERS = (
+    "Neon-Array-Mode",
+    "Neon-Raw-Text-Output",
+    "Neon-Batch-Isolation-Level",
+    "Neon-Batch-Read-Only",
+    "Neon-Batch-Deferrable",
+)
 _RENDERED_BYTES = 16 << 20  # rendered hits kept per process (RenderedResults)
 _WRITE_WAIT = 3.0  # more than the origin's write_invalidation_wait (2 s by default)
 _PG_KEY = len(packb("pg"))
@@ -170,6 +182,35 @@ class _Run:
             self.fenced.set_result(None)
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """What a request body means, worked out once per body and flags (``SqlDoor._plan``)."""
+
+    req: SqlRequest
+    hinted: Hinted | None = None  # one statement: its hints and hint-free text
+    stmt: DoorStatement | None = None  # one statement: its cacheable form, keyed
+    strategy: CacheStrategy | None = None  # from its hint; None: the tenant's rules decide
+    warning: str = ""  # a hint that could not be read: runs uncached, says why
+
+
+def _plan_of(req: SqlRequest) -> _Plan:
+    if req.batch:
+        return _Plan(req)
+    query = req.queries[0]
+    hinted = read_hints(query.sql)
+    if hinted.error:
+        return _Plan(req, hinted, warning=f"{hinted.error}; the statement ran uncached")
+    run_parse = hinted.run_sql.encode() + b"\x00" + _NO_TYPES
+    stmt = DoorStatement.of(hinted.key_sql, run_parse, _NO_TYPES, _bind(query.params))
+    if not hinted.fields:
+        return _Plan(req, hinted, stmt)
+    try:
+        strategy = strategy_from(hinted.fields)
+    except HintError as exc:
+        return _Plan(req, hinted, warning=f"{exc}; the statement ran uncached")
+    return _Plan(req, hinted, stmt, strategy)
+
+
 class RenderedResults:
     """Cached answers as Neon JSON, made once per entry and answer mode: a hit then does
     no per-row work. Keyed by a 128-bit hash of the cached bytes (a few ns per KiB), so an
@@ -218,6 +259,7 @@ class SqlDoor:
         self._cache = cache
         self._applied = applied  # has this region applied purge seq N of a tenant?
         self._rendered = RenderedResults(_RENDERED_BYTES)
+        self._plans: dict[tuple[bytes | str | None, ...], _Plan] = {}
         self._on_error = on_error  # counts error answers by stable code, as the boundary does
 
     # ------------------------------------------------------------ HTTP
@@ -245,8 +287,8 @@ class SqlDoor:
             body = await read_capped(
                 request, settings.limits.max_body_bytes, settings.node.body_timeout
             )
-            req = parse_sql_request(body, request.headers, settings.limits)
-            answer = await self._answer(tenant, req, headers)
+            plan = self._plan(body, request.headers, settings.limits)
+            answer = await self._answer(tenant, plan, headers)
         except _Failed as failed:
             self._on_error("query_error")
             return self._error(400, error_body(failed.error), headers)
@@ -255,7 +297,22 @@ class SqlDoor:
             if exc.status >= 500:
                 log.warning("sql_door_error", code=exc.code, error=exc.message)
             return self._our_error(exc, headers, request[REQUEST_ID])
-        return web.Response(body=answer, content_type="application/json", headers=headers)
+        headers["Content-Type"] = "application/json"
+        return web.Response(body=answer, headers=headers)
+
+    def _plan(self, body: bytes, headers: Mapping[str, str], limits: Limits) -> _Plan:
+        """The request's plan; a body seen before (the same statement, the same values) is
+        not parsed, hint-read or keyed again."""
+        key = (body, *(headers.get(h) for h in _FLAG_HEADERS))
+        found = self._plans.get(key)
+        if found is not None:
+            return found
+        plan = _plan_of(parse_sql_request(body, headers, limits))
+        if len(body) <= _PLAN_BODY_MAX:
+            self._plans[key] = plan
+            if len(self._plans) > _PLANS:
+                del self._plans[next(iter(self._plans))]
+        return plan
 
     def _error(self, status: int, body: dict[str, Any], headers: dict[str, str]) -> web.Response:
         body.setdefault("severity", "ERROR")
@@ -295,14 +352,15 @@ class SqlDoor:
 
     # ------------------------------------------------------------ running
 
-    async def _answer(self, tenant: str, req: SqlRequest, headers: dict[str, str]) -> bytes:
+    async def _answer(self, tenant: str, plan: _Plan, headers: dict[str, str]) -> bytes:
         """The answer's JSON body."""
-        if not req.batch:
+        req = plan.req
+        if plan.hinted is not None:
             query = req.queries[0]
-            cached = await self._cached(tenant, query, req, headers)
+            cached = await self._cached(tenant, plan, headers)
             if cached is not None:
                 return cached
-            sql = read_hints(query.sql).run_sql
+            sql = plan.hinted.run_sql
             self._cache.observe(tenant, "none")
             data = await self._run(tenant, _flight(sql, query.params) + _SYNC, 1, headers)
             return orjson.dumps(results_of(bytes(data), req.array_mode, req.raw_text)[0][0])
@@ -365,34 +423,24 @@ class SqlDoor:
             await asyncio.sleep(0.01)
         headers["X-Cache-Invalidation"] = "applied"
 
-    async def _cached(
-        self, tenant: str, query: SqlQuery, req: SqlRequest, headers: dict[str, str]
-    ) -> bytes | None:
+    async def _cached(self, tenant: str, plan: _Plan, headers: dict[str, str]) -> bytes | None:
         """The answer from the region's read path, or None when the statement is not
         cached (no hint and no rule, a write, or a result the cache cannot hold)."""
-        hinted = read_hints(query.sql)
-        if hinted.error:
-            headers["X-Cache-Warning"] = f"{hinted.error}; the statement ran uncached"
+        hinted, stmt = plan.hinted, plan.stmt
+        if plan.warning:
+            headers["X-Cache-Warning"] = plan.warning
+        if hinted is None or stmt is None:
             return None
-        run_parse = hinted.run_sql.encode() + b"\x00" + _NO_TYPES
-        bind = _bind(query.params)
         door = self._cache
-        if hinted.fields:
-            try:
-                strategy = strategy_from(hinted.fields)
-            except HintError as exc:
-                headers["X-Cache-Warning"] = f"{exc}; the statement ran uncached"
+        strategy = plan.strategy
+        if strategy is None:
+            if door.rules is None:
                 return None
-        elif door.rules is not None:
-            found = door.rules.strategy(tenant, hinted.key_sql, run_parse, bind)
-            if found is None:
+            strategy = door.rules.strategy(tenant, stmt.key_sql, stmt.run_parse, stmt.bind)
+            if strategy is None:
                 return None
-            strategy = found
-        else:
-            return None
         if not strategy.cached:
             return None
-        stmt = DoorStatement.of(hinted.key_sql, run_parse, _NO_TYPES, bind)
         try:
             answer = await door.cache.query(
                 tenant, QueryRequest(stmt, strategy), headers["X-Request-Id"]
@@ -402,7 +450,7 @@ class SqlDoor:
         except StatementFailed as failed:
             if not failed.read_only:
                 raise _Failed(failed.error) from None
-            if not hinted.fields and door.rules is not None:
+            if plan.strategy is None and door.rules is not None:
                 door.rules.writes(tenant, hinted.key_sql)
                 return None  # a rule never refuses a write: it runs uncached
             raise BadRequest(
@@ -419,7 +467,7 @@ class SqlDoor:
             headers["X-Cache-Last-Modified"] = iso_ms(answer.produced_at_ms)
         if answer.signature:
             headers["X-Cache-Signature"] = answer.signature
-        return self._rendered.get(answer.core, req.array_mode, req.raw_text)
+        return self._rendered.get(answer.core, plan.req.array_mode, plan.req.raw_text)
 
 
 def _first_error(data: bytearray) -> bytes:
