@@ -26,6 +26,7 @@ from typing import Any
 import aiohttp
 
 from cache_edge.common.answer import QUERY_CORE, CoreKeys
+from cache_edge.common.deadlines import Deadlines
 from cache_edge.common.errors import (
     CacheEdgeError,
     OriginUnavailable,
@@ -75,6 +76,7 @@ class OriginClient:
         self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
         self._ssl = ssl_context
         self._share = FairShare(max_connections)
+        self._deadlines = Deadlines(timeout)
         self._session: aiohttp.ClientSession | None = None
         # The process's link to the origin (the PostgreSQL door uses it too).
         self.link = link or OriginLink(base_url, lambda: self._secret, connect_timeout, ssl_context)
@@ -98,6 +100,7 @@ class OriginClient:
         return self._session
 
     async def close(self) -> None:
+        self._deadlines.close()
         if self._session is not None:
             await self._session.close()
         await self.link.close()
@@ -200,14 +203,18 @@ class OriginClient:
         self, path: str, tenant: str, body: dict[str, Any], request_id: str
     ) -> OriginResult:
         """A query or transaction over the link, under the fair share and the timeout."""
+        # One deadline for waiting our turn and for the call itself (swept, not a timer
+        # per call: cache_edge.common.deadlines).
+        task = self._deadlines.enter()
         try:
-            # One deadline for waiting our turn and for the call itself.
-            async with asyncio.timeout(self._timeout.total), self._share.slot(tenant):
+            async with self._share.slot(tenant):
                 status, raw, origin_rid = await self.link.call(path, tenant, body, request_id)
-        except TimeoutError:
-            raise OriginUnavailable(
-                f"the origin did not answer within {self._timeout.total:.0f} s"
-            ) from None
+        except asyncio.CancelledError:
+            if self._deadlines.expired(task):
+                raise OriginUnavailable(
+                    f"the origin did not answer within {self._deadlines.seconds:.0f} s"
+                ) from None
+            raise
         except LinkRefused as exc:
             if exc.status == 401:
                 # As a refused signed request is: the operator's node_secret is wrong.
@@ -218,6 +225,8 @@ class OriginClient:
         except LinkDown as exc:
             # The detail (host names, certificate problems) went to the operator's log.
             raise OriginUnavailable(str(exc)) from None
+        finally:
+            self._deadlines.leave(task)
         if status == 200:
             return OriginResult(raw, origin_rid)
         try:

@@ -35,6 +35,7 @@ from typing import Any
 
 import asyncpg
 
+from cache_edge.common.deadlines import Deadlines
 from cache_edge.common.errors import DatabaseUnavailable, PoolTimeout
 from cache_edge.common.wire import json_dumps
 from cache_edge.server.config import OriginConfig, Settings, TenantConfig
@@ -128,6 +129,9 @@ class TenantPool:
         self._slots = asyncio.Semaphore(self.max_size)
         self._in_use = 0
         self._waiting = 0
+        # Swept deadlines, not a timer per request (cache_edge.common.deadlines).
+        self._slot_deadlines = Deadlines(origin.pool_timeout)
+        self._connect_deadlines = Deadlines(origin.connect_timeout + 1.0)
 
     def stats(self) -> PoolStats:
         pool = self._pool
@@ -181,16 +185,19 @@ class TenantPool:
             await self._slots.acquire()  # a permit is free: no waiting, no timer
             return
         self._waiting += 1
+        task = self._slot_deadlines.enter()
         try:
-            async with asyncio.timeout(self._origin.pool_timeout):
-                await self._slots.acquire()
-        except TimeoutError:
-            raise PoolTimeout(
-                f"no database connection became free within {self._origin.pool_timeout} s "
-                f"(pool of {self.max_size}); retry shortly",
-                retry_after=1.0,
-            ) from None
+            await self._slots.acquire()
+        except asyncio.CancelledError:
+            if self._slot_deadlines.expired(task):
+                raise PoolTimeout(
+                    f"no database connection became free within {self._origin.pool_timeout} s "
+                    f"(pool of {self.max_size}); retry shortly",
+                    retry_after=1.0,
+                ) from None
+            raise
         finally:
+            self._slot_deadlines.leave(task)
             self._waiting -= 1
 
     def acquire(
@@ -204,15 +211,20 @@ class TenantPool:
         await self._wait_for_slot()
         try:
             pool = await self._get_pool()
+            # We hold a permit, so a pool slot is free: this waits only on (re)connecting.
+            task = self._connect_deadlines.enter()
             try:
-                # We hold a permit, so a pool slot is free: this waits only on (re)connecting.
-                async with asyncio.timeout(self._origin.connect_timeout + 1.0):
-                    conn = await pool.acquire()
-            except TimeoutError:
-                raise DatabaseUnavailable(
-                    f"could not connect to the database within {self._origin.connect_timeout} s",
-                    retry_after=1.0,
-                ) from None
+                conn = await pool.acquire()
+            except asyncio.CancelledError:
+                if self._connect_deadlines.expired(task):
+                    raise DatabaseUnavailable(
+                        "could not connect to the database within "
+                        f"{self._origin.connect_timeout} s",
+                        retry_after=1.0,
+                    ) from None
+                raise
+            finally:
+                self._connect_deadlines.leave(task)
         except BaseException:
             self._slots.release()
             raise
@@ -254,6 +266,8 @@ class TenantPool:
             self._slots.release()
 
     async def close(self, timeout: float = 10.0) -> None:
+        self._slot_deadlines.close()
+        self._connect_deadlines.close()
         pool, self._pool = self._pool, None
         if pool is None:
             return
