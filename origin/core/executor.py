@@ -60,6 +60,7 @@ from origin.core.session import (
     keep_session_if_untouched,
     looks_like_read,
     reported_read_only,
+    statement_shape,
 )
 from origin.core.types import coerce_params, type_name
 
@@ -313,8 +314,9 @@ class Executor:
             prepared = await conn.prepare(stmt.sql, timeout=self._timeout)
         else:
             prepared = await cached_prepare(conn, stmt.sql, self._timeout)
-        args = coerce_params(stmt.params, prepared.get_parameters())
-        return _Bound(prepared, args, prepared.get_attributes())
+        parameters, attributes = statement_shape(prepared)
+        args = coerce_params(stmt.params, parameters)
+        return _Bound(prepared, args, attributes)
 
     async def _in_transaction(
         self, conn: asyncpg.Connection, begin: str, work: Callable[[], Awaitable[T]]

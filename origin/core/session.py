@@ -23,6 +23,7 @@ __all__ = [
     "keep_session_if_untouched",
     "looks_like_read",
     "reported_read_only",
+    "statement_shape",
 ]
 
 _READ_WORDS = frozenset({"select", "values", "table", "with"})
@@ -108,6 +109,28 @@ async def execute_more(
     """The next rows of the unnamed portal (only inside a transaction block)."""
     rows, tag, done = await conn._protocol.execute(prepared._state, "", limit, True, timeout)
     return rows, tag.decode() if tag else "", bool(done)
+
+
+_SHAPES: dict[int, tuple[Any, tuple[Any, ...], tuple[Any, ...]]] = {}
+_MAX_SHAPES = 4096
+
+
+def statement_shape(prepared: Any) -> tuple[tuple[Any, ...], tuple[Any, ...]]:
+    """A prepared statement's parameter types and result attributes, built once per
+    statement of asyncpg's cache (its public getters build new tuples on every call).
+
+    Keyed by the identity of asyncpg's statement state, which the entry keeps alive, so a
+    key cannot be reused by another statement while it is remembered; a state asyncpg has
+    closed is never handed out again, and its entry is only dropped with the others."""
+    state = prepared._state
+    found = _SHAPES.get(id(state))
+    if found is not None and found[0] is state:
+        return found[1], found[2]
+    parameters, attributes = tuple(prepared.get_parameters()), tuple(prepared.get_attributes())
+    if len(_SHAPES) >= _MAX_SHAPES:
+        _SHAPES.clear()
+    _SHAPES[id(state)] = (state, parameters, attributes)
+    return parameters, attributes
 
 
 async def cached_prepare(conn: asyncpg.Connection, sql: str, timeout: float) -> Any:
