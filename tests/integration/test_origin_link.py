@@ -150,7 +150,9 @@ async def test_a_dead_origin_is_origin_unavailable_then_origin_down(
     try:
         for _ in range(3):
             with pytest.raises(OriginUnavailable) as failed:
-                await client.query("acme", Statement("SELECT 1", []), read_only=True, request_id="r")
+                await client.query(
+                    "acme", Statement("SELECT 1", []), read_only=True, request_id="r"
+                )
             assert failed.value.code == "origin_unavailable"
         with pytest.raises(OriginDown):
             await client.query("acme", Statement("SELECT 1", []), read_only=True, request_id="r")
