@@ -26,6 +26,17 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
+@pytest.fixture(scope="module")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
+    """A redis-server of the test module's own; ``own_redis(n)`` is the URL of its
+    database n. Test processes running at the same time lease the same databases of the
+    shared Redis (and flush them, and keep purge state there for the same tenant ids)."""
+    from tests.integration.door_helpers import redis_server
+
+    with redis_server(tmp_path_factory.mktemp("redis")) as url:
+        yield url
+
+
 @pytest.fixture
 async def own_postgres(tmp_path: Path) -> AsyncIterator[Service]:
     """A PostgreSQL this test may restart: never the machine's (or another test's) server."""

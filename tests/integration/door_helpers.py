@@ -38,7 +38,7 @@ __all__ = [
     "door_doc",
     "open_door",
     "private_database",
-    "private_redis",
+    "redis_server",
 ]
 
 KEYS = {"acme": API_KEY_A, "globex": API_KEY_B}
@@ -125,7 +125,7 @@ def private_database(name: str) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def private_redis(tmp: Path) -> Iterator[Callable[[int], str]]:
+def redis_server(tmp: Path) -> Iterator[Callable[[int], str]]:
     """A redis-server of one test module; the value is the URL of its database n. Test
     processes running at the same time lease the same databases of the shared Redis (and
     flush them, and keep purge state there for the same tenant ids)."""

@@ -46,7 +46,6 @@ from tests.integration.door_helpers import (
     door_doc,
     open_door,
     private_database,
-    private_redis,
 )
 from tests.integration.node_helpers import marker, post
 from tests.integration.stack import Stack, started
@@ -93,12 +92,6 @@ def own_database(pg_databases: tuple[str, str]) -> Iterator[tuple[str, str]]:
 def _own(doors: Iterator[Door]) -> Iterator[PrivateDoor]:
     for door in doors:
         yield PrivateDoor(door.stack, door.host, door.port, OWN_DB)
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    with private_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -47,7 +47,6 @@ from tests.integration.door_helpers import (
     PrivateDoor,
     door_doc,
     private_database,
-    private_redis,
 )
 from tests.integration.node_helpers import marker
 from tests.integration.security_helpers import rewrite_config
@@ -111,12 +110,6 @@ def own_database(pg_databases: tuple[str, str]) -> Iterator[str]:
             schema = SCHEMA.replace("@DSN@", libpq_dsn(dsn))
             conn.execute(schema.replace("@PRISMA_MARKER@", PRISMA_MARKER).encode())
         yield dsn
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    with private_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,6 @@ from tests.integration.door_helpers import (
     door_doc,
     open_door,
     private_database,
-    private_redis,
 )
 from tests.integration.node_helpers import marker
 
@@ -35,12 +34,6 @@ pytestmark = pytest.mark.asyncio
 PID = os.getpid()
 OWN_DB = f"cache_edge_sql_{PID}"
 T = f"ce_sql_{PID}"
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    with private_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")

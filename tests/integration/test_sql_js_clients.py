@@ -49,7 +49,6 @@ from tests.integration.door_helpers import (
     door_doc,
     open_door,
     private_database,
-    private_redis,
 )
 from tests.integration.node_helpers import marker
 from tests.integration.test_pg_js_clients import (  # noqa: F401  (fixtures)
@@ -132,12 +131,6 @@ def neon_modules(js_modules: Path) -> Path:  # noqa: F811
             if done.returncode != 0:
                 pytest.fail(f"npm ci exited {done.returncode}\n{done.stderr[-4000:]}")
     return js_modules
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    with private_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
