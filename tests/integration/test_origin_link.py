@@ -202,3 +202,19 @@ async def test_origin_killed_mid_request_gives_origin_unavailable(
     finally:
         await http.close()
         st.stop_all()
+
+
+async def test_a_stopping_origin_answers_the_calls_in_flight_first(
+    origin: OriginClient, link: OriginLink
+) -> None:
+    body = {"sql": SLEEPY, "params": [1, 0.5], "readOnly": True}
+    in_flight = asyncio.create_task(link.call("/v1/query", "acme", body, "slow"))
+    await asyncio.sleep(0.2)
+    assert origin.app is not None
+    closing = asyncio.create_task(origin.app[WIRE].close(drain=5.0))
+    await asyncio.sleep(0.05)
+    late = await link.call("/v1/query", "acme", {"sql": "SELECT 1", "params": []}, "late")
+    assert late[0] == 502 and unpackb(late[1])["error"]["code"] == "origin_unavailable"
+    status, raw, _ = await in_flight
+    assert status == 200 and unpackb(raw)["rows"][0][0] == 1
+    await closing
