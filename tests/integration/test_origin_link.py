@@ -218,3 +218,32 @@ async def test_a_stopping_origin_answers_the_calls_in_flight_first(
     status, raw, _ = await in_flight
     assert status == 200 and unpackb(raw)["rows"][0][0] == 1
     await closing
+
+
+async def test_a_new_node_secret_proves_a_new_link_and_the_old_one_closes(
+    pg_databases: tuple[str, str],
+) -> None:
+    """A rotation seen from the link: the node signs with the new secret from its next
+    call on (a session-free link is re-proven), and the old link closes once idle."""
+    new = "the-new-node-secret-0123456789abcdef"
+    doc = make_settings_doc(*pg_databases)
+    del doc["node_secret"]
+    doc["node_secrets"] = [new, NODE_SECRET]
+    async with running_origin(parse_settings(doc)) as origin:
+        secret = [NODE_SECRET]
+        link = OriginLink(origin.base_url, lambda: secret[0], 5.0)
+        try:
+            body = {"sql": "SELECT 1", "params": [], "readOnly": True}
+            assert (await link.call("/v1/query", "acme", body, "a"))[0] == 200
+            assert link._conn is not None
+            old = link._conn
+            secret[0] = new
+            assert (await link.call("/v1/query", "acme", body, "b"))[0] == 200
+            assert link._conn is not old and link._conn.secret == new
+            for _ in range(50):
+                if old.ws.closed:
+                    break
+                await asyncio.sleep(0.02)
+            assert old.ws.closed
+        finally:
+            await link.close()
