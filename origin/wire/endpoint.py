@@ -21,7 +21,9 @@ from cache_edge.common.errors import CacheEdgeError, OriginUnavailable, Unauthor
 from cache_edge.common.request_ids import request_id
 from cache_edge.common.signing import (
     SIGNATURE_HEADER,
+    LinkOpener,
     SignatureError,
+    link_key,
     signed_until,
     signing_secret,
 )
@@ -147,7 +149,8 @@ class WireEndpoint:
             raise Unauthorized("node signature already used: replayed request")
         ws = web.WebSocketResponse(max_msg_size=_MAX_FRAME, heartbeat=20.0, compress=False)
         await ws.prepare(request)
-        link = _Link(self, ws, secret)
+        opener = LinkOpener(link_key(secret, request.headers[SIGNATURE_HEADER]))
+        link = _Link(self, ws, secret, opener)
         self._links.add(link)
         log.info("wire_link_opened", peer=request.remote)
         try:
@@ -170,10 +173,13 @@ class WireEndpoint:
 
 
 class _Link:
-    def __init__(self, endpoint: WireEndpoint, ws: web.WebSocketResponse, secret: str) -> None:
+    def __init__(
+        self, endpoint: WireEndpoint, ws: web.WebSocketResponse, secret: str, opener: LinkOpener
+    ) -> None:
         self.endpoint = endpoint
         self.ws = ws
         self.secret = secret  # the node secret that proved this link
+        self.opener = opener  # checks the seal of every message the node sends
         self.sessions: dict[int, WireSession] = {}
         self._keys: dict[int, tuple[int, int]] = {}
         self._out: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -219,7 +225,11 @@ class _Link:
                         break
                     continue
                 try:
-                    frames = decode_frames(msg.data)
+                    frames = decode_frames(self.opener.open(msg.data))
+                except SignatureError:
+                    # Not from the node that opened the link: someone on the path.
+                    log.warning("wire_link_bad_seal")
+                    break
                 except ValueError as exc:
                     log.warning("wire_link_bad_frame", error=str(exc))
                     break

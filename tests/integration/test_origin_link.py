@@ -18,12 +18,12 @@ import pytest
 
 from cache_edge.common.errors import OriginDown, OriginUnavailable, QueryError, Unauthorized
 from cache_edge.common.protocol import Statement
-from cache_edge.common.signing import sign_headers
+from cache_edge.common.signing import SIGNATURE_HEADER, LinkSealer, link_key, sign_headers
 from cache_edge.common.wire import unpackb
 from cache_edge.node.origin_client import OriginClient as NodeOriginClient
 from cache_edge.node.origin_guard import OriginGuard
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
-from cache_edge.pgwire.link import PATH
+from cache_edge.pgwire.link import CALL, PATH, REPLY, decode_frames, encode_frame
 from cache_edge.server.config import parse_settings
 from origin.core.app import WIRE
 from tests.conftest import API_KEY_A, NODE_SECRET, make_settings_doc
@@ -247,3 +247,43 @@ async def test_a_new_node_secret_proves_a_new_link_and_the_old_one_closes(
             assert old.ws.closed
         finally:
             await link.close()
+
+
+async def test_messages_not_sealed_by_the_links_node_close_it(origin: OriginClient) -> None:
+    """After the signed opening every message carries a MAC keyed to that opening and
+    numbered in order: an injected, altered or replayed message ends the link."""
+    body = {"sql": "SELECT 1", "params": [], "readOnly": True}
+    call = encode_frame(CALL, 1, {"path": "/v1/query", "tenant": "acme", "body": body})
+
+    async def opened() -> tuple[aiohttp.ClientWebSocketResponse, LinkSealer]:
+        headers = sign_headers(NODE_SECRET, "GET", PATH, "", b"")
+        ws = await origin.session.ws_connect(origin.base_url + PATH, headers=headers)
+        return ws, LinkSealer(link_key(NODE_SECRET, headers[SIGNATURE_HEADER]))
+
+    async def answer(ws: aiohttp.ClientWebSocketResponse) -> object:
+        msg = await ws.receive(timeout=5)
+        if msg.type != aiohttp.WSMsgType.BINARY:
+            return msg.type
+        return decode_frames(msg.data)[0][0]
+
+    ws, sealer = await opened()  # the real thing first: sealed, answered
+    await ws.send_bytes(sealer.seal(call))
+    assert await answer(ws) == REPLY
+    sealed = sealer.seal(call)
+    await ws.send_bytes(sealed)
+    assert await answer(ws) == REPLY
+    await ws.send_bytes(sealed)  # the same message again: a replay
+    assert await answer(ws) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await ws.close()
+
+    ws, sealer = await opened()
+    await ws.send_bytes(call)  # not sealed at all
+    assert await answer(ws) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await ws.close()
+
+    ws, sealer = await opened()
+    forged = bytearray(sealer.seal(call))
+    forged[-1] ^= 1  # altered on the way
+    await ws.send_bytes(bytes(forged))
+    assert await answer(ws) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+    await ws.close()

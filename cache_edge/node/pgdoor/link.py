@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from cache_edge.common.signing import sign_headers
+from cache_edge.common.signing import SIGNATURE_HEADER, LinkSealer, link_key, sign_headers
 from cache_edge.pgwire.link import (
     CALL,
     CANCEL,
@@ -76,16 +76,25 @@ class LinkSession(Protocol):
 class _Conn:
     """One open WebSocket and what rides on it."""
 
-    __slots__ = ("out", "pending", "reader", "retired", "secret", "writer", "ws")
+    __slots__ = ("out", "pending", "reader", "retired", "sealer", "secret", "writer", "ws")
 
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse, secret: str) -> None:
+    def __init__(
+        self, ws: aiohttp.ClientWebSocketResponse, secret: str, sealer: LinkSealer
+    ) -> None:
         self.ws = ws
         self.secret = secret  # the node secret its opening was signed with
+        # Every message we send is sealed (common.signing): it must leave through send().
+        self.sealer = sealer
         self.out: asyncio.Queue[bytes] = asyncio.Queue()
         self.pending: set[int] = set()  # calls and reads awaiting their answer here
         self.retired = False  # no new use: close once ``pending`` is empty
         self.reader: asyncio.Task[None] | None = None
         self.writer: asyncio.Task[None] | None = None
+
+    async def send(self, message: bytes) -> None:
+        # Sealed and written in one step (aiohttp writes an uncompressed frame before its
+        # first await), so the seals' order is the order on the wire.
+        await self.ws.send_bytes(self.sealer.seal(message))
 
 
 class OriginLink:
@@ -124,7 +133,7 @@ class OriginLink:
         while True:
             frame = batch(await out.get(), more)
             try:
-                await ws.send_bytes(frame)
+                await conn.send(frame)
             except (ConnectionError, RuntimeError):
                 await ws.close()
                 return
@@ -180,7 +189,7 @@ class OriginLink:
             detail = f"{type(exc).__name__}: {exc}"
             log.warning("origin_unreachable", error=detail, path=PATH)
             raise LinkDown(f"cannot reach the origin ({type(exc).__name__})") from None
-        return _Conn(ws, secret)
+        return _Conn(ws, secret, LinkSealer(link_key(secret, headers[SIGNATURE_HEADER])))
 
     def _retire(self, conn: _Conn) -> None:
         if conn.retired:
@@ -315,7 +324,7 @@ class OriginLink:
                 # Nothing else in flight: send it now, without a hop through the writer
                 # (under load the writer batches instead). Answers need no order.
                 try:
-                    await conn.ws.send_bytes(frame)
+                    await conn.send(frame)
                 except (ConnectionError, RuntimeError):
                     raise LinkDown("the link to the origin closed") from None
             else:

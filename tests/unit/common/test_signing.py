@@ -79,3 +79,20 @@ def test_replay_cache_is_bounded() -> None:
         assert cache.first_use(f"{i:064x}", 100.0 + i)
     assert len(cache) == 3 and cache.evicted_early == 2
     assert not cache.first_use(f"{4:064x}", 104.0)
+
+
+def test_link_messages_are_sealed_in_order_and_per_link() -> None:
+    from cache_edge.common.signing import LinkOpener, LinkSealer, link_key
+
+    key = link_key("secret", "a" * 64)
+    sealer, opener = LinkSealer(key), LinkOpener(key)
+    first, second = sealer.seal(b"one"), sealer.seal(b"two")
+    assert opener.open(first) == b"one" and opener.open(second) == b"two"
+    with pytest.raises(SignatureError):
+        LinkOpener(key).open(second)  # out of order (or a replay on a new link)
+    with pytest.raises(SignatureError):
+        LinkOpener(link_key("secret", "b" * 64)).open(first)  # another link's key
+    with pytest.raises(SignatureError):
+        LinkOpener(link_key("other", "a" * 64)).open(first)  # another secret
+    with pytest.raises(SignatureError):
+        LinkOpener(key).open(first[:-1] + b"x")  # altered
