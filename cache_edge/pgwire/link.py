@@ -1,14 +1,16 @@
 """Frames of the node↔origin link: PostgreSQL-door sessions and the HTTP door's origin calls.
 
-One WebSocket per node process, authenticated once when it opens (the node signs the
-upgrade request with the node secret and a nonce, and the origin refuses a second use of
-that signature), then multiplexing every client session of that process and every query
-or transaction the node sends the origin (CALL/REPLY: the body and the answer bytes of
-``POST /v1/query`` or ``/v1/transaction``, without a signature per request). A frame is a
-msgpack array ``[kind, session id, payload]``; session data is whole protocol messages,
-so a client's Parse/Bind/Execute/Sync travel as one frame. A WebSocket message carries one
-frame or several back to back (:func:`batch`): under load a writer sends what queued up
-while it was sending in one message and one system call, not one each.
+One WebSocket per node process. It is authenticated once, when it opens: the node signs
+the upgrade request with the node secret and a nonce, and the origin refuses a second use
+of that signature. Every message the node sends afterwards is sealed with a MAC keyed to
+that opening (cache_edge.common.signing.LinkSealer). The link multiplexes every client
+session of that process and every query or transaction the node sends the origin
+(CALL/REPLY: the body and the answer bytes of ``POST /v1/query`` or ``/v1/transaction``,
+without a signature per request). A frame is a msgpack array ``[kind, session id,
+payload]``; session data is whole protocol messages, so a client's Parse/Bind/Execute/Sync
+travel as one frame. A WebSocket message carries one frame or several back to back
+(:func:`batch`): under load a writer sends what queued up while it was sending in one
+message and one system call, not one each.
 """
 
 from __future__ import annotations
