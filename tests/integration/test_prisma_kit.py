@@ -42,7 +42,7 @@ import psycopg
 import pytest
 
 from tests.conftest import API_KEY_A, API_KEY_B, dsn_for, sha
-from tests.integration.door_helpers import door_doc, open_door, private_database, private_redis
+from tests.integration.door_helpers import door_doc, open_door, private_database
 
 KIT = Path(__file__).resolve().parents[2] / "clients" / "prisma"
 BLOG = KIT / "examples" / "blog"
@@ -192,12 +192,6 @@ INSERT INTO "User" (email, name) VALUES ('ada@example.com', 'Ada'), ('alan@examp
 INSERT INTO "Post" (title, published, views, "authorId") VALUES
     ('Hello', true, 10, 1), ('Draft', false, 0, 1), ('Machines', true, 5, 2);
 """
-
-
-@pytest.fixture(scope="module")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[int], str]]:
-    with private_redis(tmp_path_factory.mktemp("redis")) as url:
-        yield url
 
 
 @pytest.fixture(scope="module")
