@@ -19,7 +19,7 @@ from typing import Any
 
 from cache_edge.common.errors import BadRequest, CacheEdgeError, InternalError, Unauthorized
 from cache_edge.common.request_ids import request_id
-from cache_edge.common.wire import WireFormat, packb
+from cache_edge.common.wire import WireFormat, packb, unpackb
 from cache_edge.server.config import Settings
 from cache_edge.server.logs import get_logger
 from origin.core.db_errors import map_database_error
@@ -61,6 +61,8 @@ class Calls:
                 raise BadRequest(f"no such call over the link: {path!r}")
             if self._settings().tenant(tenant) is None:
                 raise Unauthorized("unknown tenant")
+            if isinstance(payload, bytes):  # the node's body, in the HTTP door's msgpack
+                payload = unpackb(payload)
             body = await found[1](tenant, payload, "msgpack")
             status = 200
         except Exception as exc:

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from cache_edge.common.signing import SIGNATURE_HEADER, LinkSealer, link_key, sign_headers
+from cache_edge.common.wire import packb
 from cache_edge.pgwire.link import (
     CALL,
     CANCEL,
@@ -182,6 +183,8 @@ class OriginLink:
                     self._url, headers=headers, heartbeat=20.0, max_msg_size=_MAX_FRAME
                 )
         except aiohttp.WSServerHandshakeError as exc:
+            # 401: the origin does not accept this node's secret (node_secret on both ends).
+            log.warning("origin_link_refused", status=exc.status, url=self._url)
             raise LinkRefused(
                 f"the origin refused the link (HTTP {exc.status})", exc.status
             ) from None
@@ -346,7 +349,10 @@ class OriginLink:
     ) -> tuple[int, bytes, str]:
         """What ``POST path`` would answer (``/v1/query``, ``/v1/transaction``): status,
         body bytes and the origin's request id. Raises LinkDown; the caller times it."""
-        payload = {"path": path, "tenant": tenant, "requestId": request_id, "body": body}
+        # The body travels as the HTTP door's own msgpack (cache_edge.common.wire), so
+        # parameters keep their exact PostgreSQL types (Decimal, UUID, dates...), which the
+        # link's plain msgpack framing cannot carry.
+        payload = {"path": path, "tenant": tenant, "requestId": request_id, "body": packb(body)}
         answer = await self._ask(CALL, payload)
         try:
             status, data, rid = answer
