@@ -287,3 +287,21 @@ async def test_messages_not_sealed_by_the_links_node_close_it(origin: OriginClie
     await ws.send_bytes(bytes(forged))
     assert await answer(ws) in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     await ws.close()
+
+
+async def test_typed_parameters_cross_the_link_exactly(origin: OriginClient) -> None:
+    """The body keeps the HTTP door's msgpack types (Decimal, UUID, dates...) over the link."""
+    import datetime as dt
+    import decimal
+    import uuid
+
+    client = _client(origin.base_url)
+    params = [decimal.Decimal("12.340"), uuid.UUID(int=7), dt.date(2026, 11, 27)]
+    sql = "SELECT $1::numeric, $2::uuid, $3::date"
+    try:
+        result = await client.query("acme", Statement(sql, params), read_only=True, request_id="t")
+        assert unpackb(result.body)["rows"] == [params]
+        tx = await client.transaction("acme", [Statement(sql, params)], "read_committed", "t2")
+        assert unpackb(tx.body)["results"][0]["rows"] == [params]
+    finally:
+        await client.close()
