@@ -127,9 +127,7 @@ def _answer_response(
     ``tenant``: the answer came from that tenant's cache, so a JSON answer takes the
     core's JSON members from the hot tier (made once per entry held there), and a hit
     does no per-row work in either format."""
-    age = 0.0
-    if answer.status != "none" and answer.produced_at_ms:
-        age = max(0.0, time.time() - answer.produced_at_ms / 1000)
+    age = answer.age(time.time())
     info = _info(request, answer, age)
     fmt: WireFormat = response_format(request.headers.get("Accept"), request[_FMT])
     if fmt == "msgpack":

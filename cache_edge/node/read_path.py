@@ -74,6 +74,12 @@ class Answer:
     # A write's purge under automatic invalidation: {id, seq, recorded} (origin/core/app.py).
     invalidation: dict[str, Any] | None = None
 
+    def age(self, now: float) -> float:
+        """Seconds since the rows were produced; 0 for an answer that was not cached."""
+        if self.status == "none" or not self.produced_at_ms:
+            return 0.0
+        return max(0.0, now - self.produced_at_ms / 1000)  # a clock behind the origin's
+
 
 @dataclass(frozen=True, slots=True)
 class _Flight:

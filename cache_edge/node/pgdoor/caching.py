@@ -57,6 +57,7 @@ __all__ = [
     "Uncacheable",
     "WireOrigin",
     "as_error_response",
+    "door_sqlstate",
     "plan",
     "replay",
     "show_row",
@@ -194,9 +195,14 @@ _SQLSTATE_OF = {
 }
 
 
+def door_sqlstate(code: str) -> str:
+    """The SQLSTATE a PostgreSQL client understands for one of our stable error codes."""
+    return _SQLSTATE_OF.get(code, "XX000")
+
+
 def as_error_response(exc: CacheEdgeError) -> bytes:
     """One of our errors as the ErrorResponse a PostgreSQL client understands."""
-    return error_response(_SQLSTATE_OF.get(exc.code, "XX000"), exc.message)
+    return error_response(door_sqlstate(exc.code), exc.message)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,7 +50,12 @@ from cache_edge.common.protocol import QueryRequest
 from cache_edge.common.strategy import CacheStrategy
 from cache_edge.common.wire import packb
 from cache_edge.node.auth import ApiKeys, Principal
-from cache_edge.node.pgdoor.caching import DoorStatement, StatementFailed, Uncacheable
+from cache_edge.node.pgdoor.caching import (
+    DoorStatement,
+    StatementFailed,
+    Uncacheable,
+    door_sqlstate,
+)
 from cache_edge.node.pgdoor.hints import Hinted, HintError, read_hints, strategy_from
 from cache_edge.node.pgdoor.link import LinkDown, OriginLink
 from cache_edge.node.pgdoor.session import DoorCache
@@ -91,18 +96,13 @@ _ALLOWED_HEADERS = (
     "Neon-Pool-Opt-In, Authorization, Content-Type"
 )
 _CORS = {"Access-Control-Allow-Origin": "*", "Access-Control-Expose-Headers": _EXPOSED}
-# Our stable codes as the SQLSTATE a PostgreSQL client understands.
-_SQLSTATE = {
+# Our stable codes as SQLSTATEs: the PostgreSQL door's (pgdoor.caching.door_sqlstate), and
+# these, which only an HTTP request can meet.
+_HTTP_SQLSTATE = {
     "bad_request": "08P01",
     "unauthorized": "28P01",
     "payload_too_large": "54000",
     "rate_limited": "53400",
-    "pool_timeout": "53300",
-    "origin_overloaded": "53300",
-    "query_timeout": "57014",
-    "database_unavailable": "08006",
-    "origin_unavailable": "08006",
-    "origin_down": "08006",
 }
 
 
@@ -139,7 +139,9 @@ def _flight(sql: str, params: tuple[str | None, ...]) -> bytes:
 
 class _Run:
     """One origin session for one request: collects PostgreSQL's answer up to the
-    ``readies``-th ReadyForQuery, and the fence of a write it committed."""
+    ``readies``-th ReadyForQuery, and the fence of a write it committed. Each message is
+    looked at once, as it arrives: the first ErrorResponse and whether a statement wrote
+    are known when the answer is."""
 
     def __init__(self, readies: int) -> None:
         loop = asyncio.get_running_loop()
@@ -149,23 +151,35 @@ class _Run:
         self._readies = readies
         self._pos = 0
         self.status = b"I"
+        self.error = b""  # the first ErrorResponse
+        self.wrote = False  # a statement completed with a tag that writes
 
     def on_data(self, data: bytes) -> None:
         self.data += data
+        self._scan()
+
+    def _scan(self) -> None:
         buf = self.data
         while self._pos + 5 <= len(buf):
-            length = int.from_bytes(buf[self._pos + 1 : self._pos + 5], "big")
-            if self._pos + 1 + length > len(buf):
+            pos = self._pos
+            length = int.from_bytes(buf[pos + 1 : pos + 5], "big")
+            if pos + 1 + length > len(buf):
                 break
-            if buf[self._pos] == 0x5A:  # 'Z'
-                self.status = bytes(buf[self._pos + 5 : self._pos + 6])
+            kind = buf[pos]
+            if kind == 0x5A:  # 'Z'
+                self.status = bytes(buf[pos + 5 : pos + 6])
                 self._readies -= 1
                 if self._readies == 0 and not self.done.done():
                     self.done.set_result(None)
-            self._pos += 1 + length
+            elif kind == 0x45 and not self.error:  # 'E'
+                self.error = bytes(buf[pos : pos + 1 + length])
+            elif kind == 0x43 and not self.wrote:  # 'C'
+                self.wrote = bytes(buf[pos + 5 : pos + length]).split(b" ", 1)[0] in WRITE_TAGS
+            self._pos = pos + 1 + length
 
     def on_close(self, final: bytes) -> None:
         self.data += final
+        self._scan()
         if not self.done.done():
             self.done.set_result(None)
         if not self.fenced.done():
@@ -276,14 +290,14 @@ class SqlDoor:
         )
 
     async def handle(self, request: web.Request) -> web.Response:
+        settings = self._settings()
         headers = {
             **_CORS,
             "X-Request-Id": request[REQUEST_ID],
-            "X-Cache-Region": self._settings().node.region,
+            "X-Cache-Region": settings.node.region,
         }
         try:
             tenant = await self._login(request)
-            settings = self._settings()
             body = await read_capped(
                 request, settings.limits.max_body_bytes, settings.node.body_timeout
             )
@@ -326,7 +340,9 @@ class SqlDoor:
         status = exc.status if exc.status >= 429 else 400  # Neon's clients read 400 bodies
         body: dict[str, Any] = {
             "message": exc.message,
-            "code": exc.extra.get("sqlstate") or _SQLSTATE.get(exc.code, "XX000"),
+            "code": exc.extra.get("sqlstate")
+            or _HTTP_SQLSTATE.get(exc.code)
+            or door_sqlstate(exc.code),
             "cacheEdgeCode": exc.code,
             "requestId": request_id,
         }
@@ -387,8 +403,7 @@ class SqlDoor:
             self._link.send(sid, flight)
             async with asyncio.timeout(timeout):
                 await run.done
-            error = _first_error(run.data)
-            if not error and run.status == b"I" and _wrote(run.data):
+            if not run.error and run.status == b"I" and run.wrote:
                 await self._wait_covered(tenant, run, headers)
         except LinkDown as exc:
             raise OriginUnavailable(f"the node cannot reach the origin: {exc}") from None
@@ -400,8 +415,8 @@ class SqlDoor:
         finally:
             if sid:
                 self._link.close_session(sid)
-        if error:
-            raise _Failed(error)
+        if run.error:
+            raise _Failed(run.error)
         return run.data
 
     async def _wait_covered(self, tenant: str, run: _Run, headers: dict[str, str]) -> None:
@@ -458,38 +473,10 @@ class SqlDoor:
                 sqlstate="25006",
             ) from None
         door.observe(tenant, answer.status)
-        age = 0.0
-        if answer.status != "none" and answer.produced_at_ms:
-            age = max(0.0, time.time() - answer.produced_at_ms / 1000)
         headers["X-Cache-Status"] = answer.status
-        headers["Age"] = str(int(age))
+        headers["Age"] = str(int(answer.age(time.time())))
         if answer.produced_at_ms:
             headers["X-Cache-Last-Modified"] = iso_ms(answer.produced_at_ms)
         if answer.signature:
             headers["X-Cache-Signature"] = answer.signature
         return self._rendered.get(answer.core, plan.req.array_mode, plan.req.raw_text)
-
-
-def _first_error(data: bytearray) -> bytes:
-    pos = 0
-    end = len(data)
-    while pos + 5 <= end:
-        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
-        if data[pos] == 0x45:  # 'E'
-            return bytes(data[pos : pos + 1 + length])
-        pos += 1 + length
-    return b""
-
-
-def _wrote(data: bytearray) -> bool:
-    """Did a statement in ``data`` complete with a tag that writes?"""
-    pos = 0
-    end = len(data)
-    while pos + 5 <= end:
-        length = int.from_bytes(data[pos + 1 : pos + 5], "big")
-        if data[pos] == 0x43:  # 'C'
-            tag = bytes(data[pos + 5 : pos + length]).split(b" ", 1)[0]
-            if tag in WRITE_TAGS:
-                return True
-        pos += 1 + length
-    return False
