@@ -58,10 +58,13 @@ def _locked(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _run(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -> str:
+def _run(
+    cmd: list[str], *, timeout: float, env: dict[str, str] | None = None, cwd: Path = JS
+) -> str:
+    """Run a JS tool (quietly) in ``cwd``; its stdout, or the test fails with its output."""
     done = subprocess.run(
         cmd,
-        cwd=JS,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -69,8 +72,8 @@ def _run(cmd: list[str], *, timeout: float, env: dict[str, str] | None = None) -
     )
     if done.returncode != 0:
         pytest.fail(
-            f"{' '.join(cmd[:3])} exited {done.returncode}\n"
-            f"stdout:\n{done.stdout[-4000:]}\nstderr:\n{done.stderr[-4000:]}"
+            f"{' '.join(cmd[:4])} exited {done.returncode}\n"
+            f"stdout:\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-4000:]}"
         )
     return done.stdout
 

@@ -24,13 +24,11 @@ and checked here. Skipped only if ``node``/``npm`` are not installed.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,6 +41,8 @@ import pytest
 
 from tests.conftest import API_KEY_A, API_KEY_B, dsn_for, sha
 from tests.integration.door_helpers import door_doc, open_door, private_database
+from tests.integration.test_pg_js_clients import QUIET, _locked
+from tests.integration.test_pg_js_clients import _run as run_js
 
 KIT = Path(__file__).resolve().parents[2] / "clients" / "prisma"
 BLOG = KIT / "examples" / "blog"
@@ -51,42 +51,16 @@ KIT_DB = f"cache_edge_kit_{PID}"  # tenant acme: the kit through the PostgreSQL 
 SQL_DB = f"cache_edge_kit_sql_{PID}"  # tenant initech: the kit through POST /sql
 BLOG_DB = f"cache_edge_blog_{PID}"  # tenant globex: the example blog
 SQL_TENANT, SQL_KEY = "initech", "ce_test_key_tenant_initech"
-QUIET = {"CHECKPOINT_DISABLE": "1", "PRISMA_HIDE_UPDATE_MESSAGE": "1", "NO_COLOR": "1"}
 USERS = 16
 
 
 # ------------------------------------------------------------------ npm, tsc, prisma generate
 
 
-@contextlib.contextmanager
-def _locked(name: str) -> Iterator[None]:
-    """One process at a time: two pytest runs on one machine share clients/prisma."""
-    path = Path(tempfile.gettempdir()) / f"cache-edge-{name}.lock"
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _run(
     cmd: list[str], *, cwd: Path = KIT, timeout: float = 120, env: dict[str, str] | None = None
 ) -> str:
-    done = subprocess.run(
-        cmd,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **QUIET, **(env or {})},
-    )
-    if done.returncode != 0:
-        pytest.fail(
-            f"{' '.join(cmd[:4])} exited {done.returncode}\n"
-            f"stdout:\n{done.stdout[-6000:]}\nstderr:\n{done.stderr[-4000:]}"
-        )
-    return done.stdout
+    return run_js(cmd, timeout=timeout, env=env, cwd=cwd)
 
 
 def _bin(name: str) -> str:
